@@ -1,0 +1,303 @@
+"""The one seam between probe and the network.
+
+Every network operation the probe performs is one method of :class:`Network`,
+taking a plain request and returning a plain, frozen, JSON-serialisable result.
+The live network (``probe.net.live``), a recording network and a replaying
+network are interchangeable implementations; the runner, the control helper and
+the analysis never touch sockets themselves.
+
+Results never raise for network trouble: a failed operation is a result whose
+``failure`` is one of the strings of ``probe.net.failures``. Times are seconds on
+the network's own monotonic clock (``Network.clock()``), so a replayed run
+reproduces the recorded timings exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- #
+# (de)serialisation of the plain dataclasses below, used by traces and control #
+# --------------------------------------------------------------------------- #
+
+
+def to_json(value: Any) -> Any:
+    """Turn a result dataclass (or nested containers of them) into JSON data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(cls: type[T], data: Any) -> T:
+    """Rebuild ``cls`` from :func:`to_json` output; raises ValueError on bad data."""
+    return _convert(cls, data)  # type: ignore[return-value]
+
+
+def _convert(tp: Any, data: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return data
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if data is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, data)
+            except (ValueError, TypeError) as exc:
+                errors.append(str(exc))
+        raise ValueError(f"no variant of {tp} accepts {data!r:.80}: {errors}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(data, list):
+            raise ValueError(f"expected a list, got {type(data).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in data)
+        if len(args) != len(data):
+            raise ValueError(f"expected {len(args)} items, got {len(data)}")
+        return tuple(_convert(a, v) for a, v in zip(args, data))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(data, list):
+            raise ValueError(f"expected a list, got {type(data).__name__}")
+        return [_convert(arg, v) for v in data]
+    if origin is dict:
+        _, varg = typing.get_args(tp)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        return {str(k): _convert(varg, v) for k, v in data.items()}
+    if origin is typing.Literal:
+        if data not in typing.get_args(tp):
+            raise ValueError(f"{data!r} is not one of {typing.get_args(tp)}")
+        return data
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object for {tp.__name__}, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in data:
+                kwargs[f.name] = _convert(hints[f.name], data[f.name])
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{tp.__name__}: missing field {f.name!r}")
+        return tp(**kwargs)
+    if tp is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise ValueError(f"expected a number, got {data!r:.40}")
+        return float(data)
+    if tp in (int, str, bool):
+        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
+            raise ValueError(f"expected {tp.__name__}, got {data!r:.40}")
+        return data
+    raise TypeError(f"cannot convert to {tp!r}")
+
+
+# --------------------------------------------------------------------------- #
+# Requests and results                                                         #
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When an operation started (``t0``) and ended (``t``), on the network clock."""
+
+    t0: float
+    t: float
+
+
+@dataclass(frozen=True)
+class GetaddrinfoResult:
+    """The system resolver's answer for ``host`` (what ordinary apps would get)."""
+
+    host: str
+    addresses: tuple[str, ...]
+    failure: str | None
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class DnsQuery:
+    """One direct DNS query to ``resolver``:``port`` over ``transport``."""
+
+    resolver: str
+    port: int
+    qname: str
+    qtype: str  # "A", "AAAA", ...
+    transport: str = "udp"  # "udp" or "tcp"
+
+
+@dataclass(frozen=True)
+class DnsAnswer:
+    rrtype: str  # "A", "AAAA", "CNAME", ...
+    name: str
+    value: str  # address for A/AAAA, target for CNAME, text form otherwise
+    ttl: int
+
+
+@dataclass(frozen=True)
+class DnsReply:
+    """One reply that arrived for a query; on-path injectors make several."""
+
+    t: float  # network clock at arrival
+    rcode: str  # "NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", ...
+    answers: tuple[DnsAnswer, ...]
+    raw: str  # base64 of the wire message
+    failure: str | None = None  # set when this reply could not be parsed
+
+
+@dataclass(frozen=True)
+class DnsExchange:
+    """Every reply received for one query within the listening window.
+
+    ``failure`` is the outcome of the query as a stub resolver would see it
+    from the first valid reply (``dns_nxdomain_error``, ``generic_timeout_error``...).
+    """
+
+    query: DnsQuery
+    replies: tuple[DnsReply, ...]
+    failure: str | None
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    address: str
+    port: int
+    failure: str | None
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class TlsRequest:
+    address: str
+    port: int
+    sni: str | None
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+
+
+@dataclass(frozen=True)
+class TlsResult:
+    """A TLS handshake on a fresh connection.
+
+    The handshake is done without verification so that the peer's chain is
+    always recorded (a MITM certificate is evidence); verification is a pure
+    step afterwards (``probe.certificates``). ``failure`` here is only about the
+    handshake itself (reset, timeout, eof, alert).
+    """
+
+    request: TlsRequest
+    connect: ConnectResult
+    failure: str | None
+    tls_version: str | None
+    cipher_suite: str | None
+    negotiated_protocol: str | None
+    peer_certificates: tuple[str, ...]  # base64 DER, leaf first
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One HTTP(S) request sent to a fixed ``address`` (no resolution happens)."""
+
+    url: str
+    address: str
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""  # base64
+    max_body: int = 1 << 20
+    max_redirects: int = 5
+    measure_throughput: bool = False
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    request: HttpRequest
+    failure: str | None
+    status: int | None
+    headers: tuple[tuple[str, str], ...]
+    body: str  # base64, at most request.max_body bytes
+    body_length: int  # bytes received (capped body plus what was discarded)
+    body_truncated: bool
+    redirects: tuple[str, ...]  # the URLs that were followed, in order
+    throughput_bps: float | None  # bytes/s of the body transfer when measured
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class MtprotoRequest:
+    address: str
+    port: int
+    payload: str  # base64 of one framed transport packet (see probe.mtproto)
+    transport: str = "intermediate"  # or "abridged"
+
+
+@dataclass(frozen=True)
+class MtprotoResult:
+    request: MtprotoRequest
+    connect: ConnectResult
+    failure: str | None
+    received: str  # base64 of what arrived (capped)
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    url: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    request: ControlRequest
+    failure: str | None
+    status: int | None
+    body: dict[str, Any] | None
+    timing: Timing
+
+
+# --------------------------------------------------------------------------- #
+# The interface                                                                #
+# --------------------------------------------------------------------------- #
+
+
+class Network(Protocol):
+    """What the probe may ask of the network; nothing else touches sockets."""
+
+    def clock(self) -> float:
+        """Monotonic seconds since this network was created."""
+        ...
+
+    async def getaddrinfo(self, host: str, timeout: float) -> GetaddrinfoResult: ...
+
+    async def dns_exchange(
+        self, query: DnsQuery, timeout: float, linger: float
+    ) -> DnsExchange:
+        """Send ``query`` and collect replies until ``linger`` seconds after the
+        first one (UDP) or until the answer (TCP), all within ``timeout``."""
+        ...
+
+    async def tcp_connect(self, address: str, port: int, timeout: float) -> ConnectResult: ...
+
+    async def tls_handshake(self, request: TlsRequest, timeout: float) -> TlsResult: ...
+
+    async def http_request(self, request: HttpRequest, timeout: float) -> HttpResult: ...
+
+    async def mtproto_exchange(self, request: MtprotoRequest, timeout: float) -> MtprotoResult: ...
+
+    async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult: ...
+
+    async def aclose(self) -> None: ...
