@@ -1,0 +1,169 @@
+"""Live DNS operations: the system resolver and direct queries over UDP and TCP.
+
+Over UDP we keep listening for ``linger`` seconds after the first reply and keep
+every reply that arrives: on-path injectors (the Great Firewall, Iran) race the
+real resolver, so two different replies to one query are the evidence. Replies
+are kept raw (base64) next to their parsed answers. Nothing here judges whether
+an answer is a lie; that is analysis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import struct
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from probe.net import failures
+from probe.net.network import DnsAnswer, DnsExchange, DnsQuery, DnsReply, GetaddrinfoResult, Timing
+
+MAX_REPLIES = 16  # a flood of replies to one query is recorded only this far
+MAX_TCP_REPLY = 65535
+
+
+async def getaddrinfo(host: str, timeout: float, clock) -> GetaddrinfoResult:
+    loop = asyncio.get_running_loop()
+    t0 = clock()
+    addresses: list[str] = []
+    failure = None
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        for family, _, _, _, sockaddr in infos:
+            address = sockaddr[0]
+            if family in (socket.AF_INET, socket.AF_INET6) and address not in addresses:
+                addresses.append(address)
+    except Exception as exc:  # every failure becomes a failure string
+        failure = failures.classify(exc)
+    return GetaddrinfoResult(host, tuple(addresses), failure, Timing(t0, clock()))
+
+
+def build_query(query: DnsQuery) -> dns.message.Message:
+    message = dns.message.make_query(query.qname, query.qtype)
+    message.flags |= dns.flags.RD
+    return message
+
+
+def parse_reply(wire: bytes, sent: dns.message.Message, t: float) -> DnsReply:
+    raw = base64.b64encode(wire).decode()
+    try:
+        reply = dns.message.from_wire(wire, ignore_trailing=True)
+    except Exception:  # hostile bytes: compression loops, truncation, garbage
+        return DnsReply(t, "", (), raw, failures.DNS_INVALID_REPLY)
+    if reply.id != sent.id or reply.question != sent.question:
+        return DnsReply(t, "", (), raw, failures.DNS_WRONG_QUERY)
+    answers = []
+    for rrset in reply.answer:
+        for rr in rrset:
+            if rr.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                value = rr.address
+            elif rr.rdtype == dns.rdatatype.CNAME:
+                value = rr.target.to_text()
+            else:
+                value = rr.to_text()
+            answers.append(
+                DnsAnswer(dns.rdatatype.to_text(rr.rdtype), rrset.name.to_text(), value, rrset.ttl)
+            )
+    return DnsReply(t, dns.rcode.to_text(reply.rcode()), tuple(answers), raw)
+
+
+def exchange_failure(query: DnsQuery, replies: tuple[DnsReply, ...]) -> str | None:
+    """What a stub resolver would report: judged on the first parseable reply."""
+    for reply in replies:
+        if reply.failure:
+            continue
+        failure = failures.dns_rcode_failure(reply.rcode)
+        if failure:
+            return failure
+        if not any(a.rrtype == query.qtype for a in reply.answers):
+            return failures.DNS_NO_ANSWER
+        return None
+    if replies:
+        return replies[0].failure
+    return None
+
+
+class _Collector(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.datagrams: asyncio.Queue[tuple[bytes | None, BaseException | None]] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
+        self.datagrams.put_nowait((data, None))
+
+    def error_received(self, exc: Exception) -> None:
+        self.datagrams.put_nowait((None, exc))
+
+
+async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) -> DnsExchange:
+    loop = asyncio.get_running_loop()
+    sent = build_query(query)
+    t0 = clock()
+    replies: list[DnsReply] = []
+    failure: str | None = None
+    transport = None
+    try:
+        async with asyncio.timeout(timeout):
+            transport, collector = await loop.create_datagram_endpoint(
+                _Collector, remote_addr=(query.resolver, query.port)
+            )
+            transport.sendto(sent.to_wire())
+            deadline = None
+            while len(replies) < MAX_REPLIES:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    data, error = await asyncio.wait_for(collector.datagrams.get(), wait)
+                except TimeoutError:
+                    break  # the linger window after the first valid reply is over
+                if error is not None:
+                    if not replies:
+                        raise error
+                    continue
+                reply = parse_reply(data, sent, clock())
+                replies.append(reply)
+                if deadline is None and reply.failure is None:
+                    deadline = loop.time() + linger
+    except Exception as exc:
+        if not any(r.failure is None for r in replies):
+            failure = failures.classify(exc)
+    finally:
+        if transport is not None:
+            transport.close()
+    result = tuple(replies)
+    if failure is None:
+        failure = exchange_failure(query, result)
+        if failure is None and not any(r.failure is None for r in result):
+            failure = failures.GENERIC_TIMEOUT
+    return DnsExchange(query, result, failure, Timing(t0, clock()))
+
+
+async def tcp_exchange(query: DnsQuery, timeout: float, clock) -> DnsExchange:
+    sent = build_query(query)
+    t0 = clock()
+    replies: list[DnsReply] = []
+    failure: str | None = None
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(query.resolver, query.port)
+            wire = sent.to_wire()
+            writer.write(struct.pack("!H", len(wire)) + wire)
+            await writer.drain()
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            data = await reader.readexactly(min(length, MAX_TCP_REPLY))
+            replies.append(parse_reply(data, sent, clock()))
+    except Exception as exc:
+        failure = failures.classify(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    result = tuple(replies)
+    if failure is None:
+        failure = exchange_failure(query, result)
+    return DnsExchange(query, result, failure, Timing(t0, clock()))

@@ -1,0 +1,125 @@
+"""The one table of failures: every error the network layer meets becomes one string.
+
+The strings are OONI's failure vocabulary (data format df-007) so that our
+reports read like OONI's and tools built for OONI data understand them. Nothing
+outside this module decides what an exception "means"; the rest of probe only
+compares strings from here. Each branch names the real case behind it and is
+produced for real by a test in tests/net/test_failures.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+
+# --- the vocabulary ------------------------------------------------------- #
+CONNECTION_REFUSED = "connection_refused"  # RST answering our SYN (closed port)
+CONNECTION_RESET = "connection_reset"  # RST on an established connection (injectors)
+CONNECTION_ABORTED = "connection_aborted"
+GENERIC_TIMEOUT = "generic_timeout_error"  # nothing came back in time (blackholes)
+EOF_ERROR = "eof_error"  # the peer closed cleanly mid-exchange
+HOST_UNREACHABLE = "host_unreachable"
+NETWORK_UNREACHABLE = "network_unreachable"  # no route (e.g. no IPv6 connectivity)
+ADDRESS_FAMILY_NOT_SUPPORTED = "address_family_not_supported"
+DNS_NXDOMAIN = "dns_nxdomain_error"
+DNS_NO_ANSWER = "dns_no_answer"
+DNS_SERVFAIL = "dns_servfail_error"
+DNS_REFUSED = "dns_refused_error"
+DNS_TEMPORARY = "dns_temporary_failure"  # getaddrinfo EAI_AGAIN
+DNS_NON_RECOVERABLE = "dns_non_recoverable_failure"  # getaddrinfo EAI_FAIL
+DNS_INVALID_REPLY = "dns_invalid_reply"  # a reply that does not parse (ours; hostile peers)
+DNS_WRONG_QUERY = "dns_reply_with_wrong_query_id"  # reply for another id or question
+SSL_INVALID_HOSTNAME = "ssl_invalid_hostname"  # certificate not valid for the name
+SSL_UNKNOWN_AUTHORITY = "ssl_unknown_authority"  # chain to an untrusted root (MITM)
+SSL_INVALID_CERTIFICATE = "ssl_invalid_certificate"  # expired, malformed, not yet valid
+SSL_FAILED_HANDSHAKE = "ssl_failed_handshake"  # TLS alert or protocol error
+HTTP_INVALID_RESPONSE = "http_invalid_response"  # ours: unparseable status line/headers
+HTTP_TOO_MANY_REDIRECTS = "http_too_many_redirects"  # ours
+MTPROTO_INVALID_RESPONSE = "mtproto_invalid_response"  # ours: bytes that are not resPQ
+JSON_PARSE_ERROR = "json_parse_error"
+INTERRUPTED = "interrupted"  # the run was cancelled (Ctrl-C) during the operation
+UNKNOWN_PREFIX = "unknown_failure: "
+
+TIMEOUTS = frozenset({GENERIC_TIMEOUT})
+RESETS = frozenset({CONNECTION_RESET, CONNECTION_ABORTED})
+UNREACHABLE = frozenset({HOST_UNREACHABLE, NETWORK_UNREACHABLE, ADDRESS_FAMILY_NOT_SUPPORTED})
+
+_ERRNO = {
+    errno.ECONNREFUSED: CONNECTION_REFUSED,
+    errno.ECONNRESET: CONNECTION_RESET,
+    errno.EPIPE: CONNECTION_RESET,  # write after the peer reset us
+    errno.ECONNABORTED: CONNECTION_ABORTED,
+    errno.ETIMEDOUT: GENERIC_TIMEOUT,
+    errno.EHOSTUNREACH: HOST_UNREACHABLE,  # ICMP host unreachable / prohibited
+    errno.ENETUNREACH: NETWORK_UNREACHABLE,  # no route: typical of IPv6 on v4-only homes
+    errno.EADDRNOTAVAIL: NETWORK_UNREACHABLE,  # no source address of that family
+    errno.EAFNOSUPPORT: ADDRESS_FAMILY_NOT_SUPPORTED,
+}
+
+_GAI = {
+    socket.EAI_NONAME: DNS_NXDOMAIN,
+    socket.EAI_AGAIN: DNS_TEMPORARY,
+    socket.EAI_FAIL: DNS_NON_RECOVERABLE,
+}
+if hasattr(socket, "EAI_NODATA"):
+    _GAI[socket.EAI_NODATA] = DNS_NO_ANSWER  # type: ignore[attr-defined]
+
+# OpenSSL X509 verify codes (x509_vfy.h) for a handshake done with verification.
+_X509_CODES = {
+    62: SSL_INVALID_HOSTNAME,  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: SSL_INVALID_HOSTNAME,  # X509_V_ERR_IP_ADDRESS_MISMATCH
+    18: SSL_UNKNOWN_AUTHORITY,  # self-signed leaf
+    19: SSL_UNKNOWN_AUTHORITY,  # self-signed certificate in chain
+    20: SSL_UNKNOWN_AUTHORITY,  # unable to get local issuer (e.g. Kazakhstan 2019 root)
+    21: SSL_UNKNOWN_AUTHORITY,  # unable to verify the first certificate
+    9: SSL_INVALID_CERTIFICATE,  # not yet valid
+    10: SSL_INVALID_CERTIFICATE,  # expired (https://expired.badssl.com/)
+}
+
+DNS_RCODES = {
+    "NXDOMAIN": DNS_NXDOMAIN,
+    "SERVFAIL": DNS_SERVFAIL,
+    "REFUSED": DNS_REFUSED,
+}
+
+
+def classify(exc: BaseException) -> str:
+    """Map an exception raised by a network operation to a failure string."""
+    if isinstance(exc, asyncio.CancelledError):
+        return INTERRUPTED
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, socket.timeout)):
+        return GENERIC_TIMEOUT
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _X509_CODES.get(getattr(exc, "verify_code", -1), SSL_INVALID_CERTIFICATE)
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, asyncio.IncompleteReadError)):
+        return EOF_ERROR  # peer closed the TLS/TCP stream without a proper close
+    if isinstance(exc, ssl.SSLError):
+        # A TLS alert from the peer or garbage instead of a ServerHello.
+        return SSL_FAILED_HANDSHAKE
+    if isinstance(exc, socket.gaierror):
+        return _GAI.get(exc.errno, UNKNOWN_PREFIX + f"getaddrinfo: {exc}")
+    if isinstance(exc, ConnectionResetError) and exc.errno is None:
+        # asyncio's SSL layer reports a FIN during the handshake as a bare
+        # ConnectionResetError() ("Connection lost"): the peer closed, no RST.
+        return EOF_ERROR
+    if isinstance(exc, OSError) and exc.errno in _ERRNO:
+        return _ERRNO[exc.errno]
+    if isinstance(exc, ConnectionRefusedError):
+        return CONNECTION_REFUSED
+    if isinstance(exc, ConnectionResetError):
+        return CONNECTION_RESET
+    if isinstance(exc, ConnectionAbortedError):
+        return CONNECTION_ABORTED
+    if isinstance(exc, (EOFError, BrokenPipeError)):
+        return EOF_ERROR
+    name = type(exc).__name__
+    return f"{UNKNOWN_PREFIX}{name}: {exc}"[:200]
+
+
+def dns_rcode_failure(rcode: str) -> str | None:
+    """The failure a stub resolver reports for a reply's rcode (None for NOERROR)."""
+    if rcode == "NOERROR":
+        return None
+    return DNS_RCODES.get(rcode, UNKNOWN_PREFIX + f"dns rcode {rcode}")

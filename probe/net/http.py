@@ -1,0 +1,200 @@
+"""Live HTTP(S) requests with aiohttp, pinned to one address, and control-helper calls.
+
+Requests go to the address the runner measured, never through a new DNS lookup.
+Certificates are not verified here: the TLS step on the same address and name
+has already judged them, and HTTPS is only attempted after that step validated.
+Redirects are followed only within the same host (up to ``max_redirects``); a
+redirect elsewhere ends the request and is recorded, since another host is
+another endpoint. Bodies are capped and decompressed with a cap (gzip bombs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+import zlib
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from probe.net import failures
+from probe.net.network import ControlRequest, ControlResult, HttpRequest, HttpResult, Timing
+
+MAX_HEADER_BYTES = 32 * 1024
+MAX_CONTROL_RESPONSE = 32 * 1024 * 1024
+
+
+class _PinnedResolver(AbstractResolver):
+    """Resolves every name to the one address under test."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):  # noqa: ANN201
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        return [{
+            "hostname": host, "host": self.address, "port": port,
+            "family": family, "proto": 0, "flags": socket.AI_NUMERICHOST,
+        }]
+
+    async def close(self) -> None:
+        return None
+
+
+def _no_verify_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def classify_http(exc: BaseException) -> str:
+    """aiohttp wraps socket errors; unwrap before asking the failure table."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return failures.HTTP_TOO_MANY_REDIRECTS
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return failures.EOF_ERROR
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return failures.classify(exc.certificate_error)
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
+        return failures.classify(exc.os_error)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return failures.GENERIC_TIMEOUT
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return failures.HTTP_INVALID_RESPONSE  # bad status line, enormous headers...
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, (ConnectionResetError, OSError)):
+            return failures.classify(cause)
+        return failures.EOF_ERROR
+    if isinstance(exc, aiohttp.ClientOSError):
+        return failures.classify(exc)
+    return failures.classify(exc)
+
+
+def _decoder(encoding: str):
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return None
+
+
+async def _read_body(response: aiohttp.ClientResponse, cap: int, measure: bool, clock):
+    """Read at most ``cap`` decoded bytes; count the rest of a throughput transfer."""
+    decoder = _decoder(response.headers.get("Content-Encoding", ""))
+    body = bytearray()
+    received = 0
+    truncated = False
+    first = last = None
+    async for chunk in response.content.iter_chunked(16384):
+        now = clock()
+        first = now if first is None else first
+        last = now
+        received += len(chunk)
+        if decoder is not None:
+            try:
+                chunk = decoder.decompress(chunk, max(0, cap - len(body)) + 1)
+            except zlib.error:
+                decoder = None
+        room = cap - len(body)
+        if len(chunk) > room:
+            truncated = True
+        body += chunk[:room]
+        if truncated and not measure:
+            break
+        if received > 64 * cap:  # a throughput transfer is bounded too
+            truncated = True
+            break
+    throughput = None
+    if measure and first is not None and last is not None and last > first:
+        throughput = received / (last - first)
+    return bytes(body), received, truncated, throughput
+
+
+async def request(req: HttpRequest, timeout: float, clock) -> HttpResult:
+    t0 = clock()
+    status = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body = b""
+    length = 0
+    truncated = False
+    throughput = None
+    redirects: list[str] = []
+    failure = None
+    connector = aiohttp.TCPConnector(
+        resolver=_PinnedResolver(req.address), ssl=_no_verify_context(),
+        force_close=True, limit=1, use_dns_cache=False,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            async with aiohttp.ClientSession(
+                connector=connector, auto_decompress=False,
+                max_field_size=MAX_HEADER_BYTES, max_line_size=MAX_HEADER_BYTES,
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as session:
+                url = req.url
+                host = urlsplit(url).hostname
+                while True:
+                    async with session.request(
+                        req.method, url, headers=list(req.headers),
+                        data=base64.b64decode(req.body) if req.body else None,
+                        allow_redirects=False,
+                    ) as response:
+                        status = response.status
+                        headers = tuple((k, v) for k, v in response.headers.items())[:200]
+                        location = response.headers.get("Location")
+                        if status in (301, 302, 303, 307, 308) and location:
+                            target = urljoin(url, location)
+                            if urlsplit(target).hostname == host:
+                                if len(redirects) >= req.max_redirects:
+                                    raise aiohttp.TooManyRedirects(
+                                        response.request_info, response.history
+                                    )
+                                redirects.append(target)
+                                url = target
+                                continue
+                        body, length, truncated, throughput = await _read_body(
+                            response, req.max_body, req.measure_throughput, clock
+                        )
+                        break
+    except Exception as exc:
+        failure = classify_http(exc)
+    finally:
+        await connector.close()
+    return HttpResult(
+        req, failure, status, headers, base64.b64encode(body).decode(), length, truncated,
+        tuple(redirects), throughput, Timing(t0, clock()),
+    )
+
+
+async def control_call(req: ControlRequest, timeout: float, clock) -> ControlResult:
+    t0 = clock()
+    status = None
+    body = None
+    failure = None
+    try:
+        async with asyncio.timeout(timeout):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+                async with session.post(req.url, json=req.body) as response:
+                    status = response.status
+                    raw = await response.content.read(MAX_CONTROL_RESPONSE + 1)
+                    if len(raw) > MAX_CONTROL_RESPONSE:
+                        raise aiohttp.ClientPayloadError("control response too large")
+                    if status == 200:
+                        parsed = json.loads(raw)
+                        if not isinstance(parsed, dict):
+                            raise ValueError("control response is not a JSON object")
+                        body = parsed
+                    else:
+                        failure = f"http_status_{status}"
+    except (ValueError, UnicodeDecodeError):
+        failure = failures.JSON_PARSE_ERROR
+    except Exception as exc:
+        failure = classify_http(exc)
+    return ControlResult(req, failure, status, body, Timing(t0, clock()))

@@ -1,0 +1,57 @@
+"""The live network: the real implementation of the seam, over the host's sockets."""
+
+from __future__ import annotations
+
+import time
+
+from probe.net import dns, http, tcp, tls
+from probe.net.network import (
+    ConnectResult,
+    ControlRequest,
+    ControlResult,
+    DnsExchange,
+    DnsQuery,
+    GetaddrinfoResult,
+    HttpRequest,
+    HttpResult,
+    MtprotoRequest,
+    MtprotoResult,
+    TlsRequest,
+    TlsResult,
+)
+
+
+class LiveNetwork:
+    """Talks to the real network; every method returns a result, never raises."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+
+    def clock(self) -> float:
+        return round(time.monotonic() - self._start, 6)
+
+    async def getaddrinfo(self, host: str, timeout: float) -> GetaddrinfoResult:
+        return await dns.getaddrinfo(host, timeout, self.clock)
+
+    async def dns_exchange(self, query: DnsQuery, timeout: float, linger: float) -> DnsExchange:
+        if query.transport == "tcp":
+            return await dns.tcp_exchange(query, timeout, self.clock)
+        return await dns.udp_exchange(query, timeout, linger, self.clock)
+
+    async def tcp_connect(self, address: str, port: int, timeout: float) -> ConnectResult:
+        return await tcp.connect(address, port, timeout, self.clock)
+
+    async def tls_handshake(self, request: TlsRequest, timeout: float) -> TlsResult:
+        return await tls.handshake(request, timeout, self.clock)
+
+    async def http_request(self, request: HttpRequest, timeout: float) -> HttpResult:
+        return await http.request(request, timeout, self.clock)
+
+    async def mtproto_exchange(self, request: MtprotoRequest, timeout: float) -> MtprotoResult:
+        return await tcp.mtproto_exchange(request, timeout, self.clock)
+
+    async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:
+        return await http.control_call(request, timeout, self.clock)
+
+    async def aclose(self) -> None:
+        return None

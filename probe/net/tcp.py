@@ -1,0 +1,88 @@
+"""Live TCP operations: connect, and the framed request/response exchange MTProto needs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+
+from probe.net import failures
+from probe.net.network import ConnectResult, MtprotoRequest, MtprotoResult, Timing
+
+MAX_MTPROTO_REPLY = 64 * 1024
+
+
+async def open_stream(address: str, port: int, timeout: float, clock):
+    """Connect; returns (ConnectResult, reader, writer) with reader/writer None on failure."""
+    t0 = clock()
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(address, port)
+    except Exception as exc:
+        return ConnectResult(address, port, failures.classify(exc), Timing(t0, clock())), None, None
+    return ConnectResult(address, port, None, Timing(t0, clock())), reader, writer
+
+
+async def close_stream(writer) -> None:
+    if writer is None:
+        return
+    writer.close()
+    try:
+        async with asyncio.timeout(1):
+            await writer.wait_closed()
+    except Exception:  # closing a reset or timed-out stream may raise; nothing to record
+        pass
+
+
+async def connect(address: str, port: int, timeout: float, clock) -> ConnectResult:
+    result, _, writer = await open_stream(address, port, timeout, clock)
+    await close_stream(writer)
+    return result
+
+
+async def _read_frame(reader: asyncio.StreamReader, transport: str, received: bytearray) -> None:
+    """Read one transport frame into ``received`` (capped); the codec judges it later."""
+    if transport == "abridged":
+        head = await reader.readexactly(1)
+        received += head
+        length = head[0]
+        if length == 0x7F:
+            more = await reader.readexactly(3)
+            received += more
+            length = int.from_bytes(more, "little")
+        length *= 4
+    else:
+        head = await reader.readexactly(4)
+        received += head
+        (length,) = struct.unpack("<I", head)
+    length = min(length & 0x7FFFFFFF, MAX_MTPROTO_REPLY - len(received))
+    while length > 0:
+        chunk = await reader.read(min(length, 4096))
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(received), None)
+        received += chunk
+        length -= len(chunk)
+
+
+async def mtproto_exchange(request: MtprotoRequest, timeout: float, clock) -> MtprotoResult:
+    t0 = clock()
+    received = bytearray()
+    failure = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    connect_result, reader, writer = await open_stream(request.address, request.port, timeout, clock)
+    if connect_result.failure is None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                writer.write(base64.b64decode(request.payload))
+                await writer.drain()
+                await _read_frame(reader, request.transport, received)
+        except Exception as exc:
+            failure = failures.classify(exc)
+    else:
+        failure = connect_result.failure
+    await close_stream(writer)
+    return MtprotoResult(
+        request, connect_result, failure, base64.b64encode(bytes(received)).decode(),
+        Timing(t0, clock()),
+    )
