@@ -1,0 +1,537 @@
+"""Observations (+ control) -> verdicts. Pure functions: no I/O, no clock.
+
+The rules, in the order they are applied to one endpoint:
+
+1. DNS (names only). Conclusive from local evidence alone: two different replies
+   to one UDP query (``dns.injected``: no honest resolver answers twice, the
+   Great Firewall does) and bogon answers (``dns.bogon``: Iran's 10.10.34.34-36,
+   Turkmenistan's 127.0.0.1). NXDOMAIN, SERVFAIL, REFUSED, no answer and
+   timeouts are ``dns_blocked`` only when the control resolves the name; when
+   the control fails the same way the name is ``down``; without a control they
+   are ``inconclusive``. Answers that share no address with the control's and
+   that no TLS handshake or MTProto exchange could validate (probe's or the
+   control's, on those very addresses) are ``dns.inconsistent``. A blocked DNS
+   gives the endpoint one row (address None): apps using that resolver cannot
+   reach the service, whatever the addresses do.
+2. Per address x port, the first step that failed (connect, TLS handshake,
+   certificate, MTProto, HTTP) is compared with the control's same step on the
+   same address: control succeeded -> ``<step>_blocked``; control failed too ->
+   ``down`` (a dead endpoint or stale address is never "blocked"); no usable
+   control -> ``inconclusive``, except for conclusive local evidence (a
+   certificate that fails the endpoint's pin, a known blockpage).
+3. All steps succeeded: a known blockpage, or a response that differs from
+   the control's in status class, is ``http_blocked``; a transfer under a tenth
+   of the control's and under ``THROTTLE_FLOOR_BPS`` is ``throttled``.
+4. Failures of IPv6 addresses when the vantage has no IPv6 connectivity at all
+   are ``inconclusive`` (OONI reports these as TCP blocking), and when the
+   volunteer's network is down (every baseline endpoint and the control
+   unreachable) every failure is ``inconclusive``.
+
+A control that is missing or itself failing can only make a verdict
+``inconclusive`` or ``down``, never turn a failure into ``ok`` nor a success
+into ``blocked``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from probe import blockpages
+from probe.bogons import IPNetwork, is_bogon
+from probe.net import failures
+from probe.net.network import DnsExchange, HttpResult
+from probe.observations import (
+    BLOCKED_VERDICTS,
+    DNS_BLOCKED,
+    DOWN,
+    HTTP_BLOCKED,
+    INCONCLUSIVE,
+    OK,
+    PROTOCOL_BLOCKED,
+    SERVICE_BLOCKED,
+    SERVICE_DOWN,
+    SERVICE_INCONCLUSIVE,
+    SERVICE_OK,
+    SERVICE_PARTIALLY_BLOCKED,
+    TCP_BLOCKED,
+    THROTTLED,
+    TLS_BLOCKED,
+    EndpointObservation,
+    PortObservation,
+    ServiceVerdict,
+    Verdict,
+)
+
+THROTTLE_RATIO = 0.1  # probe throughput below a tenth of the control's...
+THROTTLE_FLOOR_BPS = 250_000  # ...and below 2 Mbit/s (Russia 2021 held Twitter at ~150 kbit/s)
+BASELINE_RATIO = 0.25  # and below a quarter of the volunteer's own baseline transfer
+
+
+@dataclass(frozen=True)
+class Context:
+    """What analysis knows about the run beyond one endpoint."""
+
+    control: Mapping[str, EndpointObservation] | None  # None: no usable control
+    probe_has_ipv6: bool = True
+    control_has_ipv6: bool = True
+    network_down: bool = False
+    routable: tuple[IPNetwork, ...] = ()
+    baseline_throughput_bps: float | None = None
+    pinned: frozenset[str] = frozenset()  # endpoint ids with a pinned CA
+    tls_checked: frozenset[str] = frozenset()  # endpoint ids whose checks include tls/https
+
+
+# --------------------------------------------------------------------------- #
+# helpers                                                                      #
+# --------------------------------------------------------------------------- #
+
+_STEP_PREFIX = {
+    "connect": "tcp",
+    "tls_handshake": "tls",
+    "tls_verify": "tls",
+    "mtproto": "protocol",
+    "http_transaction": "http",
+}
+_STEP_VERDICT = {
+    "connect": TCP_BLOCKED,
+    "tls_handshake": TLS_BLOCKED,
+    "tls_verify": TLS_BLOCKED,
+    "mtproto": PROTOCOL_BLOCKED,
+    "http_transaction": HTTP_BLOCKED,
+}
+_FAILURE_SUFFIX = {
+    failures.GENERIC_TIMEOUT: "timeout",
+    failures.CONNECTION_RESET: "reset",
+    failures.CONNECTION_ABORTED: "reset",
+    failures.CONNECTION_REFUSED: "refused",
+    failures.EOF_ERROR: "eof",
+    failures.HOST_UNREACHABLE: "unreachable",
+    failures.NETWORK_UNREACHABLE: "unreachable",
+    failures.ADDRESS_FAMILY_NOT_SUPPORTED: "unreachable",
+    failures.SSL_FAILED_HANDSHAKE: "alert",
+    failures.SSL_UNKNOWN_AUTHORITY: "mitm",
+    failures.SSL_INVALID_HOSTNAME: "invalid_hostname",
+    failures.SSL_INVALID_CERTIFICATE: "invalid_certificate",
+    failures.MTPROTO_INVALID_RESPONSE: "invalid",
+    failures.HTTP_INVALID_RESPONSE: "invalid",
+    failures.HTTP_TOO_MANY_REDIRECTS: "redirect_loop",
+}
+_DNS_METHOD = {
+    failures.DNS_NXDOMAIN: "dns.nxdomain",
+    failures.DNS_SERVFAIL: "dns.servfail",
+    failures.DNS_NON_RECOVERABLE: "dns.servfail",
+    failures.DNS_REFUSED: "dns.refused",
+    failures.DNS_NO_ANSWER: "dns.no_answer",
+    failures.GENERIC_TIMEOUT: "dns.timeout",
+    failures.DNS_TEMPORARY: "dns.timeout",
+}
+
+
+def method_for(step: str, failure: str | None) -> str:
+    suffix = _FAILURE_SUFFIX.get(failure or "", "failure")
+    return f"{_STEP_PREFIX[step]}.{suffix}"
+
+
+def is_ipv6(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).version == 6
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """The first failing step of a port observation (step None: all passed)."""
+
+    step: str | None
+    failure: str | None
+    failed_operation: str | None
+
+
+def first_failure(port: PortObservation) -> StepOutcome:
+    if port.connect is None:
+        return StepOutcome(None, None, None)
+    if port.connect.failure is not None:
+        return StepOutcome("connect", port.connect.failure, "tcp_connect")
+    if port.tls is not None:
+        if port.tls.failure is not None:
+            return StepOutcome("tls_handshake", port.tls.failure, "tls_handshake")
+        if port.tls_verification is not None:
+            return StepOutcome("tls_verify", port.tls_verification, "tls_handshake")
+    if port.mtproto:
+        last = port.mtproto[-1]
+        if not last.valid:
+            failure = last.result.failure or failures.MTPROTO_INVALID_RESPONSE
+            return StepOutcome("mtproto", failure, "mtproto")
+    for http in port.http:
+        if http.failure is not None:
+            return StepOutcome("http_transaction", http.failure, "http_transaction")
+    return StepOutcome(None, None, None)
+
+
+def step_succeeded(port: PortObservation, step: str) -> bool | None:
+    """Did ``step`` succeed in this observation? None when it was not run."""
+    outcome = first_failure(port)
+    order = ["connect", "tls_handshake", "tls_verify", "mtproto", "http_transaction"]
+    ran = {
+        "connect": port.connect is not None,
+        "tls_handshake": port.tls is not None,
+        "tls_verify": port.tls is not None,
+        "mtproto": bool(port.mtproto),
+        "http_transaction": bool(port.http),
+    }
+    if outcome.step is None:
+        return True if ran[step] else None
+    if order.index(step) < order.index(outcome.step):
+        return True if ran[step] else None
+    if step == outcome.step:
+        return False
+    return None  # never reached: an earlier step failed
+
+
+def answers_of(exchanges: Iterable[DnsExchange]) -> list[str]:
+    out: list[str] = []
+    for exchange in exchanges:
+        for reply in exchange.replies:
+            if reply.failure:
+                continue
+            for answer in reply.answers:
+                if answer.rrtype in ("A", "AAAA") and answer.value not in out:
+                    out.append(answer.value)
+    return out
+
+
+def injected(exchanges: Iterable[DnsExchange]) -> bool:
+    """Two valid replies with different answers to one UDP query."""
+    for exchange in exchanges:
+        if exchange.query.transport != "udp":
+            continue
+        seen = {
+            frozenset(a.value for a in r.answers if a.rrtype in ("A", "AAAA"))
+            for r in exchange.replies
+            if r.failure is None
+        }
+        if len(seen) > 1:
+            return True
+    return False
+
+
+def resolver_failure(observation: EndpointObservation) -> str | None:
+    """How name resolution failed for an app on this vantage (None: it worked)."""
+    udp_a = [e for e in observation.dns if e.query.transport == "udp"]
+    if udp_a:
+        if answers_of(udp_a):
+            return None
+        for exchange in udp_a:
+            if exchange.query.qtype == "A" and exchange.failure:
+                return exchange.failure
+        return next((e.failure for e in udp_a if e.failure), failures.DNS_NO_ANSWER)
+    if observation.getaddrinfo is not None:
+        if observation.getaddrinfo.addresses:
+            return None
+        return observation.getaddrinfo.failure or failures.DNS_NO_ANSWER
+    return None
+
+
+def resolved_addresses(observation: EndpointObservation) -> list[str]:
+    addresses = answers_of(observation.dns)
+    if observation.getaddrinfo is not None:
+        addresses += [a for a in observation.getaddrinfo.addresses if a not in addresses]
+    return addresses
+
+
+def _validated(port: PortObservation) -> bool:
+    """Did this address prove to be the real service (valid TLS or valid resPQ)?"""
+    if port.connect is None or port.connect.failure is not None:
+        return False
+    if port.tls is not None and port.tls.failure is None and port.tls_verification is None:
+        return True
+    return any(check.valid for check in port.mtproto)
+
+
+# --------------------------------------------------------------------------- #
+# DNS                                                                          #
+# --------------------------------------------------------------------------- #
+
+
+def dns_verdict(
+    observation: EndpointObservation, control: EndpointObservation | None, context: Context
+) -> tuple[str, str, str | None, str] | None:
+    """(verdict, method, failure, explanation) when DNS decides the endpoint, else None."""
+    probe_answers = resolved_addresses(observation)
+    control_answers = resolved_addresses(control) if control is not None else []
+    control_real = [a for a in control_answers if not is_bogon(a, context.routable)]
+    control_resolves = control is not None and bool(control_real)
+
+    if injected(observation.dns):
+        return (
+            DNS_BLOCKED, "dns.injected", None,
+            "More than one different reply arrived for one DNS query: someone on the path "
+            "forged an answer that raced the resolver's.",
+        )
+    bogons = [a for a in probe_answers if is_bogon(a, context.routable)]
+    if bogons and not (set(bogons) & set(control_answers)):
+        return (
+            DNS_BLOCKED, "dns.bogon", failures.DNS_NO_ANSWER if not observation.addresses else None,
+            f"The resolver answered {', '.join(bogons[:3])}, an address no public service can "
+            "have (a typical censor answer).",
+        )
+    failure = resolver_failure(observation)
+    if failure is not None:
+        method = _DNS_METHOD.get(failure, "dns.failure")
+        if context.network_down:
+            return (INCONCLUSIVE, method, failure,
+                    "Name resolution failed, but your network seems to be down.")
+        if control is None:
+            return (INCONCLUSIVE, method, failure,
+                    "Name resolution failed and there is no control measurement to compare with.")
+        if control_resolves:
+            return (DNS_BLOCKED, method, failure,
+                    f"Your resolver failed ({failure}) while the control resolved the name.")
+        return (DOWN, method, failure,
+                "The name does not resolve from the control either: the service looks down "
+                "or the name is stale, not blocked.")
+    if control_resolves and probe_answers and not (set(probe_answers) & set(control_answers)):
+        validated = any(_validated(p) for p in observation.ports)
+        validated |= any(
+            _validated(p) for p in control.ports if p.address in probe_answers  # type: ignore[union-attr]
+        )
+        checkable = observation.endpoint_id in context.tls_checked or any(
+            p.mtproto for p in observation.ports
+        )
+        if checkable and not validated:
+            return (
+                DNS_BLOCKED, "dns.inconsistent", None,
+                "Your resolver's addresses share nothing with the control's and none of them "
+                "proved to be the real service.",
+            )
+    return None
+
+
+# --------------------------------------------------------------------------- #
+# per address x port                                                           #
+# --------------------------------------------------------------------------- #
+
+
+def _control_port(
+    control: EndpointObservation | None, address: str, port: int
+) -> PortObservation | None:
+    if control is None:
+        return None
+    for candidate in control.ports:
+        if candidate.address == address and candidate.port == port:
+            return candidate
+    return None
+
+
+def _body(http: HttpResult) -> bytes:
+    try:
+        return base64.b64decode(http.body)
+    except ValueError:
+        return b""
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def page_title(body: bytes) -> str:
+    match = _TITLE.search(body[:65536])
+    return match.group(1).decode("utf-8", "replace").strip()[:200] if match else ""
+
+
+def blockpage_evidence(
+    http: HttpResult, control_http: HttpResult | None
+) -> str | None:
+    """Why this response is a blockpage, or None."""
+    body = _body(http)
+    fingerprint = blockpages.match(http.status, http.headers, body)
+    if fingerprint is not None:
+        return f"The page matches the known blockpage fingerprint '{fingerprint}'."
+    if control_http is None or control_http.failure is not None or control_http.status is None:
+        return None
+    if http.status is None:
+        return None
+    probe_class, control_class = http.status // 100, control_http.status // 100
+    if probe_class in (4, 5) and control_class in (2, 3):
+        return (
+            f"The server answered {http.status} to you but {control_http.status} to the control."
+        )
+    control_body = _body(control_http)
+    if http.status == control_http.status and control_body and not control_http.body_truncated:
+        ratio = len(body) / max(len(control_body), 1)
+        if ratio < 0.3 and page_title(body) != page_title(control_body):
+            return "The page differs from the control's: a different title and a third of its size."
+    return None
+
+
+def _down_or_inconclusive(
+    step: str, failure: str, address: str, control_port: PortObservation | None, context: Context
+) -> tuple[str, str]:
+    if context.network_down:
+        return INCONCLUSIVE, "Your network seems to be down (the baseline and the control fail)."
+    if is_ipv6(address) and not context.probe_has_ipv6:
+        return INCONCLUSIVE, "Your network has no IPv6 connectivity, so IPv6 failures say nothing."
+    if context.control is None:
+        return INCONCLUSIVE, "There is no control measurement to tell blocking from an outage."
+    if control_port is None:
+        return INCONCLUSIVE, "The control did not measure this address."
+    if is_ipv6(address) and not context.control_has_ipv6:
+        return INCONCLUSIVE, "The control has no IPv6 connectivity to compare with."
+    control_step = step_succeeded(control_port, step)
+    if control_step is True:
+        verdict = _STEP_VERDICT[step]
+        return verdict, f"This step failed for you ({failure}) but worked from the control."
+    if control_step is False:
+        return DOWN, "The control fails at the same step: the endpoint is down, not blocked."
+    if step_succeeded(control_port, "connect") is False:
+        return DOWN, "The control cannot connect either: the endpoint is down, not blocked."
+    return INCONCLUSIVE, "The control did not reach this step, so there is nothing to compare."
+
+
+def port_verdict(
+    observation: EndpointObservation,
+    port: PortObservation,
+    control: EndpointObservation | None,
+    context: Context,
+) -> Verdict:
+    control_port = _control_port(control, port.address, port.port)
+    outcome = first_failure(port)
+
+    def row(verdict: str, method: str | None, explanation: str) -> Verdict:
+        return Verdict(
+            observation.endpoint_id, observation.service, observation.host, port.address,
+            port.port, verdict, method, outcome.failure, outcome.failed_operation, explanation,
+        )
+
+    if outcome.step is not None:
+        method = method_for(outcome.step, outcome.failure)
+        # Conclusive without a control: a certificate failing the endpoint's own pin
+        # for the right name (an interception certificate), a known blockpage.
+        if (
+            outcome.step == "tls_verify"
+            and outcome.failure == failures.SSL_UNKNOWN_AUTHORITY
+            and observation.endpoint_id in context.pinned
+        ):
+            return row(TLS_BLOCKED, "tls.mitm",
+                       "The certificate is for the right name but not from the service's own "
+                       "pinned authority: the connection is being intercepted.")
+        verdict, explanation = _down_or_inconclusive(
+            outcome.step, outcome.failure or "", port.address, control_port, context
+        )
+        return row(verdict, method, explanation)
+
+    # Every step passed: look at the content and the speed.
+    for index, http in enumerate(port.http):
+        control_http = None
+        if control_port is not None and index < len(control_port.http):
+            control_http = control_port.http[index]
+        evidence = blockpage_evidence(http, control_http)
+        if evidence is not None:
+            return row(HTTP_BLOCKED, "http.blockpage", evidence)
+    throttle = throttling(port, control_port, context)
+    if throttle is not None:
+        return row(THROTTLED, "throttle", throttle)
+    return row(OK, None, "Every step worked.")
+
+
+def throttling(
+    port: PortObservation, control_port: PortObservation | None, context: Context
+) -> str | None:
+    probe_rates = [h.throughput_bps for h in port.http if h.throughput_bps]
+    if not probe_rates or control_port is None:
+        return None
+    control_rates = [h.throughput_bps for h in control_port.http if h.throughput_bps]
+    if not control_rates:
+        return None
+    probe_rate, control_rate = max(probe_rates), max(control_rates)
+    if probe_rate >= THROTTLE_RATIO * control_rate or probe_rate >= THROTTLE_FLOOR_BPS:
+        return None
+    baseline = context.baseline_throughput_bps
+    if baseline is not None and probe_rate >= BASELINE_RATIO * baseline:
+        return None  # the volunteer's link is this slow for everything
+    return (
+        f"The transfer ran at {probe_rate * 8 / 1000:.0f} kbit/s for you and "
+        f"{control_rate * 8 / 1000:.0f} kbit/s from the control."
+    )
+
+
+# --------------------------------------------------------------------------- #
+# endpoints, services, the run                                                 #
+# --------------------------------------------------------------------------- #
+
+
+def endpoint_verdicts(
+    observation: EndpointObservation, context: Context
+) -> list[Verdict]:
+    control = context.control.get(observation.endpoint_id) if context.control else None
+    if observation.interrupted:
+        return [Verdict(observation.endpoint_id, observation.service, observation.host, None,
+                        None, INCONCLUSIVE, None, failures.INTERRUPTED, None,
+                        "The run was interrupted before this endpoint was measured.")]
+    dns = None
+    if observation.dns or observation.getaddrinfo is not None:
+        dns = dns_verdict(observation, control, context)
+    if dns is not None:
+        verdict, method, failure, explanation = dns
+        return [Verdict(observation.endpoint_id, observation.service, observation.host, None,
+                        None, verdict, method, failure,
+                        "resolve" if failure else None, explanation)]
+    if not observation.ports:
+        return [Verdict(observation.endpoint_id, observation.service, observation.host, None,
+                        None, OK, None, None, None, "The name resolves consistently.")]
+    return [port_verdict(observation, port, control, context) for port in observation.ports]
+
+
+def has_ipv6(observations: Iterable[EndpointObservation]) -> bool:
+    """False when the vantage clearly has no IPv6: no IPv6 connect ever worked and at
+    least one failed as unreachable, or every one failed."""
+    worked = failed = unreachable = 0
+    for observation in observations:
+        for port in observation.ports:
+            if port.connect is None or not is_ipv6(port.address):
+                continue
+            if port.connect.failure is None:
+                worked += 1
+            else:
+                failed += 1
+                unreachable += port.connect.failure in failures.UNREACHABLE
+    if worked:
+        return True
+    return not (unreachable or failed)
+
+
+def service_status(verdicts: Iterable[Verdict]) -> tuple[str, str]:
+    verdicts = list(verdicts)
+    kinds = {v.verdict for v in verdicts}
+    blocked = kinds & BLOCKED_VERDICTS
+    counts = f"{sum(v.verdict in BLOCKED_VERDICTS for v in verdicts)} of {len(verdicts)}"
+    if blocked and OK in kinds:
+        return SERVICE_PARTIALLY_BLOCKED, f"{counts} measurements blocked, others work."
+    if blocked:
+        return SERVICE_BLOCKED, f"{counts} measurements blocked, none works."
+    if OK in kinds:
+        return SERVICE_OK, "Reachable."
+    if kinds == {DOWN}:
+        return SERVICE_DOWN, "Down for the control too: an outage, not blocking."
+    return SERVICE_INCONCLUSIVE, "Not enough evidence to tell blocking from an outage."
+
+
+def network_down(
+    baseline: Iterable[EndpointObservation], control_available: bool
+) -> bool:
+    """True when nothing of the baseline works and no control answered."""
+    if control_available:
+        return False
+    baseline = list(baseline)
+    for observation in baseline:
+        if resolver_failure(observation) is None and any(
+            first_failure(p).step is None and p.connect is not None for p in observation.ports
+        ):
+            return False
+        if resolver_failure(observation) is None and not observation.ports:
+            return False
+    return True

@@ -1,0 +1,44 @@
+"""Addresses that no public service can have: the "bogon" list, and its exemptions.
+
+A DNS answer in one of these networks is not where a messaging service lives:
+censors answer 10.10.34.34-36 (Iran), 127.0.0.1 (Turkmenistan), 0.0.0.0 or a
+private blockpage address. The runner never connects to such an answer (that
+would send a volunteer's traffic into their own LAN), and analysis reads it as
+``dns.bogon``. A test network (the lab) may exempt its documentation ranges with
+``routable_networks`` in its targets file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+BOGON_NETWORKS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "::ffff:0:0/96", "100::/64", "2001:db8::/32", "fc00::/7",
+        "fe80::/10", "ff00::/8",
+    )
+)
+
+
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def is_bogon(address: str, routable: Iterable[IPNetwork] = ()) -> bool:
+    """True for addresses no public endpoint can have (unparseable ones included)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if any(ip.version == n.version and ip in n for n in routable):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return is_bogon(str(ip.ipv4_mapped), routable)
+    return any(ip.version == n.version and ip in n for n in BOGON_NETWORKS)

@@ -1,0 +1,278 @@
+"""Measures endpoints concurrently through the network seam.
+
+Every endpoint is its own task; each endpoint runs its steps in order (DNS, then
+every address x port: connect / TLS / MTProto / HTTP), each step under its own
+timeout, and a semaphore bounds how many operations are in flight. A run with
+every endpoint blackholed therefore takes about one DNS timeout plus one step
+timeout, not their sum over endpoints. Cancelling the run (Ctrl-C) keeps what
+was measured: unfinished endpoints come back marked ``interrupted``.
+
+The control helper measures with the same ``measure_endpoint`` from its own
+vantage, so the probe and the control always run the same steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from probe import mtproto
+from probe.bogons import IPNetwork, is_bogon
+from probe.certificates import verify_chain
+from probe.net.network import (
+    DnsExchange,
+    DnsQuery,
+    HttpRequest,
+    MtprotoRequest,
+    Network,
+    TlsRequest,
+)
+from probe.observations import EndpointObservation, MtprotoCheck, PortObservation
+from probe.targets import Endpoint
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_CONCURRENCY = 32
+USER_AGENT = "Mozilla/5.0 (probe censorship measurement; +https://github.com/)"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    resolver: tuple[str, int] | None = None  # direct DNS queries go here; None: system only
+    timeout: float = DEFAULT_TIMEOUT  # per step
+    concurrency: int = DEFAULT_CONCURRENCY  # operations in flight
+    dns_linger: float = 1.0  # keep listening this long after a UDP reply (injection)
+    max_addresses_per_family: int = 3
+    trust_pem: str | None = None  # run-wide trust store (--ca-bundle); None: system
+    routable: tuple[IPNetwork, ...] = ()  # bogon exemptions (test networks)
+    started_at: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+    )
+    download_bytes: int = 8 << 20  # cap of a throughput transfer
+    body_bytes: int = 1 << 20  # cap of a page body kept in the report
+
+
+def _family(address: str) -> int:
+    return ipaddress.ip_address(address.split("%", 1)[0]).version
+
+
+def _url(scheme: str, host: str, port: int, path: str) -> str:
+    default = 443 if scheme == "https" else 80
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}{'' if port == default else f':{port}'}{path}"
+
+
+def candidate_addresses(
+    endpoint: Endpoint,
+    dns: Iterable[DnsExchange],
+    system: Iterable[str],
+    extra: Iterable[str],
+    options: RunOptions,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(addresses to measure, answers not measured because they are bogons).
+
+    Order: the resolver's answers as they arrived, then the system resolver's,
+    then addresses another vantage asked us to test (the control's request).
+    """
+    seen: list[str] = []
+    for exchange in dns:
+        for reply in exchange.replies:
+            for answer in reply.answers:
+                if answer.rrtype in ("A", "AAAA") and answer.value not in seen:
+                    seen.append(answer.value)
+    for address in (*system, *extra):
+        if address not in seen:
+            seen.append(address)
+    bogons = tuple(a for a in seen if is_bogon(a, options.routable))
+    measured: list[str] = []
+    per_family: dict[int, int] = {}
+    for address in seen:
+        if address in bogons:
+            continue
+        family = _family(address)
+        if per_family.get(family, 0) < options.max_addresses_per_family:
+            per_family[family] = per_family.get(family, 0) + 1
+            measured.append(address)
+    return tuple(measured), bogons
+
+
+class Measurer:
+    """Runs the steps of endpoints over one network, within one concurrency budget."""
+
+    def __init__(self, network: Network, options: RunOptions) -> None:
+        self.network = network
+        self.options = options
+        self._slots = asyncio.Semaphore(options.concurrency)
+
+    async def _step(self, operation, *args):
+        async with self._slots:
+            return await operation(*args)
+
+    async def resolve(self, endpoint: Endpoint):
+        o = self.options
+        tasks = []
+        if o.resolver is not None:
+            for transport in ("udp", "tcp"):
+                for qtype in ("A", "AAAA"):
+                    query = DnsQuery(o.resolver[0], o.resolver[1], endpoint.host, qtype, transport)
+                    linger = o.dns_linger if transport == "udp" else 0.0
+                    tasks.append(self._step(self.network.dns_exchange, query, o.timeout, linger))
+        tasks.append(self._step(self.network.getaddrinfo, endpoint.host, o.timeout))
+        results = await asyncio.gather(*tasks)
+        return tuple(results[:-1]), results[-1]
+
+    async def measure(
+        self, endpoint: Endpoint, extra_addresses: Iterable[str] = ()
+    ) -> EndpointObservation:
+        if endpoint.host_is_address:
+            dns: tuple[DnsExchange, ...] = ()
+            system = None
+            addresses, bogons = (endpoint.host,), ()
+        else:
+            dns, system = await self.resolve(endpoint)
+            addresses, bogons = candidate_addresses(
+                endpoint, dns, system.addresses, extra_addresses, self.options
+            )
+        measured: tuple[PortObservation, ...] = ()
+        if set(endpoint.checks) - {"dns"}:
+            measured = tuple(
+                await asyncio.gather(
+                    *(
+                        self.measure_port(endpoint, address, port)
+                        for address in addresses
+                        for port in endpoint.ports
+                    )
+                )
+            )
+        return EndpointObservation(
+            endpoint.id, endpoint.service, endpoint.host, system, dns, addresses, bogons, measured
+        )
+
+    async def measure_port(self, endpoint: Endpoint, address: str, port: int) -> PortObservation:
+        o = self.options
+        checks = set(endpoint.checks)
+        connect = tls = None
+        verification = None
+        mtproto_checks: list[MtprotoCheck] = []
+        http = []
+        uses_tls = bool(checks & {"tls", "https"}) and port != 80
+        if "mtproto" in checks:
+            for transport in ("intermediate", "abridged"):
+                check = await self.mtproto_check(address, port, transport)
+                mtproto_checks.append(check)
+                connect = connect or check.result.connect
+                if check.valid or check.result.connect.failure is not None:
+                    break  # abridged is only a fallback for a reply we could not read
+        elif uses_tls:
+            request = TlsRequest(address, port, endpoint.sni)
+            tls = await self._step(self.network.tls_handshake, request, o.timeout)
+            connect = tls.connect
+            if tls.failure is None:
+                trust = endpoint.ca_pem if endpoint.ca_pem is not None else o.trust_pem
+                verification = verify_chain(
+                    tls.peer_certificates, endpoint.sni or address, trust, o.started_at
+                )
+        elif "tcp" in checks or checks & {"http", "download"}:
+            connect = await self._step(self.network.tcp_connect, address, port, o.timeout)
+        if connect is not None and connect.failure is None:
+            host = endpoint.host
+            tls_ok = tls is not None and tls.failure is None and verification is None
+            if "http" in checks and not uses_tls and port != 443:
+                http.append(await self.http_check(endpoint, address, port, "http"))
+            if "https" in checks and tls_ok:
+                http.append(await self.http_check(endpoint, address, port, "https"))
+            if "download" in checks and (tls_ok or not uses_tls):
+                scheme = "https" if uses_tls else "http"
+                request = HttpRequest(
+                    _url(scheme, host, port, endpoint.path), address,
+                    headers=(("User-Agent", USER_AGENT),),
+                    max_body=o.download_bytes, measure_throughput=True,
+                )
+                http.append(await self._step(self.network.http_request, request, o.timeout * 3))
+        return PortObservation(
+            address, port, connect, tls, verification, tuple(mtproto_checks), tuple(http)
+        )
+
+    async def http_check(self, endpoint: Endpoint, address: str, port: int, scheme: str):
+        method, body = "GET", ""
+        if "mtproto" in endpoint.checks:
+            # OONI's telegram test POSTs to the datacenters' port 80: keep comparable.
+            method, body = "POST", base64.b64encode(b"probe").decode()
+        request = HttpRequest(
+            _url(scheme, endpoint.host, port, endpoint.path), address, method,
+            headers=(("User-Agent", USER_AGENT),), body=body, max_body=self.options.body_bytes,
+        )
+        return await self._step(self.network.http_request, request, self.options.timeout)
+
+    async def mtproto_check(self, address: str, port: int, transport: str) -> MtprotoCheck:
+        nonce = mtproto.new_nonce()
+        message = mtproto.req_pq_multi(nonce)
+        payload = (
+            mtproto.frame_abridged(message)
+            if transport == "abridged"
+            else mtproto.frame_intermediate(message)
+        )
+        request = MtprotoRequest(address, port, base64.b64encode(payload).decode(), transport)
+        result = await self._step(self.network.mtproto_exchange, request, self.options.timeout)
+        return judge_mtproto(result)
+
+
+def sent_nonce(request: MtprotoRequest) -> bytes:
+    """The nonce we sent, read back from the recorded request (replay-safe)."""
+    payload = base64.b64decode(request.payload)
+    return payload[-16:]
+
+
+def judge_mtproto(result) -> MtprotoCheck:
+    if result.failure is not None and not result.received:
+        return MtprotoCheck(result, False, None)
+    try:
+        mtproto.parse_res_pq(
+            base64.b64decode(result.received), result.request.transport, sent_nonce(result.request)
+        )
+    except mtproto.MtprotoError as exc:
+        return MtprotoCheck(result, False, getattr(exc, "reason", str(exc)))
+    return MtprotoCheck(result, True, None)
+
+
+async def run_endpoints(
+    network: Network,
+    endpoints: Iterable[Endpoint],
+    options: RunOptions,
+    on_result: Callable[[EndpointObservation], None] | None = None,
+    extra_addresses: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, EndpointObservation]:
+    """Measure every endpoint concurrently; on cancellation, return what is done.
+
+    Unfinished endpoints are returned as ``interrupted`` observations, and the
+    CancelledError propagates after ``on_result`` has seen them all, so the caller
+    can write a complete-but-marked report before exiting.
+    """
+    measurer = Measurer(network, options)
+    endpoints = list(endpoints)
+    results: dict[str, EndpointObservation] = {}
+    extra = extra_addresses or {}
+
+    async def one(endpoint: Endpoint) -> None:
+        observation = await measurer.measure(endpoint, extra.get(endpoint.id, ()))
+        results[endpoint.id] = observation
+        if on_result is not None:
+            on_result(observation)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for endpoint in endpoints:
+                group.create_task(one(endpoint))
+    except asyncio.CancelledError:
+        for endpoint in endpoints:
+            if endpoint.id not in results:
+                results[endpoint.id] = EndpointObservation(
+                    endpoint.id, endpoint.service, endpoint.host, None, (), (), (), (),
+                    interrupted=True,
+                )
+        raise
+    return {e.id: results[e.id] for e in endpoints}
