@@ -17,6 +17,7 @@ import asyncio
 import base64
 import datetime
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ from probe.net.network import (
 )
 from probe.observations import EndpointObservation, MtprotoCheck, PortObservation
 from probe.targets import Endpoint
+
+log = logging.getLogger("probe.runner")
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONCURRENCY = 32
@@ -245,20 +248,29 @@ async def run_endpoints(
     options: RunOptions,
     on_result: Callable[[EndpointObservation], None] | None = None,
     extra_addresses: dict[str, tuple[str, ...]] | None = None,
+    results: dict[str, EndpointObservation] | None = None,
 ) -> dict[str, EndpointObservation]:
     """Measure every endpoint concurrently; on cancellation, return what is done.
 
     Unfinished endpoints are returned as ``interrupted`` observations, and the
     CancelledError propagates after ``on_result`` has seen them all, so the caller
-    can write a complete-but-marked report before exiting.
+    can write a complete-but-marked report before exiting; pass ``results`` to
+    keep them.
     """
     measurer = Measurer(network, options)
     endpoints = list(endpoints)
-    results: dict[str, EndpointObservation] = {}
+    results = {} if results is None else results
     extra = extra_addresses or {}
 
     async def one(endpoint: Endpoint) -> None:
-        observation = await measurer.measure(endpoint, extra.get(endpoint.id, ()))
+        try:
+            observation = await measurer.measure(endpoint, extra.get(endpoint.id, ()))
+        except Exception:  # a bug must not lose the other endpoints' measurements
+            log.exception("measuring %s failed", endpoint.id)
+            observation = EndpointObservation(
+                endpoint.id, endpoint.service, endpoint.host, None, (), (), (), (),
+                interrupted=True,
+            )
         results[endpoint.id] = observation
         if on_result is not None:
             on_result(observation)

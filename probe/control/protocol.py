@@ -1,0 +1,134 @@
+"""The control protocol's messages: what the probe asks, what the helper answers.
+
+Version 1, JSON over HTTP POST to ``<helper>/measure``. The request lists the
+endpoints the probe measured, with the addresses the probe resolved, so the
+helper measures those very addresses (a stale or forged address is then told
+apart from a blocked one). The answer carries the helper's own observations in
+the same shapes the probe records, and the address the request came from.
+Parsing never trusts the peer: sizes and counts are capped and every field is
+type-checked; a bad message is a ``ProtocolError`` with a reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from probe.net.network import from_json, to_json
+from probe.observations import EndpointObservation
+from probe.targets import CHECKS, Endpoint
+
+VERSION = 1
+MAX_ENDPOINTS = 2000
+MAX_ADDRESSES = 16
+MAX_PORTS = 8
+MAX_TEXT = 4096
+MAX_PEM = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A control message that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class ControlEndpoint:
+    endpoint: Endpoint
+    addresses: tuple[str, ...]  # the probe's resolved addresses, to measure too
+
+
+def _text(data: dict, key: str, required: bool = True, limit: int = MAX_TEXT) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ProtocolError(f"field {key!r} must be a non-empty string of at most {limit} chars")
+    return value
+
+
+def endpoint_to_request(endpoint: Endpoint, addresses: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "id": endpoint.id, "service": endpoint.service, "host": endpoint.host,
+        "ports": list(endpoint.ports), "checks": list(endpoint.checks), "sni": endpoint.sni,
+        "ca_pem": endpoint.ca_pem, "path": endpoint.path, "addresses": list(addresses),
+    }
+
+
+def build_request(items: list[ControlEndpoint], timeout: float) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "timeout": timeout,
+        "endpoints": [endpoint_to_request(i.endpoint, i.addresses) for i in items],
+    }
+
+
+def parse_request(body: Any) -> tuple[list[ControlEndpoint], float]:
+    if not isinstance(body, dict) or body.get("version") != VERSION:
+        raise ProtocolError("expected a JSON object with version 1")
+    timeout = body.get("timeout", 10)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise ProtocolError("timeout must be a number in (0, 60]")
+    raw = body.get("endpoints")
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ENDPOINTS:
+        raise ProtocolError(f"endpoints must be a list of 1 to {MAX_ENDPOINTS} items")
+    items = []
+    for data in raw:
+        if not isinstance(data, dict):
+            raise ProtocolError("every endpoint must be an object")
+        ports = data.get("ports")
+        if (
+            not isinstance(ports, list) or not 0 < len(ports) <= MAX_PORTS
+            or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
+                       for p in ports)
+        ):
+            raise ProtocolError("ports must be a list of 1 to 8 port numbers")
+        checks = data.get("checks")
+        if not isinstance(checks, list) or not checks or not set(checks) <= set(CHECKS):
+            raise ProtocolError(f"checks must be a non-empty list drawn from {', '.join(CHECKS)}")
+        addresses = data.get("addresses", [])
+        if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES:
+            raise ProtocolError(f"addresses must be a list of at most {MAX_ADDRESSES}")
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except (ValueError, TypeError):
+                raise ProtocolError(f"not an IP address: {str(address)[:60]!r}") from None
+        path = _text(data, "path", required=False) or "/"
+        if not path.startswith("/"):
+            raise ProtocolError("path must start with /")
+        endpoint = Endpoint(
+            id=_text(data, "id"), service=_text(data, "service"), host=_text(data, "host", limit=255),
+            ports=tuple(ports), checks=tuple(checks), sni=_text(data, "sni", required=False,
+                                                                limit=255),
+            ca_pem=_text(data, "ca_pem", required=False, limit=MAX_PEM), path=path,
+        )
+        items.append(ControlEndpoint(endpoint, tuple(addresses)))
+    return items, float(timeout)
+
+
+def build_response(
+    observations: dict[str, EndpointObservation], probe_address: str | None, helper: dict
+) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "helper": helper,
+        "probe_address": probe_address,
+        "endpoints": {k: to_json(v) for k, v in observations.items()},
+    }
+
+
+def parse_response(body: Any) -> tuple[dict[str, EndpointObservation], str | None]:
+    """The helper's observations by endpoint id, and the probe address it saw."""
+    if not isinstance(body, dict) or body.get("version") != VERSION:
+        raise ProtocolError("control response is not a version 1 object")
+    endpoints = body.get("endpoints")
+    if not isinstance(endpoints, dict):
+        raise ProtocolError("control response has no endpoints object")
+    observations = {}
+    for key, value in endpoints.items():
+        try:
+            observations[key] = from_json(EndpointObservation, value)
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(f"endpoint {key[:60]!r}: {exc}"[:300]) from None
+    address = body.get("probe_address")
+    return observations, address if isinstance(address, str) else None

@@ -1,0 +1,121 @@
+"""The control helper: an aiohttp server that measures endpoints from its own vantage.
+
+NGOs deploy it on an uncensored network. It answers ``POST /measure`` (see
+``probe.control.protocol``) by running the very same steps as the probe
+(``probe.runner.Measurer``) over the live network, and ``GET /`` with a health
+line. It is built to be exposed to the Internet: request bodies are capped,
+concurrent measurements are bounded (extra requests get 503 at once, never a
+hang), every measurement has a deadline, and it refuses to measure bogon
+addresses (it must not become a proxy into its own private network). The
+address a request came from is echoed to the probe and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from probe import __version__
+from probe.bogons import IPNetwork, is_bogon
+from probe.control import protocol
+from probe.net.live import LiveNetwork
+from probe.runner import RunOptions, run_endpoints
+
+log = logging.getLogger("probe.control")
+
+MAX_BODY = 2 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT = 4
+
+
+class ControlHelper:
+    def __init__(
+        self,
+        resolver: tuple[str, int] | None,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        max_timeout: float = 15.0,
+        routable: tuple[IPNetwork, ...] = (),
+        sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        network_factory=LiveNetwork,
+    ) -> None:
+        self.resolver = resolver
+        self.max_concurrent = max_concurrent
+        self.max_timeout = max_timeout
+        self.routable = routable
+        self.sign = sign
+        self.network_factory = network_factory
+        self._busy = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_get("/", self.health)
+        app.router.add_post("/measure", self.measure)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text=f"probe control helper {__version__}: ok\n")
+
+    async def measure(self, request: web.Request) -> web.Response:
+        if self._busy >= self.max_concurrent:
+            return web.json_response({"error": "busy, retry later"}, status=503)
+        self._busy += 1
+        try:
+            try:
+                body = await request.json(loads=json.loads)
+                items, timeout = protocol.parse_request(body)
+            except web.HTTPRequestEntityTooLarge:
+                return web.json_response({"error": "request too large"}, status=413)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return web.json_response({"error": str(exc)[:300]}, status=400)
+            timeout = min(timeout, self.max_timeout)
+            endpoints = []
+            extra: dict[str, tuple[str, ...]] = {}
+            for item in items:
+                if item.endpoint.host_is_address and is_bogon(item.endpoint.host, self.routable):
+                    continue  # never measure into private networks on anyone's behalf
+                endpoints.append(item.endpoint)
+                extra[item.endpoint.id] = tuple(
+                    a for a in item.addresses if not is_bogon(a, self.routable)
+                )
+            options = RunOptions(
+                resolver=self.resolver, timeout=timeout, routable=self.routable
+            )
+            network = self.network_factory()
+            try:
+                async with asyncio.timeout(timeout * 8 + 5):
+                    observations = await run_endpoints(
+                        network, endpoints, options, extra_addresses=extra
+                    )
+            except TimeoutError:
+                return web.json_response({"error": "measurement deadline exceeded"}, status=504)
+            finally:
+                await network.aclose()
+            response = protocol.build_response(
+                observations, request.remote,
+                {"software_name": "probe-control", "software_version": __version__},
+            )
+            if self.sign is not None:
+                response = self.sign(response)
+            return web.json_response(response)
+        finally:
+            self._busy -= 1
+
+
+async def serve(
+    helper: ControlHelper, host: str, port: int, ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    runner = web.AppRunner(helper.app(), access_log=None)  # no access log: no addresses
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    if ready is not None:
+        ready(f"control helper listening on {host}:{port}")
+    try:
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        await runner.cleanup()
