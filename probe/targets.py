@@ -44,7 +44,7 @@ _PATH_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f#]")
 # A CA file larger than this is not a CA file (and reading /dev/zero must end).
 _MAX_CA_BYTES = 1024 * 1024
 
-_TOP_KEYS = ("version", "ca_bundle", "services")
+_TOP_KEYS = ("version", "ca_bundle", "routable_networks", "services")
 _SERVICE_KEYS = ("id", "name", "test_name", "baseline", "ca", "notes", "endpoints")
 _ENDPOINT_KEYS = (
     "id", "host", "port", "ports", "checks", "sni", "ca", "path", "role", "expected_asns",
@@ -123,6 +123,8 @@ class Targets:
     services: tuple[Service, ...]
     ca_bundle_pem: str | None
     """PEM bundle to use instead of the system trust store, if the file names one."""
+    routable_networks: tuple[str, ...] = ()
+    """Networks exempted from the bogon list (test labs use documentation ranges)."""
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(endpoint for service in self.services for endpoint in service.endpoints)
@@ -379,6 +381,20 @@ class _Parser:
         if "ca_bundle" in entries:
             ca_bundle_pem = self.ca(entries["ca_bundle"][1], "ca_bundle")
 
+        routable: list[str] = []
+        if "routable_networks" in entries:
+            # Test networks (the lab) live in documentation ranges that are bogons
+            # in the real world; this exempts them. Never needed for real targets.
+            for i, node in enumerate(
+                self.sequence(entries["routable_networks"][1], "routable_networks")
+            ):
+                field = f"routable_networks[{i}]"
+                text = self.text(node, field)
+                try:
+                    routable.append(str(ipaddress.ip_network(text, strict=False)))
+                except ValueError:
+                    raise self.error(node, field, f"{text!r} is not a network like 198.51.100.0/24")
+
         services_node = entries["services"][1]
         service_nodes = self.sequence(services_node, "services")
         if not service_nodes:
@@ -392,7 +408,8 @@ class _Parser:
                 self.service(service_node, f"services[{index}]", service_ids, endpoint_ids)
             )
         return Targets(
-            source=self.source, services=tuple(services), ca_bundle_pem=ca_bundle_pem
+            source=self.source, services=tuple(services), ca_bundle_pem=ca_bundle_pem,
+            routable_networks=tuple(routable),
         )
 
     def service(

@@ -167,3 +167,17 @@ async def tcp_exchange(query: DnsQuery, timeout: float, clock) -> DnsExchange:
     if failure is None:
         failure = exchange_failure(query, result)
     return DnsExchange(query, result, failure, Timing(t0, clock()))
+
+
+def system_nameserver() -> tuple[str, int] | None:
+    """The first nameserver the system is configured with (read, never queried)."""
+    import dns.resolver
+
+    try:
+        resolver = dns.resolver.Resolver(configure=True)
+    except Exception:  # no resolv.conf, unreadable registry...
+        return None
+    for nameserver in resolver.nameservers:
+        if isinstance(nameserver, str):
+            return nameserver, 53
+    return None

@@ -1,0 +1,274 @@
+"""The ``probe`` command line: parse, call, print. No measuring logic lives here.
+
+Exit codes: 0 the command completed (whatever it found), 2 bad usage or
+configuration (nothing was measured), 1 the run itself failed or was
+interrupted (a partial report is still written and marked incomplete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from probe import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def fail_usage(message: str) -> None:
+    click.echo(f"probe: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def parse_hostport(value: str, default_port: int, what: str) -> tuple[str, int]:
+    """'1.2.3.4', '1.2.3.4:53', '[2001:db8::1]:53' or '2001:db8::1' -> (address, port)."""
+    host, port = value, default_port
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        fail_usage(f"{what} {value!r} is not an IP address with an optional port (1-65535)")
+    return host, int(port)
+
+
+def load_targets_or_exit(path: str | None):
+    from probe.targets import TargetsError, default_targets_path, load_targets
+
+    try:
+        return load_targets(path or default_targets_path())
+    except TargetsError as exc:
+        fail_usage(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="probe")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
+def main(verbose: bool) -> None:
+    """probe: measure whether messaging services are blocked from your network."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --------------------------------------------------------------------------- #
+# probe run                                                                    #
+# --------------------------------------------------------------------------- #
+
+
+@main.command()
+@click.option("--targets", "targets_path", metavar="FILE", help="Targets file (default: bundled targets.yaml).")
+@click.option("--service", "services", multiple=True, metavar="ID", help="Measure only this service (repeatable); the baseline is always measured.")
+@click.option("--resolver", metavar="IP[:PORT]", help="DNS resolver for direct queries (default: the system's first nameserver).")
+@click.option("--control", "control_urls", multiple=True, metavar="URL", help="Control helper URL (repeatable: the first good answer wins).")
+@click.option("--control-file", type=click.Path(dir_okay=False), help="A recorded control response to compare with, offline.")
+@click.option("--control-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True)
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM bundle to trust instead of the system store.")
+@click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True, help="Seconds allowed for each step.")
+@click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True, help="Network operations in flight.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True, help="Folder for the report.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of tables.")
+def run(targets_path, services, resolver, control_urls, control_file, control_timeout,
+        ca_bundle, timeout, concurrency, out_dir, as_json) -> None:
+    """Measure every endpoint of the targets file and write a report."""
+    from probe.bogons import parse_networks
+    from probe.certificates import parse_pem_bundle
+    from probe.display import Display
+    from probe.net.dns import system_nameserver
+    from probe.net.live import LiveNetwork
+    from probe.report.writer import ReportWriteError
+    from probe.runner import RunOptions
+    from probe.session import ControlConfig
+    from probe.session import run as run_session
+    from probe.report.measurements import write_run_report
+    from probe.targets import TargetsError
+
+    targets = load_targets_or_exit(targets_path)
+    if services:
+        try:
+            targets = targets.select(services)
+        except TargetsError as exc:
+            fail_usage(str(exc))
+    trust_pem = targets.ca_bundle_pem
+    if ca_bundle:
+        try:
+            trust_pem = Path(ca_bundle).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail_usage(f"--ca-bundle {ca_bundle}: cannot read ({exc.strerror or exc})")
+        if not parse_pem_bundle(trust_pem):
+            fail_usage(f"--ca-bundle {ca_bundle}: no PEM certificate in the file")
+    if control_file and not Path(control_file).is_file():
+        fail_usage(f"--control-file {control_file}: no such file")
+    for url in control_urls:
+        if not url.startswith(("http://", "https://")):
+            fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
+    resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
+    options = RunOptions(
+        resolver=resolver_address,
+        timeout=timeout,
+        concurrency=concurrency,
+        dns_linger=min(1.0, timeout / 4),
+        trust_pem=trust_pem,
+        routable=parse_networks(getattr(targets, "routable_networks", ())),
+        started_at=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
+    )
+    control = ControlConfig(tuple(control_urls), Path(control_file) if control_file else None,
+                            control_timeout)
+    display = Display(targets, enabled=not as_json and sys.stderr.isatty())
+    holder = {}
+
+    async def go():
+        network = LiveNetwork()
+        try:
+            holder["outcome"] = await run_session(
+                network, targets, options, control, on_endpoint=display.advance
+            )
+        finally:
+            await network.aclose()
+
+    interrupted = False
+    with display:
+        try:
+            asyncio.run(go())
+        except KeyboardInterrupt:
+            interrupted = True
+    outcome = holder.get("outcome")
+    if outcome is None:
+        click.echo("probe: interrupted before anything was measured; no report written", err=True)
+        sys.exit(EXIT_FAILED)
+    try:
+        path = write_run_report(outcome, targets, Path(out_dir))
+    except ReportWriteError as exc:
+        click.echo(f"probe: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(summary_json(outcome, path), indent=None))
+    else:
+        display.print_summary(outcome, path)
+    if interrupted or not outcome.complete:
+        click.echo(f"probe: interrupted; the partial report is marked incomplete: {path}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def summary_json(outcome, path: Path) -> dict:
+    return {
+        "complete": outcome.complete,
+        "report": str(path),
+        "network_down": outcome.network_down,
+        "control": {"source": outcome.control.source, "problems": outcome.control.problems},
+        "services": [
+            {"id": s.service, "status": s.status, "explanation": s.explanation}
+            for s in outcome.services.values()
+        ],
+        "endpoints": [
+            {
+                "service": v.service, "id": v.endpoint_id, "host": v.host, "address": v.address,
+                "port": v.port, "verdict": v.verdict, "method": v.method, "failure": v.failure,
+                "failed_operation": v.failed_operation, "explanation": v.explanation,
+            }
+            for rows in outcome.verdicts.values()
+            for v in rows
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- #
+# probe targets                                                                #
+# --------------------------------------------------------------------------- #
+
+
+@main.group()
+def targets() -> None:
+    """Check or list a targets file."""
+
+
+@targets.command("check")
+@click.argument("file", required=False)
+def targets_check(file: str | None) -> None:
+    """Validate a targets file (default: the bundled one)."""
+    loaded = load_targets_or_exit(file)
+    count = len(loaded.endpoints())
+    click.echo(f"{loaded.source}: ok, {len(loaded.services)} services, {count} endpoints")
+
+
+@targets.command("list")
+@click.argument("file", required=False)
+def targets_list(file: str | None) -> None:
+    """Show the services of a targets file and their endpoint counts."""
+    loaded = load_targets_or_exit(file)
+    for service in loaded.services:
+        flag = " (baseline)" if service.baseline else ""
+        click.echo(f"{service.id:<22} {len(service.endpoints):>4} endpoints  {service.name}{flag}")
+
+
+# --------------------------------------------------------------------------- #
+# probe control                                                                #
+# --------------------------------------------------------------------------- #
+
+
+@main.group()
+def control() -> None:
+    """Run the control helper (deploy it on an uncensored network)."""
+
+
+@control.command("serve")
+@click.option("--listen", default="127.0.0.1:8780", show_default=True, metavar="HOST:PORT")
+@click.option("--resolver", metavar="IP[:PORT]", help="Honest resolver (default: the system's).")
+@click.option("--max-concurrent", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option("--allow-network", "allow", multiple=True, metavar="CIDR", help="Treat this network as public (test labs only).")
+@click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
+def control_serve(listen, resolver, max_concurrent, allow, duration) -> None:
+    """Serve POST /measure for probes and GET / for health checks."""
+    from probe.bogons import parse_networks
+    from probe.control.server import ControlHelper, serve
+    from probe.net.dns import system_nameserver
+
+    host, port = parse_hostport(listen, 8780, "--listen")
+    resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
+    try:
+        routable = parse_networks(allow)
+    except ValueError as exc:
+        fail_usage(f"--allow-network: {exc}")
+    helper = ControlHelper(resolver_address, max_concurrent, routable=routable)
+
+    async def go():
+        stop = asyncio.Event()
+        if duration:
+            asyncio.get_running_loop().call_later(duration, stop.set)
+        await serve(helper, host, port, ready=lambda m: click.echo(m, err=True), stop=stop)
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        click.echo(f"probe: cannot listen on {listen}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def _register_optional_groups() -> None:
+    """Subcommands that live with their subsystem."""
+    try:
+        from probe.lab.cli import lab
+
+        main.add_command(lab)
+    except ImportError:  # pragma: no cover - only while the lab package is incomplete
+        pass
+
+
+_register_optional_groups()
