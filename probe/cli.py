@@ -75,6 +75,7 @@ def main(verbose: bool) -> None:
 @click.option("--targets", "targets_path", metavar="FILE", help="Targets file (default: bundled targets.yaml).")
 @click.option("--service", "services", multiple=True, metavar="ID", help="Measure only this service (repeatable); the baseline is always measured.")
 @click.option("--resolver", metavar="IP[:PORT]", help="DNS resolver for direct queries (default: the system's first nameserver).")
+@click.option("--no-system-resolver", is_flag=True, help="Only query --resolver directly; skip the system resolver (getaddrinfo).")
 @click.option("--control", "control_urls", multiple=True, metavar="URL", help="Control helper URL (repeatable: the first good answer wins).")
 @click.option("--control-file", type=click.Path(dir_okay=False), help="A recorded control response to compare with, offline.")
 @click.option("--control-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True)
@@ -83,7 +84,7 @@ def main(verbose: bool) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True, help="Network operations in flight.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True, help="Folder for the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of tables.")
-def run(targets_path, services, resolver, control_urls, control_file, control_timeout,
+def run(targets_path, services, resolver, no_system_resolver, control_urls, control_file, control_timeout,
         ca_bundle, timeout, concurrency, out_dir, as_json) -> None:
     """Measure every endpoint of the targets file and write a report."""
     from probe.bogons import parse_networks
@@ -118,8 +119,11 @@ def run(targets_path, services, resolver, control_urls, control_file, control_ti
         if not url.startswith(("http://", "https://")):
             fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
+    if no_system_resolver and resolver_address is None:
+        fail_usage("--no-system-resolver needs --resolver (there would be no DNS at all)")
     options = RunOptions(
         resolver=resolver_address,
+        use_system_resolver=not no_system_resolver,
         timeout=timeout,
         concurrency=concurrency,
         dns_linger=min(1.0, timeout / 4),

@@ -45,6 +45,7 @@ USER_AGENT = "Mozilla/5.0 (probe censorship measurement; +https://github.com/)"
 @dataclass(frozen=True)
 class RunOptions:
     resolver: tuple[str, int] | None = None  # direct DNS queries go here; None: system only
+    use_system_resolver: bool = True  # also ask getaddrinfo (what ordinary apps get)
     timeout: float = DEFAULT_TIMEOUT  # per step
     concurrency: int = DEFAULT_CONCURRENCY  # operations in flight
     dns_linger: float = 1.0  # keep listening this long after a UDP reply (injection)
@@ -124,9 +125,12 @@ class Measurer:
                     query = DnsQuery(o.resolver[0], o.resolver[1], endpoint.host, qtype, transport)
                     linger = o.dns_linger if transport == "udp" else 0.0
                     tasks.append(self._step(self.network.dns_exchange, query, o.timeout, linger))
-        tasks.append(self._step(self.network.getaddrinfo, endpoint.host, o.timeout))
+        if o.use_system_resolver:
+            tasks.append(self._step(self.network.getaddrinfo, endpoint.host, o.timeout))
         results = await asyncio.gather(*tasks)
-        return tuple(results[:-1]), results[-1]
+        if o.use_system_resolver:
+            return tuple(results[:-1]), results[-1]
+        return tuple(results), None
 
     async def measure(
         self, endpoint: Endpoint, extra_addresses: Iterable[str] = ()
@@ -138,7 +142,7 @@ class Measurer:
         else:
             dns, system = await self.resolve(endpoint)
             addresses, bogons = candidate_addresses(
-                endpoint, dns, system.addresses, extra_addresses, self.options
+                endpoint, dns, system.addresses if system else (), extra_addresses, self.options
             )
         measured: tuple[PortObservation, ...] = ()
         if set(endpoint.checks) - {"dns"}:
