@@ -74,7 +74,8 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted (lab keys protect nothing real)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -124,7 +125,7 @@ def create_root_ca(
         )
         .sign(key, hashes.SHA256())
     )
-    return CertificateAuthority(certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return CertificateAuthority(certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
 
 
 def _subject_alternative_names(names: Sequence[str]) -> list[x509.GeneralName]:
@@ -196,7 +197,7 @@ def issue_leaf(
         )
         .sign(issuer_key, hashes.SHA256())
     )
-    return LeafCertificate(certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return LeafCertificate(certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
 
 
 # --------------------------------------------------------------------------- #
