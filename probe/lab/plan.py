@@ -208,4 +208,4 @@ def zone_records() -> dict[str, dict[str, list[str]]]:
             entry["A"].append(h.v4)
             if h.v6:
                 entry["AAAA"].append(h.v6)
-    return records
+    return {name: {k: v for k, v in rr.items() if v} for name, rr in records.items()}

@@ -72,7 +72,7 @@ def start(
     pids.mkdir(parents=True, exist_ok=True)
     log = state / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    with open(log, "wb") as out:  # a fresh log: readiness is read from it
         # `ip netns exec` execs the command, so the PID is the server's own.
         proc = subprocess.Popen(
             in_ns(namespace, argv),

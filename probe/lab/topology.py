@@ -105,30 +105,37 @@ def set_service_address(address: str, present: bool) -> None:
     if ":" in address and present:
         argv.append("nodad")
     proc = run(in_ns(plan.INTERNET, argv), check=False)
-    if proc.returncode != 0 and "File exists" not in proc.stderr and present:
+    already = ("File exists", "already assigned")
+    if proc.returncode != 0 and present and not any(s in proc.stderr for s in already):
         raise LabError(f"cannot add {address}: {proc.stderr.strip()}")
 
 
 def set_client_ipv6(enabled: bool) -> None:
     """Give the client IPv6 connectivity, or none at all (no address, no route)."""
     ns, dev = plan.CLIENT, plan.CLIENT_DEV
-    run(in_ns(ns, ["ip", "-6", "addr", "flush", "dev", dev, "scope", "global"]), check=False)
-    run(in_ns(ns, ["ip", "-6", "route", "flush", "proto", "static"]), check=False)
-    run(in_ns(ns, ["ip", "-6", "route", "del", "2001:db8::/32"]), check=False)
+    v6_routes = [(prefix, via) for prefix, via in plan.ROUTES[ns] if ":" in prefix]
     if enabled:
-        run(in_ns(ns, ["ip", "-6", "addr", "add", f"{plan.CLIENT_V6}/64", "dev", dev, "nodad"]))
-        for prefix, via in plan.ROUTES[ns]:
-            if ":" in prefix:
-                run(in_ns(ns, ["ip", "route", "add", prefix, "via", via]))
+        run(in_ns(ns, ["ip", "-6", "addr", "replace", f"{plan.CLIENT_V6}/64", "dev", dev,
+                       "nodad"]))
+        for prefix, via in v6_routes:
+            run(in_ns(ns, ["ip", "-6", "route", "replace", prefix, "via", via]))
+    else:
+        for prefix, _ in v6_routes:
+            run(in_ns(ns, ["ip", "-6", "route", "del", prefix]), check=False)
+        run(in_ns(ns, ["ip", "-6", "addr", "del", f"{plan.CLIENT_V6}/64", "dev", dev]),
+            check=False)
 
 
 def set_client_online(online: bool) -> None:
-    """Bring the client's only link down (offline) or back up with its routes."""
+    """Bring the client's only link down (offline) or back up with its
+    addresses and routes (IPv6 addresses do not survive a link going down)."""
     ns, dev = plan.CLIENT, plan.CLIENT_DEV
     run(in_ns(ns, ["ip", "link", "set", dev, "up" if online else "down"]))
     if online:
+        set_client_ipv6(True)
         for prefix, via in plan.ROUTES[ns]:
-            run(in_ns(ns, ["ip", "route", "replace", prefix, "via", via]))
+            if ":" not in prefix:
+                run(in_ns(ns, ["ip", "route", "replace", prefix, "via", via]))
 
 
 def describe() -> str:

@@ -1,0 +1,75 @@
+"""The censor's HTTP blockpage server (Iran's, as documented by OONI).
+
+Iran's filtering answers blocked HTTP requests with a ``403 Forbidden`` whose
+body is an iframe to ``http://10.10.34.34?type=Invalid Site&policy=MainPolicy``
+(OONI, "Iran Protests: OONI data confirms censorship events", 2018; the
+fingerprint is in OONI's blockpage list). The lab's censor redirects port-80
+connections here. With ``--echo-client`` the page also repeats the client's
+address in its body and in a header, as some ISPs' pages do, so the privacy
+tests can check that no report carries it.
+
+Run as ``python -m probe.lab.blockpage --port N --duration S``; it exits by
+itself after ``--duration`` seconds. It listens on every address of the
+censor's namespace and reads at most 16 KiB of a request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+IRAN_BLOCKPAGE = (
+    '<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1256">'
+    "<title>M1-6\n</title></head><body>"
+    '<iframe src="http://10.10.34.34?type=Invalid Site&policy=MainPolicy " '
+    'style="width: 100%; height: 100%" scrolling="no" marginwidth="0" marginheight="0" '
+    'frameborder="0" vspace="0" hspace="0"></iframe></body></html>\r\n'
+)
+ECHO_HEADER = "X-Client-Address"
+
+
+def response(client_address: str | None) -> bytes:
+    """The blockpage's full HTTP response; with an address, it echoes it."""
+    body = IRAN_BLOCKPAGE
+    headers = ["HTTP/1.1 403 Forbidden", "Content-Type: text/html; charset=windows-1256"]
+    if client_address is not None:
+        body = body.replace("</body>", f"<p>Your address: {client_address}</p></body>")
+        headers.append(f"{ECHO_HEADER}: {client_address}")
+    encoded = body.encode()
+    headers += [f"Content-Length: {len(encoded)}", "Connection: close"]
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + encoded
+
+
+async def _serve(port: int, echo_client: bool, duration: float) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await reader.readuntil(b"\r\n\r\n")
+            peer = writer.get_extra_info("peername")[0]
+            peer = peer.removeprefix("::ffff:")
+            writer.write(response(peer if echo_client else None))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host=None, port=port, limit=16 * 1024)
+    async with server:
+        print(f"blockpage: listening on {port}", file=sys.stderr, flush=True)
+        await asyncio.sleep(duration)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--echo-client", action="store_true")
+    parser.add_argument("--duration", type=float, required=True)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.port, args.echo_client, args.duration))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Small independent observations for the lab's self-tests.
+
+A scenario's self-test must not trust the code it is there to check, so this
+module uses none of the probe's network code: raw dnspython messages over a
+UDP socket (collecting every reply, so an injected answer and the real one are
+both seen), blocking socket connects, an unverified ``ssl`` handshake that
+reports the issuer of the peer's certificate, a hand-written HTTP/1.1 GET, and
+a timed download. Each observation turns into one short outcome string
+("nxdomain", "injected", "answer 203.0.113.21", "refused", "timeout",
+"issuer probe lab censor root", "403", "kbit 143"...).
+
+It runs inside a lab namespace: ``ip netns exec plab-client python -m
+probe.lab.observe`` reads a JSON list of checks on stdin and prints a JSON list
+of outcomes, each check with its own short deadline, all in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Check:
+    """One observation and the outcome the scenario expects of it.
+
+    kind: dns (``target`` is a name, ``qtype`` A/AAAA, asked to ``resolver``),
+    connect, tls (``sni``), http (GET ``path`` with Host ``host``), download
+    (over TLS, measured for ``seconds``). ``expect`` is compared with the
+    outcome: an exact string, or for "kbit" outcomes ``kbit<N`` / ``kbit>N``.
+    ``contains`` must also appear in an http response (head or body).
+    """
+
+    kind: str
+    target: str
+    expect: str
+    port: int = 0
+    qtype: str = "A"
+    resolver: str = ""
+    sni: str = ""
+    host: str = ""
+    path: str = "/"
+    contains: str = ""
+    vantage: str = "client"
+    timeout: float = 1.5
+    seconds: float = 2.0
+
+    def label(self) -> str:
+        where = f"{self.target}:{self.port}" if self.port else self.target
+        extra = f" {self.qtype} @{self.resolver}" if self.kind == "dns" else ""
+        return f"[{self.vantage}] {self.kind} {where}{extra}"
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _socket_error(exc: OSError) -> str:
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "eof"
+    if getattr(exc, "errno", None) in (101, 113, 99):
+        return "unreachable"
+    return f"error {exc}"
+
+
+def observe_dns(check: Check) -> str:
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+
+    query = dns.message.make_query(check.target, check.qtype)
+    sock = socket.socket(_family(check.resolver), socket.SOCK_DGRAM)
+    replies: list[str] = []
+    try:
+        sock.sendto(query.to_wire(), (check.resolver, 53))
+        deadline = time.monotonic() + check.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                break
+            reply = dns.message.from_wire(data)
+            if reply.id != query.id:
+                continue
+            if reply.rcode() != dns.rcode.NOERROR:
+                replies.append(dns.rcode.to_text(reply.rcode()).lower())
+                continue
+            values = sorted(
+                item.to_text()
+                for rrset in reply.answer
+                if rrset.rdtype == dns.rdatatype.from_text(check.qtype)
+                for item in rrset
+            )
+            replies.append("answer " + " ".join(values) if values else "empty")
+    except OSError as exc:
+        return _socket_error(exc)
+    finally:
+        sock.close()
+    if not replies:
+        return "timeout"
+    if len(set(replies)) > 1:
+        return "injected " + " | ".join(replies)
+    return replies[0]
+
+
+def _connect(address: str, port: int, timeout: float) -> socket.socket:
+    sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def observe_connect(check: Check) -> str:
+    try:
+        _connect(check.target, check.port, check.timeout).close()
+    except OSError as exc:
+        return _socket_error(exc)
+    return "ok"
+
+
+def _tls(check: Check) -> ssl.SSLSocket:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = _connect(check.target, check.port or 443, check.timeout)
+    try:
+        return context.wrap_socket(raw, server_hostname=check.sni or None)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def observe_tls(check: Check) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        tls = _tls(check)
+    except (OSError, ssl.SSLError) as exc:
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+            return f"tls-error {exc.reason}"
+        return _socket_error(exc)
+    try:
+        der = tls.getpeercert(binary_form=True)
+    finally:
+        tls.close()
+    issuer = x509.load_der_x509_certificate(der).issuer
+    names = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return "issuer " + (str(names[0].value) if names else issuer.rfc4514_string())
+
+
+def _read_all(sock: socket.socket, limit: int = 1 << 16) -> bytes:
+    data = b""
+    while len(data) < limit:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def observe_http(check: Check) -> tuple[str, str]:
+    request = (
+        f"GET {check.path} HTTP/1.1\r\nHost: {check.host or check.target}\r\n"
+        "User-Agent: probe-lab-selftest\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        sock = _connect(check.target, check.port or 80, check.timeout)
+        with sock:
+            sock.sendall(request)
+            data = _read_all(sock)
+    except OSError as exc:
+        return _socket_error(exc), ""
+    if not data:
+        return "eof", ""
+    status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status_line.split()
+    status = parts[1] if len(parts) > 1 else "invalid"
+    return status, data.decode(errors="replace")
+
+
+def observe_download(check: Check) -> str:
+    try:
+        tls = _tls(check)
+    except (OSError, ssl.SSLError) as exc:
+        return _socket_error(exc)
+    received = 0
+    with tls:
+        tls.sendall(
+            f"GET {check.path} HTTP/1.1\r\nHost: {check.sni or check.target}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        start = time.monotonic()
+        tls.settimeout(0.5)
+        while time.monotonic() - start < check.seconds:
+            try:
+                chunk = tls.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                return _socket_error(exc)
+            if not chunk:
+                break
+            received += len(chunk)
+        elapsed = max(time.monotonic() - start, 1e-3)
+    return f"kbit {round(received * 8 / elapsed / 1000)}"
+
+
+def observe(check: Check) -> dict:
+    started = time.monotonic()
+    detail = ""
+    if check.kind == "dns":
+        outcome = observe_dns(check)
+    elif check.kind == "connect":
+        outcome = observe_connect(check)
+    elif check.kind == "tls":
+        outcome = observe_tls(check)
+    elif check.kind == "http":
+        outcome, detail = observe_http(check)
+    elif check.kind == "download":
+        outcome = observe_download(check)
+    else:
+        outcome = f"unknown check kind {check.kind}"
+    return {"outcome": outcome, "detail": detail[:4096], "seconds": time.monotonic() - started}
+
+
+def matches(check: Check, result: dict) -> bool:
+    outcome = result["outcome"]
+    if check.expect.startswith(("kbit<", "kbit>")) and outcome.startswith("kbit "):
+        value, bound = float(outcome.split()[1]), float(check.expect[5:])
+        return value < bound if check.expect[4] == "<" else value > bound
+    if check.expect.endswith("*"):
+        ok = outcome.startswith(check.expect[:-1])
+    else:
+        ok = outcome == check.expect
+    return ok and (not check.contains or check.contains in result.get("detail", ""))
+
+
+def main() -> int:
+    checks = [Check(**item) for item in json.load(sys.stdin)]
+    with ThreadPoolExecutor(max_workers=max(1, len(checks))) as pool:
+        results = list(pool.map(observe, checks))
+    json.dump([{"check": asdict(c), **r} for c, r in zip(checks, results)], sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""The catalogue of censorship scenarios: real-world censor behaviours as data.
+
+Each :class:`Scenario` names the case it models and where it was documented,
+lists the censor actions that reproduce it (``probe.lab.censor``), states the
+ground truth the probe must reach (``probe.lab.truth``), and carries the
+self-test observations (``probe.lab.observe``) that prove the lab really does
+it before anyone judges the probe by it.
+
+To add a scenario: append one to ``SCENARIOS`` (docs/lab.md walks through an
+example); the self-test and probe tests pick it up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from probe.lab import plan
+from probe.lab.censor import (
+    Action,
+    ClientOffline,
+    ClientWithoutIpv6,
+    DnsInjection,
+    DropTraffic,
+    HttpBlockpage,
+    RemoveAddresses,
+    ResetConnections,
+    ResolverAnswers,
+    SniDrop,
+    SniReset,
+    StopService,
+    Throttle,
+    TlsInterception,
+)
+from probe.lab.observe import Check
+from probe.lab.truth import ANY, Expect
+
+LAB_ROOT = "issuer probe lab root"
+PINNED_ROOT = "issuer probe lab pinned root"
+CENSOR_ROOT = "issuer probe lab censor root"
+INJECTED_A = "203.0.113.254"  # nothing holds it: a "random" public-looking address
+INJECTED_AAAA = "2001:db8:113::254"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    description: str  # the real-world case, in a few sentences
+    sources: tuple[str, ...]
+    actions: tuple[Action, ...]
+    truth: tuple[Expect, ...]  # endpoint rules; unmatched endpoints must be ok
+    services: Mapping[str, str] = field(default_factory=dict)  # unlisted: ok; "*": any
+    checks: tuple[Check, ...] = ()
+    baseline_reachable: bool = True  # add the baseline self-checks
+    client_address_must_not_leak: bool = False  # issue 5's privacy check applies
+    issue: int = 3
+
+
+def _names(service: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(h.name for h in plan.hosts_of(service) if h.name))
+
+
+def _addrs(service: str, family: int | None = None) -> tuple[str, ...]:
+    return tuple(plan.addresses(plan.hosts_of(service), family))
+
+
+def dns(name: str, expect: str, qtype: str = "A", resolver: str = plan.ISP_RESOLVER,
+        vantage: str = "client") -> Check:
+    return Check("dns", name, expect, qtype=qtype, resolver=resolver, vantage=vantage)
+
+
+def connect(address: str, port: int, expect: str, vantage: str = "client") -> Check:
+    return Check("connect", address, expect, port=port, vantage=vantage)
+
+
+def tls(address: str, sni: str, expect: str, vantage: str = "client") -> Check:
+    return Check("tls", address, expect, port=443, sni=sni, vantage=vantage)
+
+
+def http(address: str, host: str, expect: str, contains: str = "", vantage: str = "client") -> Check:
+    return Check("http", address, expect, port=80, host=host, contains=contains, vantage=vantage)
+
+
+def download(address: str, sni: str, expect: str, vantage: str = "client") -> Check:
+    return Check("download", address, expect, port=443, sni=sni, path="/download",
+                 vantage=vantage, timeout=2.0, seconds=2.0)
+
+
+BASELINE_CHECKS = (
+    dns("www.baseline.lab.test", "answer 203.0.113.100"),
+    tls("203.0.113.100", "www.baseline.lab.test", LAB_ROOT),
+)
+
+TELEGRAM = _addrs("telegram")
+TELEGRAM_DC = tuple(f"203.0.113.{10 + dc}" for dc in range(1, 6))
+FACEBOOK = _addrs("facebook")
+NEWS = _addrs("news")
+TWITTER = _addrs("twitter")
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name="none",
+        title="No censorship",
+        description="Nothing is censored: every endpoint must read ok. Catches a probe that "
+        "sees censorship everywhere.",
+        sources=(),
+        actions=(),
+        truth=(),
+        checks=(
+            dns("e1.whatsapp.lab.test", "answer 203.0.113.21"),
+            dns("web.telegram.lab.test", "answer 2001:db8:113::16", qtype="AAAA"),
+            connect("203.0.113.11", 443, "ok"),
+            connect("203.0.113.21", 5222, "ok"),
+            tls("203.0.113.31", "chat.signal.lab.test", PINNED_ROOT),
+            tls("203.0.113.41", "www.facebook.lab.test", LAB_ROOT),
+            http("203.0.113.61", "www.news.lab.test", "200"),
+            download("203.0.113.52", "media.twitter.lab.test", "kbit>5000"),
+            tls("2001:db8:113::100", "www.baseline.lab.test", LAB_ROOT),
+            connect("2001:db8:113::21", 443, "ok"),
+        ),
+    ),
+    Scenario(
+        name="dns-nxdomain",
+        title="ISP resolver answers NXDOMAIN",
+        description="The ISP's resolver claims WhatsApp's names do not exist. Resolver-level "
+        "NXDOMAIN is among the most common DNS blocking methods OONI and Censored Planet "
+        "record.",
+        sources=("OONI glossary, 'DNS tampering': https://ooni.org/support/glossary/",),
+        actions=(ResolverAnswers(_names("whatsapp"), "nxdomain"),),
+        truth=(Expect("whatsapp-*", "dns_blocked", "dns.nxdomain"),),
+        services={"whatsapp": "blocked"},
+        checks=(
+            dns("e1.whatsapp.lab.test", "nxdomain"),
+            dns("web.whatsapp.lab.test", "nxdomain", qtype="AAAA"),
+            dns("e1.whatsapp.lab.test", "answer 203.0.113.21", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="dns-bogon-iran",
+        title="Resolver answers a private blockpage address (Iran)",
+        description="Iran's resolvers answer 10.10.34.34-36 for blocked names, an address of "
+        "the national blockpage server that is private and unreachable from abroad.",
+        sources=(("OONI, 'Iran Protests: OONI data confirms censorship events' (2018), and OONI's "
+                 "blockpage fingerprints (10.10.34.34-36)"),),
+        actions=(ResolverAnswers(_names("facebook"), "address", ("10.10.34.34",)),),
+        truth=(Expect("facebook-*", "dns_blocked", "dns.bogon"),),
+        services={"facebook": "blocked"},
+        checks=(
+            dns("www.facebook.lab.test", "answer 10.10.34.34"),
+            dns("graph.facebook.lab.test", "empty", qtype="AAAA"),
+        ),
+    ),
+    Scenario(
+        name="dns-injection",
+        title="On-path DNS injection races the real answer (Great Firewall)",
+        description="An on-path injector answers queries for Twitter's names with forged "
+        "addresses before the resolver does; the genuine answer arrives too, later. Two "
+        "different replies to one query are the signature of injection.",
+        sources=(
+            ("Anonymous, 'The Collateral Damage of Internet Censorship by DNS Injection', SIGCOMM "
+            "CCR 2012; Hoang et al., 'How Great is the Great Firewall? Measuring China's DNS "
+            "Censorship', USENIX Security 2021"),
+        ),
+        actions=(DnsInjection(_names("twitter"), INJECTED_A, INJECTED_AAAA),),
+        truth=(Expect("twitter-*", "dns_blocked", "dns.injected"),),
+        services={"twitter": "blocked"},
+        checks=(
+            dns("www.twitter.lab.test", f"injected answer {INJECTED_A} | answer 203.0.113.51"),
+            dns("media.twitter.lab.test",
+                f"injected answer {INJECTED_AAAA} | answer 2001:db8:113::52", qtype="AAAA"),
+            dns("www.facebook.lab.test", "answer 203.0.113.41"),
+        ),
+    ),
+    Scenario(
+        name="dns-localhost-turkmenistan",
+        title="Resolver answers 127.0.0.1 (Turkmenistan)",
+        description="Turkmenistan's resolvers answer 127.0.0.1 for blocked names, so the "
+        "client connects to itself.",
+        sources=(("Nourin et al., 'Measuring and Evading Turkmenistan's Internet Censorship', "
+                  "WWW 2023"),),
+        actions=(ResolverAnswers(_names("news"), "address", ("127.0.0.1",)),),
+        truth=(Expect("news-*", "dns_blocked", "dns.bogon"),),
+        services={"news": "blocked"},
+        checks=(dns("www.news.lab.test", "answer 127.0.0.1"),),
+    ),
+    Scenario(
+        name="dns-drop",
+        title="Resolver silently drops queries for one service",
+        description="The resolver never answers queries for Signal's names: the client's "
+        "lookups time out while every other name resolves.",
+        sources=(("Censored Planet's Satellite/Iris measurements classify resolver timeouts for "
+                 "single names as DNS interference"),),
+        actions=(ResolverAnswers(_names("signal"), "drop"),),
+        truth=(Expect("signal-*", "dns_blocked", "dns.timeout"),),
+        services={"signal": "blocked"},
+        checks=(
+            dns("chat.signal.lab.test", "timeout"),
+            dns("chat.signal.lab.test", "answer 203.0.113.31", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="ip-blackhole",
+        title="Every address of Telegram is blackholed (Russia 2018)",
+        description="In April 2018 Roskomnadzor ordered Telegram's addresses blocked; ISPs "
+        "null-routed its datacenter prefixes. Connects time out.",
+        sources=(("Roskomnadzor's April 2018 order to block Telegram: ISPs blocked millions of "
+                 "addresses (OONI and Roskomsvoboda documented it)"),),
+        actions=(DropTraffic(TELEGRAM),),
+        truth=(Expect("telegram-*", "tcp_blocked", "tcp.timeout"),),
+        services={"telegram": "blocked"},
+        checks=(
+            connect("203.0.113.11", 443, "timeout"),
+            connect("2001:db8:113::16", 443, "timeout"),
+            connect("203.0.113.11", 443, "ok", vantage="control"),
+            connect("203.0.113.21", 443, "ok"),
+        ),
+    ),
+    Scenario(
+        name="ip-blackhole-partial",
+        title="Some of Telegram's datacenters are blackholed",
+        description="Only three of five datacenters are unreachable: the service is partly "
+        "blocked (OONI's telegram test calls it ok as soon as one datacenter answers).",
+        sources=("OONI spec ts-020 (telegram): https://github.com/ooni/spec",),
+        actions=(DropTraffic(TELEGRAM_DC[:3]),),
+        truth=(Expect("telegram-dc[123]", "tcp_blocked", "tcp.timeout"),),
+        services={"telegram": "partially_blocked"},
+        checks=(
+            connect("203.0.113.12", 80, "timeout"),
+            connect("203.0.113.14", 80, "ok"),
+        ),
+    ),
+    Scenario(
+        name="tcp-reset",
+        title="RST injection for one address and port",
+        description="The censor answers SYNs to one WhatsApp chat address on port 5222 with a "
+        "forged RST; 443 on the same address still works. To the client's socket this reads "
+        "as 'connection refused', so only the control tells it from a closed port.",
+        sources=("OONI glossary, 'TCP/IP blocking' and 'RST injection'",),
+        actions=(ResetConnections("203.0.113.21", 5222),),
+        truth=(Expect("whatsapp-e1", "tcp_blocked", "tcp.refused", "203.0.113.21", 5222),),
+        services={"whatsapp": "partially_blocked"},
+        checks=(
+            connect("203.0.113.21", 5222, "refused"),
+            connect("203.0.113.21", 443, "ok"),
+            connect("2001:db8:113::21", 5222, "ok"),
+            connect("203.0.113.21", 5222, "ok", vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="tls-sni-reset",
+        title="ClientHello SNI filtering by RST (Great Firewall)",
+        description="DPI reads the server name in the TLS ClientHello and resets the "
+        "connection when it names Signal. TCP connects succeed; the handshake is reset.",
+        sources=(("Chai et al., 'On the Importance of Encrypted-SNI (ESNI) to Censorship "
+                 "Circumvention', FOCI 2019"),),
+        actions=(SniReset(_names("signal")),),
+        truth=(Expect("signal-*", "tls_blocked", "tls.reset"),),
+        services={"signal": "blocked"},
+        checks=(
+            connect("203.0.113.31", 443, "ok"),
+            tls("203.0.113.31", "chat.signal.lab.test", "reset"),
+            tls("2001:db8:113::32", "storage.signal.lab.test", "reset"),
+            tls("203.0.113.31", "chat.signal.lab.test", PINNED_ROOT, vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="tls-sni-drop",
+        title="ClientHello SNI filtering by dropping the flow",
+        description="DPI drops a ClientHello naming Facebook and every later packet of that "
+        "connection: the TLS handshake times out (Iran; Russia's TSPU).",
+        sources=("Xue et al., 'TSPU: Russia's Decentralized Censorship System', IMC 2022",),
+        actions=(SniDrop(_names("facebook")),),
+        truth=(Expect("facebook-*", "tls_blocked", "tls.timeout"),),
+        services={"facebook": "blocked"},
+        checks=(
+            connect("203.0.113.41", 443, "ok"),
+            tls("203.0.113.41", "www.facebook.lab.test", "timeout"),
+            tls("203.0.113.41", "www.baseline.lab.test", LAB_ROOT),
+        ),
+    ),
+    Scenario(
+        name="tls-mitm",
+        title="TLS interception with an untrusted root (Kazakhstan 2019)",
+        description="In 2019 Kazakhstan's ISPs intercepted TLS to Facebook, Google, Twitter and "
+        "others with certificates for the right names from a government root users were told "
+        "to install.",
+        sources=(("Raman et al., 'Investigating Large Scale HTTPS Interception in Kazakhstan', "
+                 "IMC 2020"),),
+        actions=(TlsInterception(FACEBOOK),),
+        truth=(Expect("facebook-*", "tls_blocked", "tls.mitm"),),
+        services={"facebook": "blocked"},
+        checks=(
+            tls("203.0.113.41", "www.facebook.lab.test", CENSOR_ROOT),
+            tls("2001:db8:113::43", "edge-chat.facebook.lab.test", CENSOR_ROOT),
+            tls("203.0.113.41", "www.facebook.lab.test", LAB_ROOT, vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="http-blockpage",
+        title="HTTP blockpage injected on port 80 (Iran)",
+        description="Plain HTTP to the news site gets Iran's 403 page with an iframe to "
+        "10.10.34.34; HTTPS to the same site is untouched.",
+        sources=("OONI, 'Iran Protests: OONI data confirms censorship events' (2018)",),
+        actions=(HttpBlockpage(NEWS),),
+        truth=(Expect("news-http", "http_blocked", "http.blockpage"),),
+        services={"news": "partially_blocked"},
+        checks=(
+            http("203.0.113.61", "www.news.lab.test", "403", contains="10.10.34.34"),
+            http("2001:db8:113::61", "www.news.lab.test", "403", contains="10.10.34.34"),
+            http("203.0.113.100", "www.baseline.lab.test", "200"),
+            tls("203.0.113.61", "www.news.lab.test", LAB_ROOT),
+        ),
+    ),
+    Scenario(
+        name="throttle",
+        title="Twitter throttled to 150 kbit/s (Russia 2021)",
+        description="In March 2021 Russia throttled Twitter's traffic to about 130-150 kbit/s "
+        "with its TSPU boxes; connections work, transfers crawl.",
+        sources=(("Xue et al., 'Throttling Twitter: an emerging censorship technique in Russia', "
+                 "IMC 2021"),),
+        actions=(Throttle(TWITTER),),
+        truth=(Expect("twitter-media", "throttled", "throttle"),),
+        services={"twitter": ANY},
+        checks=(
+            download("203.0.113.52", "media.twitter.lab.test", "kbit<300"),
+            download("203.0.113.52", "media.twitter.lab.test", "kbit>5000", vantage="control"),
+            download("203.0.113.100", "www.baseline.lab.test", "kbit>5000"),
+        ),
+    ),
+    Scenario(
+        name="service-down",
+        title="The service's server is down, nothing is censored",
+        description="The news site's server is not running: everyone, the control included, "
+        "gets 'connection refused'. It must read down, never blocked.",
+        sources=("issue 4: a dead endpoint is never reported as blocked",),
+        actions=(StopService("news"),),
+        truth=(Expect("news-*", "down", "tcp.refused"),),
+        services={"news": "down"},
+        checks=(
+            connect("203.0.113.61", 80, "refused"),
+            connect("203.0.113.61", 443, "refused", vantage="control"),
+        ),
+    ),
+    # --- issue 4: decisions the control makes possible ------------------------------
+    Scenario(
+        name="control-unreachable",
+        title="The censor blocks Telegram and the control helper",
+        description="Telegram is blackholed and the control helper cannot be reached either: "
+        "without a control, the probe must not call Telegram ok, nor claim more than it knows.",
+        sources=(),
+        actions=(DropTraffic(TELEGRAM), DropTraffic((plan.CONTROL_V4,))),
+        truth=(Expect("telegram-*", "inconclusive", ANY),),
+        services={"telegram": "inconclusive"},
+        checks=(
+            connect(plan.CONTROL_V4, plan.CONTROL_PORT, "timeout"),
+            connect("203.0.113.11", 443, "timeout"),
+        ),
+        issue=4,
+    ),
+    Scenario(
+        name="client-offline",
+        title="The client is offline",
+        description="The volunteer's own link is down: everything fails, the baseline and the "
+        "control included. Nothing may be reported as blocked.",
+        sources=(),
+        actions=(ClientOffline(),),
+        truth=(Expect("*", "inconclusive", ANY),),
+        services={service: "inconclusive" for service in plan.SERVICES},
+        checks=(
+            connect("203.0.113.100", 443, "unreachable"),
+            dns("www.baseline.lab.test", "unreachable"),
+        ),
+        baseline_reachable=False,
+        issue=4,
+    ),
+    Scenario(
+        name="endpoint-down",
+        title="One endpoint is down for everyone (stale address)",
+        description="One WhatsApp chat address no longer exists: connects time out from the "
+        "client and from the control alike. OONI's stale endpoint lists produced false "
+        "positives this way; it must read down.",
+        sources=("issue 4: OONI's stale Signal and WhatsApp endpoint lists gave false positives",),
+        actions=(RemoveAddresses(("203.0.113.22", "2001:db8:113::22")),),
+        truth=(Expect("whatsapp-e2", "down", "tcp.timeout"),),
+        services={"whatsapp": ANY},
+        checks=(
+            connect("203.0.113.22", 443, "timeout"),
+            connect("203.0.113.22", 443, "timeout", vantage="control"),
+        ),
+        issue=4,
+    ),
+    Scenario(
+        name="ipv6-no-route",
+        title="AAAA answers, but the client has no IPv6",
+        description="Names resolve to IPv6 addresses too, but the client has no IPv6 "
+        "connectivity: IPv6 failures are inconclusive, not blocking (OONI misreads them as TCP "
+        "blocking).",
+        sources=("issue 4: IPv6 failures without IPv6 connectivity are misread as TCP blocking",),
+        actions=(ClientWithoutIpv6(),),
+        truth=(Expect("*", "inconclusive", ANY, address="*:*"),),
+        checks=(
+            connect("2001:db8:113::100", 443, "unreachable"),
+            dns("www.baseline.lab.test", "answer 2001:db8:113::100", qtype="AAAA"),
+        ),
+        issue=4,
+    ),
+    # --- issue 5: privacy ----------------------------------------------------------
+    Scenario(
+        name="blockpage-echoes-address",
+        title="A blockpage that repeats the client's address",
+        description="Like the Iranian blockpage, but the page shows the client's address in "
+        "its body and in a header: no report may contain that address, in any encoding.",
+        sources=(),
+        actions=(HttpBlockpage(NEWS, echo_client=True),),
+        truth=(Expect("news-http", "http_blocked", "http.blockpage"),),
+        services={"news": "partially_blocked"},
+        checks=(
+            http("203.0.113.61", "www.news.lab.test", "403", contains=plan.CLIENT_V4),
+            http("2001:db8:113::61", "www.news.lab.test", "403", contains=plan.CLIENT_V6),
+        ),
+        client_address_must_not_leak=True,
+        issue=5,
+    ),
+)
+
+BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
+
+
+def get(name: str) -> Scenario:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(
+            f"no scenario {name!r}; choose one of: {', '.join(BY_NAME)}"
+        ) from None
+
+
+def self_checks(scenario: Scenario) -> tuple[Check, ...]:
+    extra = BASELINE_CHECKS if scenario.baseline_reachable else ()
+    return tuple(scenario.checks) + extra
