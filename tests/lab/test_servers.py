@@ -30,7 +30,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from servers import (
     LOOPBACK,
     LOOPBACK6,
+    TEST_LIMITS,
     refused_port,
+    running,
     servers_subprocess,
     start_dns,
     start_http,
@@ -42,7 +44,16 @@ from servers import (
 from probe import mtproto
 from probe.lab import pki as lab_pki_module
 from probe.lab.pki import PkiPaths
-from probe.lab.servers import ConfigError, DnsServer, Fleet, HttpSite, Limits, answer_query
+from probe.lab.servers import (
+    ConfigError,
+    DnsServer,
+    Fleet,
+    HttpSite,
+    Limits,
+    MitmProxy,
+    TcpServer,
+    answer_query,
+)
 from probe.lab.servers.config import parse_endpoint
 
 # --------------------------------------------------------------------------- #
@@ -476,6 +487,28 @@ def test_mitm_forges_a_censor_certificate_and_relays(lab_pki: PkiPaths) -> None:
         again, _ = tls_client(proxy.port, "www.example.org")
         assert again == leaf  # cached per name
         assert proxy.intercepted[-3:] == ["www.example.org"] * 3
+
+
+def test_mitm_without_an_upstream_closes_after_the_handshake(lab_pki: PkiPaths) -> None:
+    # original_destination without netfilter state has nowhere to go: no loop, no hang.
+    factory = lambda: MitmProxy(
+        [(LOOPBACK, 0)], lab_pki.censor_root, original_destination=True, limits=TEST_LIMITS
+    )
+    with running(factory) as proxy:
+        leaf, body = tls_client(proxy.port, "chat.example", request=get("chat.example"))
+        assert body == b"" and "chat.example" in leaf.subject.rfc4514_string()
+
+
+def test_binding_in_use_fails_cleanly_and_freebind_allows_lab_addresses() -> None:
+    with start_tcp("echo") as server:
+        with pytest.raises(OSError), running(lambda: TcpServer([(LOOPBACK, server.port)])):
+            pass
+        # DNS needs UDP and TCP on one port; TCP is taken here, so it must not start.
+        with pytest.raises(OSError), running(lambda: DnsServer([(LOOPBACK, server.port)], {})):
+            pass
+    # A lab address not configured (yet) on any interface can still be bound.
+    with running(lambda: TcpServer([("198.51.100.77", 0), ("2001:db8::77", 0)])) as server:
+        assert [host for host, _ in server.endpoints] == ["198.51.100.77", "2001:db8::77"]
 
 
 # --------------------------------------------------------------------------- #

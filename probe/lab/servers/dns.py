@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import dns.rdatatype
 import dns.rrset
 
 from probe.lab.servers.config import ConfigError
-from probe.lab.servers.stream import Connection, Endpoint, Limits, StreamServer
+from probe.lab.servers.stream import Connection, Endpoint, Limits, StreamServer, bind_socket
 
 ACTIONS = ("answer", "nxdomain", "servfail", "refused", "drop", "forge")
 RECORD_TYPES = ("A", "AAAA", "CNAME")
@@ -337,25 +338,32 @@ class DnsServer:
             return response.to_wire(max_size=max_size)
 
     async def start(self) -> None:
+        try:
+            for host, port in self.listen:
+                await self._start_endpoint(host, port)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_endpoint(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        for host, port in self.listen:
-            for attempt in range(5):
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _DatagramProtocol(self), local_addr=(host, port)
-                )
-                bound = transport.get_extra_info("sockname")[:2]
-                tcp = _TcpDns(self, [bound], self.limits)
-                try:
-                    await tcp.start()
-                except OSError:
-                    transport.close()
-                    if port != 0 or attempt == 4:
-                        raise
-                    continue  # the UDP port's TCP twin was taken: pick another port
-                self._transports.append(transport)  # type: ignore[arg-type]
-                self._tcp.append(tcp)
-                self.endpoints.append(bound)
-                break
+        for attempt in range(5):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self), sock=bind_socket(host, port, socket.SOCK_DGRAM)
+            )
+            bound = transport.get_extra_info("sockname")[:2]
+            tcp = _TcpDns(self, [bound], self.limits)
+            try:
+                await tcp.start()
+            except OSError:
+                transport.close()
+                if port != 0 or attempt == 4:
+                    raise
+                continue  # the UDP port's TCP twin was taken: pick another port
+            self._transports.append(transport)  # type: ignore[arg-type]
+            self._tcp.append(tcp)
+            self.endpoints.append(bound)
+            return
 
     async def stop(self) -> None:
         for transport in self._transports:

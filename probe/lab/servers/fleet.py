@@ -57,16 +57,24 @@ def _key_pair(value: Any, where: str, base: Path) -> KeyPair:
     return pair
 
 
+def _strings(spec: dict[str, Any], key: str, where: str) -> dict[str, str]:
+    value = optional(spec, key, dict, where, {})
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}.{key}[{name!r}]: expected a string, got {item!r:.40}")
+    return value
+
+
 def _site(spec: dict[str, Any], where: str, base: HttpSite | None = None) -> HttpSite:
     base = base or HttpSite()
     size = optional(spec, "download_size", int, where, base.download_size)
     if size < 0:
         raise ConfigError(f"{where}.download_size: must be >= 0")
     return HttpSite(
-        titles=optional(spec, "titles", dict, where, base.titles),
+        titles=_strings(spec, "titles", where) or base.titles,
         default_title=optional(spec, "default_title", str, where, base.default_title),
         download_size=size,
-        redirects=optional(spec, "redirects", dict, where, base.redirects),
+        redirects=_strings(spec, "redirects", where) or base.redirects,
         server_header=optional(spec, "server_header", str, where, base.server_header),
     )
 

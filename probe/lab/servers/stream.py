@@ -27,6 +27,35 @@ Endpoint = tuple[str, int]
 _CHUNK = 65536
 
 
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; applies to IPv6 sockets too
+
+
+def bind_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    """A bound, non-blocking socket for a server endpoint.
+
+    IP_FREEBIND lets a server start before its address is usable: inside a lab
+    namespace an IPv6 address stays "tentative" for a second or two after
+    ``ip addr add`` (duplicate address detection) and a plain bind fails with
+    EADDRNOTAVAIL. IPv6 sockets are V6ONLY so that ``[::]`` and ``0.0.0.0`` can
+    be bound side by side.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds every lab server enforces; seconds and counts."""
@@ -235,12 +264,15 @@ class StreamServer:
         self.turned_away = 0  # connections reset because the server was full
 
     async def start(self) -> None:
-        for host, port in self.listen:
-            server = await asyncio.start_server(
-                self._accept, host, port, reuse_address=True, limit=_CHUNK
-            )
-            self._servers.append(server)
-            self.endpoints.append(server.sockets[0].getsockname()[:2])
+        try:
+            for host, port in self.listen:
+                sock = bind_socket(host, port, socket.SOCK_STREAM)
+                server = await asyncio.start_server(self._accept, sock=sock, limit=_CHUNK)
+                self._servers.append(server)
+                self.endpoints.append(sock.getsockname()[:2])
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         for server in self._servers:
