@@ -107,7 +107,8 @@ def parse_json_strict(data: bytes) -> Any:
     Rejects invalid UTF-8, duplicate object keys (two parsers may keep different
     ones, so what was verified would not be what a reader sees), the non-JSON
     constants NaN/Infinity, numbers that overflow a double, and nesting deep enough
-    to exhaust the stack. Raises :class:`JsonSyntaxError` with a short reason.
+    to exhaust the stack. Integers beyond +/-(2**53 - 1) are read as doubles, as
+    RFC 8785 reads every number. Raises :class:`JsonSyntaxError` with a short reason.
     """
     try:
         text = data.decode("utf-8")
@@ -119,11 +120,25 @@ def parse_json_strict(data: bytes) -> Any:
             object_pairs_hook=_no_duplicate_keys,
             parse_constant=_no_constant,
             parse_float=_finite_float,
+            parse_int=_integer_or_double,
         )
     except json.JSONDecodeError as error:
         raise JsonSyntaxError(f"{error.msg} (column {error.colno})") from None
     except RecursionError:
         raise JsonSyntaxError("nested too deeply") from None
+
+
+def _integer_or_double(text: str) -> int | float:
+    # JCS numbers are doubles: the signer writes the float 1e20 as
+    # "100000000000000000000", which must read back as that double, not as an
+    # integer JCS has no form for. An integer a double cannot hold exactly reads
+    # back as the nearest double, whose canonical form then differs from the line.
+    if len(text) > 400:
+        raise JsonSyntaxError(f"number {text[:40]}... is too long")
+    value = int(text)
+    if abs(value) <= MAX_SAFE_INTEGER:
+        return value
+    return _finite_float(text)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
