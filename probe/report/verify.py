@@ -260,7 +260,7 @@ def _check_attestations(
     node: Any = record
     for index, name in enumerate(CONTROL_ATTESTATION_PATH):
         if not isinstance(node, dict) or name not in node:
-            control_present = index == len(CONTROL_ATTESTATION_PATH) - 1
+            control_present = index == len(CONTROL_ATTESTATION_PATH) - 1 and node is not None
             if control_present and trusted_control is not None:
                 findings.warning(lineno, "control data is not attested by the control helper")
             return

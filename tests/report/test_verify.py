@@ -320,6 +320,10 @@ def test_unattested_control_data_is_flagged_when_control_keys_are_trusted():
     data = signer.sign(plain).line + signer.finish().line
     ours = verify_bytes(data, trusted_control_keys={CONTROL_KEY.key_id})
     assert ours.ok and "not attested" in ours.warnings[0].reason
+    signer = ReportSigner(PROBE_KEY)
+    plain["test_keys"]["control"] = None  # no control at all: nothing to attest
+    data = signer.sign(plain).line + signer.finish().line
+    assert verify_bytes(data, trusted_control_keys={CONTROL_KEY.key_id}).warnings == ()
 
 
 def test_reserialised_line_is_not_canonical():
