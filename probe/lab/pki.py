@@ -125,7 +125,9 @@ def create_root_ca(
         )
         .sign(key, hashes.SHA256())
     )
-    return CertificateAuthority(certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
+    return CertificateAuthority(
+        certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
+    )
 
 
 def _subject_alternative_names(names: Sequence[str]) -> list[x509.GeneralName]:
@@ -197,7 +199,9 @@ def issue_leaf(
         )
         .sign(issuer_key, hashes.SHA256())
     )
-    return LeafCertificate(certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
+    return LeafCertificate(
+        certificate.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
+    )
 
 
 # --------------------------------------------------------------------------- #

@@ -24,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # The fixtures (lab_pki, dns_server, mtproto_server, ...) come from tests/servers.py
 # through tests/conftest.py; the helpers are imported here.
@@ -48,6 +50,7 @@ from probe.lab.servers import (
     ConfigError,
     DnsServer,
     Fleet,
+    HttpServer,
     HttpSite,
     Limits,
     MitmProxy,
@@ -55,6 +58,7 @@ from probe.lab.servers import (
     answer_query,
 )
 from probe.lab.servers.config import parse_endpoint
+from probe.lab.servers.http import parse_request_head
 
 # --------------------------------------------------------------------------- #
 # Clients                                                                      #
@@ -255,6 +259,24 @@ def test_dns_ignores_garbage_and_serves_ipv6() -> None:
         assert addresses(reply) == ["192.0.2.7"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_dns_server_survives_arbitrary_datagrams(data: bytes) -> None:
+    server = DnsServer([(LOOPBACK, 0)], {"a.example": {"A": "192.0.2.1"}}, {"*": "answer"})
+    for udp in (True, False):
+        reply = server.reply(data, udp=udp)
+        assert reply is None or dns.message.from_wire(reply).flags & dns.flags.QR
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["A", "AAAA", "CNAME", "TXT", "ANY", "MX"]), st.booleans())
+def test_dns_every_query_type_gets_an_answer(rdtype: str, edns: bool) -> None:
+    server = DnsServer([(LOOPBACK, 0)], {"a.example": {"CNAME": "b.example"}, "b.example": {}})
+    query = dns.message.make_query("a.example", rdtype, use_edns=edns)
+    reply = server.reply(query.to_wire(), udp=True)
+    assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.NOERROR
+
+
 def test_dns_config_errors_say_where() -> None:
     with pytest.raises(ConfigError, match=r"zone\['a.example'\].A: ::1 is not an IPv6|IPv4"):
         DnsServer([(LOOPBACK, 0)], {"a.example": {"A": "::1"}})
@@ -337,6 +359,17 @@ def test_http_pages_redirects_post_and_errors() -> None:
         assert http_exchange(port, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400")
         head = http_exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert head.endswith(b"\r\n\r\n") and b"Content-Length: " in head
+
+
+def test_http_bounds_headers_and_bodies() -> None:
+    limits = Limits(max_request=1000, idle_timeout=2)
+    with running(lambda: HttpServer([(LOOPBACK, 0)], limits=limits)) as server:
+        big = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+        assert http_exchange(server.port, big).startswith(b"HTTP/1.1 413")
+        huge_head = b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
+        assert http_exchange(server.port, huge_head).startswith(b"HTTP/1.1 400")
+    request = parse_request_head(b"GET / HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n\r\n")
+    assert request.host == "2001:db8::1"
 
 
 def test_http_keep_alive_serves_several_requests(http_server: object) -> None:

@@ -147,6 +147,8 @@ class Connection:
             index = self._buffer.find(separator, start)
             if index >= 0:
                 end = index + len(separator)
+                if end > limit:
+                    raise ValueError(f"no {separator!r} within {limit} bytes")
                 data = bytes(self._buffer[:end])
                 del self._buffer[:end]
                 return data
