@@ -33,11 +33,10 @@ so they can disagree with what OONI Probe would have written on the same network
   only when the control reached the same address and step, or the evidence
   alone is conclusive (a bogon or injected DNS answer, a certificate failing
   the service's pinned root, a known blockpage). A failure the control saw too
-  is ``down`` and a failure without a usable control is ``inconclusive``: both
-  give ``null`` (``*_status``, ``*_reachable``, ``*_dns_consistent``) or
-  ``false`` (``*_blocking``) for a service that is down for everyone, never
-  ``"blocked"`` / ``true``. Without any control the report is marked
-  ``annotations.analysis = "local-only"``.
+  is ``down``: ``*_blocking`` is ``false`` and ``*_status`` is ``null``. A
+  failure without a usable control is ``inconclusive``: the keys are ``null``.
+  Neither is ever ``"blocked"`` or ``true``. Without any control the report is
+  marked ``annotations.analysis = "local-only"``.
 - One blocked address is blocking. OONI's telegram test reports no blocking
   when a single datacenter answers, and its whatsapp test calls the endpoints
   ``"ok"`` when one endpoint answers. We set ``telegram_tcp_blocking`` when any
