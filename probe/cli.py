@@ -84,8 +84,10 @@ def main(verbose: bool) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True, help="Network operations in flight.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True, help="Folder for the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of tables.")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Signing key file (default: your probe key, created on first use).")
+@click.option("--ephemeral-key", is_flag=True, help="Sign this run with a throw-away key (reports cannot be linked to each other).")
 def run(targets_path, services, resolver, no_system_resolver, control_urls, control_file, control_timeout,
-        ca_bundle, timeout, concurrency, out_dir, as_json) -> None:
+        ca_bundle, timeout, concurrency, out_dir, as_json, key_path, ephemeral_key) -> None:
     """Measure every endpoint of the targets file and write a report."""
     from probe.bogons import parse_networks
     from probe.certificates import parse_pem_bundle
@@ -100,6 +102,9 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     from probe.targets import TargetsError
 
     targets = load_targets_or_exit(targets_path)
+    if key_path and ephemeral_key:
+        fail_usage("--key and --ephemeral-key exclude each other")
+    key = signing_key_or_exit(key_path, ephemeral_key)
     if services:
         try:
             targets = targets.select(services)
@@ -156,7 +161,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         click.echo("probe: interrupted before anything was measured; no report written", err=True)
         sys.exit(EXIT_FAILED)
     try:
-        path = write_run_report(outcome, targets, Path(out_dir))
+        path = write_run_report(outcome, targets, Path(out_dir), key)
     except ReportWriteError as exc:
         click.echo(f"probe: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -167,6 +172,19 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     if interrupted or not outcome.complete:
         click.echo(f"probe: interrupted; the partial report is marked incomplete: {path}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def signing_key_or_exit(key_path: str | None, ephemeral: bool, control: bool = False):
+    from probe.report import keys
+
+    try:
+        if ephemeral:
+            return keys.generate_ephemeral()
+        if control:
+            return keys.load_or_create_control_key(key_path)
+        return keys.load_or_create_key(key_path)
+    except (keys.KeyFileError, keys.KeyFormatError) as exc:
+        fail_usage(str(exc))
 
 
 def summary_json(outcome, path: Path) -> dict:
@@ -236,7 +254,8 @@ def control() -> None:
 @click.option("--max-concurrent", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("--allow-network", "allow", multiple=True, metavar="CIDR", help="Treat this network as public (test labs only).")
 @click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
-def control_serve(listen, resolver, max_concurrent, allow, duration) -> None:
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), help="The helper's signing key (default: its own key, created on first use).")
+def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -> None:
     """Serve POST /measure for probes and GET / for health checks."""
     from probe.bogons import parse_networks
     from probe.control.server import ControlHelper, serve
@@ -248,7 +267,9 @@ def control_serve(listen, resolver, max_concurrent, allow, duration) -> None:
         routable = parse_networks(allow)
     except ValueError as exc:
         fail_usage(f"--allow-network: {exc}")
-    helper = ControlHelper(resolver_address, max_concurrent, routable=routable)
+    key = signing_key_or_exit(key_path, False, control=True)
+    helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key)
+    click.echo(f"control helper key: {key.public_key_b64} (id {key.key_id})", err=True)
 
     async def go():
         stop = asyncio.Event()
@@ -263,6 +284,52 @@ def control_serve(listen, resolver, max_concurrent, allow, duration) -> None:
     except OSError as exc:
         click.echo(f"probe: cannot listen on {listen}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- #
+# keys and verification                                                        #
+# --------------------------------------------------------------------------- #
+
+
+@main.command()
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Where to create it (default: your config folder).")
+def keygen(key_path) -> None:
+    """Create your probe's signing key (never overwrites an existing one)."""
+    from probe.report import keys
+
+    try:
+        key = keys.create_key(key_path)
+    except (keys.KeyFileError, keys.KeyFormatError) as exc:
+        fail_usage(str(exc))
+    click.echo(f"created {key.path}")
+    click.echo(f"public key: {key.public_key_b64}\nkey id:     {key.key_id}")
+
+
+@main.group()
+def key() -> None:
+    """Show your signing key."""
+
+
+@key.command("show")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Another key file.")
+@click.option("--control", "control", is_flag=True, help="The control helper's key instead.")
+def key_show(key_path, control) -> None:
+    """Print the public key and its short fingerprint (creating the key if needed)."""
+    loaded = signing_key_or_exit(key_path, False, control=control)
+    click.echo(f"public key: {loaded.public_key_b64}\nkey id:     {loaded.key_id}\nfile:       {loaded.path}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--trusted-keys", type=click.Path(dir_okay=False), help="Only accept reports signed by these keys (one per line).")
+@click.option("--trusted-control-keys", type=click.Path(dir_okay=False), help="Control helpers whose attestations you trust.")
+@click.option("--require-complete", is_flag=True, help="Fail runs that lack their end-of-run record (tail cut off).")
+def verify(files, trusted_keys, trusted_control_keys, require_complete) -> None:
+    """Check every line's signature and the chain of each run; exit 1 if any fails."""
+    from probe.report.verify import verify_command
+
+    sys.exit(verify_command(list(files), trusted_keys, trusted_control_keys,
+                            require_end=require_complete))
 
 
 def _register_optional_groups() -> None:

@@ -42,7 +42,7 @@ class ControlOutcome:
     observations: dict[str, EndpointObservation] | None = None
     source: str | None = None  # the helper URL or file the data came from
     problems: list[str] = field(default_factory=list)
-    raw: dict[str, Any] | None = None  # the helper's (signed) response, as received
+    entries: dict[str, Any] | None = None  # the helper's per-endpoint (signed) entries
     probe_address: str | None = None  # never written anywhere; used for scrubbing
 
     @property
@@ -80,11 +80,9 @@ async def ask_control(
     outcome = ControlOutcome()
     if config.file is not None:
         try:
-            body = json.loads(config.file.read_text())
-            body = body.get("response", body) if isinstance(body, dict) else body
-            outcome.observations, _ = protocol.parse_response(body)
+            parsed = protocol.parse_response(json.loads(config.file.read_text()))
+            outcome.observations, outcome.entries = parsed.observations, parsed.entries
             outcome.source = str(config.file)
-            outcome.raw = body
         except (OSError, ValueError) as exc:
             outcome.problems.append(f"{config.file}: {exc}"[:300])
         return outcome
@@ -106,20 +104,18 @@ async def ask_control(
         result = await network.control_call(ControlRequest(target, body), config.timeout)
         if result.failure is not None or result.body is None:
             raise RuntimeError(f"{url}: {result.failure or 'empty answer'}")
-        payload = result.body.get("response", result.body)
-        parsed, address = protocol.parse_response(payload)
-        return url, parsed, address, result.body
+        return url, protocol.parse_response(result.body)
 
     tasks = [asyncio.ensure_future(one(url)) for url in config.urls]
     try:
         for next_done in asyncio.as_completed(tasks):
             try:
-                url, parsed, address, raw = await next_done
+                url, parsed = await next_done
             except (RuntimeError, ValueError) as exc:
                 outcome.problems.append(str(exc)[:300])
                 continue
-            outcome.observations, outcome.source = parsed, url
-            outcome.probe_address, outcome.raw = address, raw
+            outcome.observations, outcome.source = parsed.observations, url
+            outcome.probe_address, outcome.entries = parsed.probe_address, parsed.entries
             break
     finally:
         for task in tasks:

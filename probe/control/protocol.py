@@ -12,6 +12,7 @@ type-checked; a bad message is a ``ProtocolError`` with a reason.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,28 +108,62 @@ def parse_request(body: Any) -> tuple[list[ControlEndpoint], float]:
 
 
 def build_response(
-    observations: dict[str, EndpointObservation], probe_address: str | None, helper: dict
+    observations: dict[str, EndpointObservation],
+    probe_address: str | None,
+    helper: dict,
+    measured_at: str,
+    sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "version": VERSION,
-        "helper": helper,
-        "probe_address": probe_address,
-        "endpoints": {k: to_json(v) for k, v in observations.items()},
-    }
+    """One entry per endpoint, each signed on its own when the helper has a key,
+    so a report line can embed (and a verifier check) just its service's entries.
+    The probe's address travels outside every signed entry: the probe must be
+    able to drop it without breaking a signature."""
+    entries = {}
+    for endpoint_id, observation in observations.items():
+        entry = {
+            "endpoint_id": endpoint_id, "measured_at": measured_at, "helper": helper,
+            "observation": to_json(observation),
+        }
+        entries[endpoint_id] = sign(entry) if sign is not None else entry
+    return {"version": VERSION, "helper": helper, "probe_address": probe_address,
+            "endpoints": entries}
 
 
-def parse_response(body: Any) -> tuple[dict[str, EndpointObservation], str | None]:
-    """The helper's observations by endpoint id, and the probe address it saw."""
+@dataclass(frozen=True)
+class ParsedResponse:
+    observations: dict[str, EndpointObservation]
+    entries: dict[str, dict[str, Any]]  # as received (signed entries keep their signature)
+    probe_address: str | None
+
+
+def parse_response(body: Any) -> ParsedResponse:
+    """The helper's observations by endpoint id, the raw entries, the address it saw.
+
+    Signed entries are checked for integrity (the signature matches the entry's
+    own key); whether that key is trusted is for ``probe verify`` to say."""
+    from probe.report.signing import SignatureError, verify_object
+
     if not isinstance(body, dict) or body.get("version") != VERSION:
         raise ProtocolError("control response is not a version 1 object")
     endpoints = body.get("endpoints")
     if not isinstance(endpoints, dict):
         raise ProtocolError("control response has no endpoints object")
     observations = {}
+    entries = {}
     for key, value in endpoints.items():
+        entry = value
+        if isinstance(value, dict) and "signature" in value:
+            try:
+                verify_object(value)
+            except (SignatureError, ValueError) as exc:
+                raise ProtocolError(f"endpoint {key[:60]!r}: bad signature: {exc}"[:300]) from None
+            entry = value.get("response")
+        if not isinstance(entry, dict) or entry.get("endpoint_id") != key:
+            raise ProtocolError(f"endpoint {key[:60]!r}: malformed entry")
         try:
-            observations[key] = from_json(EndpointObservation, value)
+            observations[key] = from_json(EndpointObservation, entry.get("observation"))
         except (ValueError, TypeError) as exc:
             raise ProtocolError(f"endpoint {key[:60]!r}: {exc}"[:300]) from None
+        entries[key] = value
     address = body.get("probe_address")
-    return observations, address if isinstance(address, str) else None
+    return ParsedResponse(observations, entries, address if isinstance(address, str) else None)

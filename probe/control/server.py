@@ -13,6 +13,7 @@ address a request came from is echoed to the probe and never stored or logged.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 from collections.abc import Callable
@@ -39,14 +40,14 @@ class ControlHelper:
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         max_timeout: float = 15.0,
         routable: tuple[IPNetwork, ...] = (),
-        sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        key=None,  # probe.report.keys.SigningKey: attest every answer with it
         network_factory=LiveNetwork,
     ) -> None:
         self.resolver = resolver
         self.max_concurrent = max_concurrent
         self.max_timeout = max_timeout
         self.routable = routable
-        self.sign = sign
+        self.key = key
         self.network_factory = network_factory
         self._busy = 0
 
@@ -94,12 +95,21 @@ class ControlHelper:
                 return web.json_response({"error": "measurement deadline exceeded"}, status=504)
             finally:
                 await network.aclose()
+            sign = None
+            if self.key is not None:
+                from probe.report.signing import attest_control_response
+
+                def sign(entry: dict[str, Any]) -> dict[str, Any]:
+                    return attest_control_response(entry, self.key)
+
+            measured_at = datetime.datetime.now(datetime.timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
             response = protocol.build_response(
                 observations, request.remote,
                 {"software_name": "probe-control", "software_version": __version__},
+                measured_at, sign,
             )
-            if self.sign is not None:
-                response = self.sign(response)
             return web.json_response(response)
         finally:
             self._busy -= 1

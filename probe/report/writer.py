@@ -86,7 +86,7 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_report_atomic(path: Path, lines: Iterable[dict]) -> Path:
+def write_report_atomic(path: Path, lines: Iterable[dict | bytes]) -> Path:
     """Write ``lines`` as JSON Lines to ``path`` atomically; return ``path``.
 
     The folder is created if missing. An existing file at ``path`` is replaced
@@ -103,6 +103,9 @@ def write_report_atomic(path: Path, lines: Iterable[dict]) -> Path:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as stream:
             for number, line in enumerate(lines, 1):
+                if isinstance(line, bytes):  # already serialised (signed lines: keep exact)
+                    stream.write(line if line.endswith(b"\n") else line + b"\n")
+                    continue
                 try:
                     data = json.dumps(
                         line, ensure_ascii=False, allow_nan=False, separators=(",", ":")
