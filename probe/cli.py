@@ -27,7 +27,9 @@ def fail_usage(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def parse_hostport(value: str, default_port: int, what: str) -> tuple[str, int]:
+def parse_hostport(
+    value: str, default_port: int, what: str, allow_any_port: bool = False
+) -> tuple[str, int]:
     """'1.2.3.4', '1.2.3.4:53', '[2001:db8::1]:53' or '2001:db8::1' -> (address, port)."""
     host, port = value, default_port
     if value.startswith("["):
@@ -39,7 +41,7 @@ def parse_hostport(value: str, default_port: int, what: str) -> tuple[str, int]:
     try:
         ipaddress.ip_address(host)
         port = int(port)
-        if not 0 < port < 65536:
+        if not (0 if allow_any_port else 1) <= port < 65536:
             raise ValueError
     except ValueError:
         fail_usage(f"{what} {value!r} is not an IP address with an optional port (1-65535)")
@@ -261,7 +263,7 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -
     from probe.control.server import ControlHelper, serve
     from probe.net.dns import system_nameserver
 
-    host, port = parse_hostport(listen, 8780, "--listen")
+    host, port = parse_hostport(listen, 8780, "--listen", allow_any_port=True)
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
     try:
         routable = parse_networks(allow)

@@ -124,7 +124,9 @@ async def serve(
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     if ready is not None:
-        ready(f"control helper listening on {host}:{port}")
+        bound = runner.addresses[0] if runner.addresses else (host, port)
+        shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
+        ready(f"control helper listening on {shown}:{bound[1]}")
     try:
         await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:
