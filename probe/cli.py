@@ -83,7 +83,7 @@ def main(verbose: bool) -> None:
 @click.option("--control-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True)
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM bundle to trust instead of the system store.")
 @click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True, help="Seconds allowed for each step.")
-@click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True, help="Network operations in flight.")
+@click.option("--concurrency", type=click.IntRange(1, 4096), default=256, show_default=True, help="Network operations in flight (a pending connect costs a socket, not bandwidth).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True, help="Folder for the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of tables.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Signing key file (default: your probe key, created on first use).")

@@ -38,7 +38,7 @@ from probe.targets import Endpoint
 log = logging.getLogger("probe.runner")
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_CONCURRENCY = 32
+DEFAULT_CONCURRENCY = 256
 USER_AGENT = "Mozilla/5.0 (probe censorship measurement; +https://github.com/)"
 
 

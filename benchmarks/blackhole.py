@@ -1,0 +1,145 @@
+"""Benchmark: a run where every endpoint is blackholed takes one step timeout, not their sum.
+
+Builds a network namespace whose only way out is a veth link to a second,
+"sink" namespace that silently drops every packet sent to 203.0.113.0/24 and
+2001:db8::/32 (a blackhole: SYNs vanish, connects time out). A DNS server on the namespace's loopback answers every
+name with 203.0.113.77. The bundled targets.yaml is rewritten into that
+world: the same services, endpoints, ports and checks, its literal addresses
+moved into 203.0.113.0/24 / 2001:db8::/32. Nothing can leave the namespace.
+
+For each per-step timeout it runs `probe run` and reports the wall time, the
+endpoints measured, and the probe's peak memory (max RSS).
+
+    sudo .venv/bin/python benchmarks/blackhole.py [--timeouts 2 5 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from probe.targets import default_targets_path, load_targets  # noqa: E402
+
+NAMESPACE = f"probe-bench-{os.getpid()}"
+SINK = f"probe-sink-{os.getpid()}"
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True)
+
+
+def ns(*args: str) -> list[str]:
+    return ["ip", "netns", "exec", NAMESPACE, *args]
+
+
+def rewrite_targets(directory: Path) -> tuple[Path, int]:
+    """The bundled targets, with literal addresses moved to documentation ranges."""
+    targets = load_targets(default_targets_path())
+    services = []
+    count = 0
+    for s_index, service in enumerate(targets.services):
+        endpoints = []
+        for e_index, endpoint in enumerate(service.endpoints):
+            host = endpoint.host
+            if endpoint.host_is_address:
+                if ipaddress.ip_address(host).version == 4:
+                    host = f"203.0.113.{(s_index * 16 + e_index) % 250 + 1}"
+                else:
+                    host = f"2001:db8::{s_index:x}:{e_index:x}"
+            entry = {"id": endpoint.id, "host": host, "ports": list(endpoint.ports),
+                     "checks": list(endpoint.checks), "path": endpoint.path}
+            if endpoint.sni and endpoint.sni != endpoint.host:
+                entry["sni"] = endpoint.sni
+            if endpoint.ca_pem:
+                entry["ca"] = endpoint.ca_pem
+            endpoints.append(entry)
+            count += 1
+        services.append({"id": service.id, "name": service.name, "test_name": service.test_name,
+                         "baseline": service.baseline, "endpoints": endpoints})
+    path = directory / "targets.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "routable_networks": ["203.0.113.0/24", "2001:db8::/32"],
+        "services": services,
+    }, sort_keys=False))
+    return path, count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timeouts", type=float, nargs="+", default=[2.0, 5.0, 10.0])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (it creates a network namespace)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
+    targets, count = rewrite_targets(work)
+    config = {"servers": [{"kind": "dns", "listen": ["127.0.0.1:53"], "zone": {},
+                           "behaviours": {"*": {"forge": ["203.0.113.77"]}}}]}
+    (work / "dns.json").write_text(json.dumps(config))
+    sh("ip", "netns", "add", NAMESPACE)
+    sh("ip", "netns", "add", SINK)
+    dns = None
+    sink = ["ip", "netns", "exec", SINK]
+    try:
+        sh(*ns("ip", "link", "set", "lo", "up"))
+        sh("ip", "link", "add", "bh0", "netns", NAMESPACE, "type", "veth",
+           "peer", "name", "bh1", "netns", SINK)
+        sh(*ns("ip", "link", "set", "bh0", "up"))
+        sh(*sink, "ip", "link", "set", "bh1", "up")
+        sh(*ns("ip", "addr", "add", "198.51.100.1/30", "dev", "bh0"))
+        sh(*sink, "ip", "addr", "add", "198.51.100.2/30", "dev", "bh1")
+        sh(*ns("ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "bh0", "nodad"))
+        sh(*sink, "ip", "-6", "addr", "add", "2001:db8:ffff::2/64", "dev", "bh1", "nodad")
+        sh(*ns("ip", "route", "add", "203.0.113.0/24", "via", "198.51.100.2"))
+        sh(*ns("ip", "-6", "route", "add", "2001:db8::/32", "via", "2001:db8:ffff::2"))
+        # the sink forwards nothing and answers nothing: every packet just disappears
+        sh(*sink, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+        sh(*sink, "nft", "add table inet hole; add chain inet hole in "
+           "{ type filter hook prerouting priority -300; policy drop; }")
+        dns = subprocess.Popen(ns(sys.executable, "-m", "probe.lab.servers", "--config",
+                                  str(work / "dns.json"), "--duration", "600"),
+                               stdout=subprocess.DEVNULL)
+        time.sleep(1.0)
+        print(f"{count} endpoints (the bundled targets.yaml's shape), every address blackholed")
+        print(f"{'timeout':>8} {'wall s':>8} {'wall/timeout':>13} {'rows':>6} {'max RSS MiB':>12}")
+        for timeout in args.timeouts:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            started = time.monotonic()
+            result = subprocess.run(
+                ns(sys.executable, "-m", "probe", "run", "--targets", str(targets),
+                   "--resolver", "127.0.0.1", "--no-system-resolver", "--ephemeral-key",
+                   "--timeout", str(timeout), "--out", str(work / "reports"), "--json"),
+                capture_output=True, text=True, timeout=timeout * 20 + 60,
+            )
+            wall = time.monotonic() - started
+            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            if result.returncode != 0:
+                print(result.stderr, file=sys.stderr)
+                return 1
+            summary = json.loads(result.stdout)
+            print(f"{timeout:>8.1f} {wall:>8.2f} {wall / timeout:>13.2f} "
+                  f"{len(summary['endpoints']):>6} {max(rss, before) / 1024:>12.1f}")
+    finally:
+        if dns is not None:
+            dns.terminate()
+            dns.wait(10)
+        subprocess.run(["ip", "netns", "delete", NAMESPACE], check=False)
+        subprocess.run(["ip", "netns", "delete", SINK], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
