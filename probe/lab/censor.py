@@ -273,6 +273,7 @@ class Throttle:
 
     addresses: tuple[str, ...]
     kbit: int = 150
+    queue_bytes: int = 6000  # about 0.3 s at 150 kbit/s
 
     def apply(self, lab: Runtime) -> None:
         dev = plan.CENSOR_CLIENT_DEV
@@ -283,6 +284,10 @@ class Throttle:
         lab.censor_command(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20",
                             "htb", "rate", f"{self.kbit}kbit", "ceil", f"{self.kbit}kbit",
                             "burst", "2k", "cburst", "2k", "quantum", "1514"])
+        # A short queue: excess packets are dropped (a policer, as the TSPU's was)
+        # instead of queueing for seconds, which would also starve new handshakes.
+        lab.censor_command(["tc", "qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:",
+                            "bfifo", "limit", str(self.queue_bytes)])
         for address in self.addresses:
             lab.firewall(
                 _family(address),

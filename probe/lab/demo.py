@@ -102,15 +102,16 @@ def run_scenario(lab: Lab, scenario: Scenario, out_root: Path, with_probe: bool 
     return outcome
 
 
-def _pairs(outcome: Outcome) -> dict[tuple[str, str], list[str]]:
-    """(expected, observed) -> endpoint ids, for the table."""
-    groups: dict[tuple[str, str], list[str]] = {}
+def _pairs(outcome: Outcome) -> dict[tuple[str, str, bool], list[str]]:
+    """(expected, observed, agree) -> endpoint ids, for the table."""
+    groups: dict[tuple[str, str, bool], list[str]] = {}
     for row in (outcome.result or {}).get("endpoints", []):
         rule = expectation(outcome.scenario.truth, row)
         expected = f"{rule.verdict}/{rule.method}" if rule.method else rule.verdict
         observed = f"{row.get('verdict')}/{row.get('method')}" if row.get("method") else str(
             row.get("verdict"))
-        groups.setdefault((expected, observed), []).append(str(row.get("id")))
+        agree = not compare((rule,), [row]) if rule.matches(row) else observed == "ok"
+        groups.setdefault((expected, observed, agree), []).append(str(row.get("id")))
     return groups
 
 
@@ -126,8 +127,8 @@ def table(outcomes: list[Outcome]) -> str:
             continue
         verdict = "ok" if not outcome.mismatches else f"{len(outcome.mismatches)} off"
         first = True
-        for (expected, observed), ids in sorted(_pairs(outcome).items()):
-            mark = "  " if expected == observed else "!="
+        for (expected, observed, agree), ids in sorted(_pairs(outcome).items()):
+            mark = "  " if agree else "!="
             prefix = (f"{outcome.scenario.name:28} {selftest_text:9} {verdict:7}" if first
                       else " " * 46)
             names = ", ".join(sorted(set(ids)))

@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+LINGER = 0.6  # seconds to wait for more replies after the first (injector hold: 0.3)
+
 
 @dataclass(frozen=True)
 class Check:
@@ -86,6 +88,8 @@ def observe_dns(check: Check) -> str:
         sock.sendto(query.to_wire(), (check.resolver, 53))
         deadline = time.monotonic() + check.timeout
         while (left := deadline - time.monotonic()) > 0:
+            if replies:  # linger after the first reply for a later, different one
+                left = min(left, LINGER)
             sock.settimeout(left)
             try:
                 data = sock.recv(4096)

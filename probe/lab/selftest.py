@@ -31,26 +31,37 @@ class CheckResult:
         return f"{mark} {self.check.label()}: expected {self.check.expect}, got {self.outcome}"
 
 
-def observe_from(vantage: str, checks: list[Check]) -> list[dict]:
-    """Run ``checks`` inside the vantage's namespace; one result per check."""
-    if not checks:
-        return []
-    payload = json.dumps([asdict(c) for c in checks])
-    budget = max(c.timeout + c.seconds for c in checks) + 15
-    proc = subprocess.run(
-        in_ns(VANTAGES[vantage], [sys.executable, "-m", "probe.lab.observe"]),
-        input=payload, capture_output=True, text=True, timeout=budget, check=False,
-    )
-    if proc.returncode != 0:
-        raise LabError(f"observing from {vantage} failed: {proc.stderr.strip()[-1500:]}")
-    return json.loads(proc.stdout)
+def observe_from(vantages: dict[str, list[Check]]) -> dict[str, list[dict]]:
+    """Run each vantage's checks inside its namespace, all vantages at once."""
+    running = {}
+    for vantage, checks in vantages.items():
+        if checks:
+            proc = subprocess.Popen(
+                in_ns(VANTAGES[vantage], [sys.executable, "-m", "probe.lab.observe"]),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            budget = max(c.timeout + c.seconds for c in checks) + 15
+            running[vantage] = (proc, json.dumps([asdict(c) for c in checks]), budget)
+    results: dict[str, list[dict]] = {v: [] for v in vantages}
+    for vantage, (proc, payload, budget) in running.items():
+        try:
+            out, err = proc.communicate(payload, timeout=budget)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise LabError(f"observing from {vantage} took longer than {budget}s") from None
+        if proc.returncode != 0:
+            raise LabError(f"observing from {vantage} failed: {err.strip()[-1500:]}")
+        results[vantage] = json.loads(out)
+    return results
 
 
 def run_checks(checks: tuple[Check, ...] | list[Check]) -> list[CheckResult]:
+    by_vantage = {v: [c for c in checks if c.vantage == v] for v in VANTAGES}
+    observed = observe_from(by_vantage)
     results: list[CheckResult] = []
-    for vantage in VANTAGES:
-        mine = [c for c in checks if c.vantage == vantage]
-        for check, result in zip(mine, observe_from(vantage, mine)):
+    for vantage, mine in by_vantage.items():
+        for check, result in zip(mine, observed[vantage]):
             results.append(CheckResult(check, result["outcome"], matches(check, result)))
     return results
 
