@@ -1,0 +1,133 @@
+"""``probe collector serve``: run the collector. Parse, build, serve; no logic here."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+
+import click
+
+from probe.collector.limits import MIB, Limits
+
+DEFAULTS = Limits()
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:8080', '[::1]:8080', '0.0.0.0:8080' -> (host, port); port 0 picks one."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text)
+        if not 0 <= port < 65536:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not IP:PORT (for example 127.0.0.1:8080 or [::1]:8080)"
+        ) from None
+    return host, port
+
+
+def _trusted(path: str | None, what: str) -> frozenset[str] | None:
+    from probe.report.verify import TrustedKeysError, load_trusted_keys
+
+    if not path:
+        return None
+    try:
+        return load_trusted_keys(path)
+    except TrustedKeysError as error:
+        raise click.BadParameter(str(error), param_hint=what) from None
+
+
+@click.group()
+def collector() -> None:
+    """Receive signed reports from probes (run this on the NGO's server)."""
+
+
+@collector.command("serve")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="IP:PORT", help="Address to listen on; port 0 picks a free one.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Folder of the stored reports (created if missing).")
+@click.option("--trusted-keys", type=click.Path(dir_okay=False), help="Accept only lines signed by these probe keys (one base64 key or key id a line).")
+@click.option("--trusted-control-keys", type=click.Path(dir_okay=False), help="Control helpers whose attestations count; unattested control data is then refused.")
+@click.option("--max-concurrent", type=click.IntRange(1, 4096), default=DEFAULTS.max_concurrent_uploads, show_default=True, help="Uploads processed at once; more get 503.")
+@click.option("--max-connections", type=click.IntRange(1, 100_000), default=DEFAULTS.max_connections, show_default=True)
+@click.option("--address-rate", type=click.FloatRange(0.001), default=DEFAULTS.address_rate, show_default=True, help="Upload requests per second per address.")
+@click.option("--address-burst", type=click.FloatRange(1), default=DEFAULTS.address_burst, show_default=True)
+@click.option("--key-rate", type=click.FloatRange(0.001), default=DEFAULTS.key_rate, show_default=True, help="New lines per second per probe key.")
+@click.option("--key-burst", type=click.FloatRange(1), default=DEFAULTS.key_burst, show_default=True)
+@click.option("--max-body-mib", type=click.IntRange(1, 1024), default=DEFAULTS.max_body_bytes // MIB, show_default=True)
+@click.option("--body-timeout", type=click.FloatRange(0.1, 3600), default=DEFAULTS.body_timeout, show_default=True, help="Seconds to receive a request body.")
+@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=DEFAULTS.header_timeout, show_default=True, help="Seconds for a new connection to send its request.")
+@click.option("--check-workers", type=click.IntRange(0, 64), default=2, show_default=True, help="Processes checking signatures (0: a thread of the server).")
+@click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
+@click.option("-q", "--quiet", is_flag=True, help="Log only problems, not every upload.")
+def serve(listen, data_dir, trusted_keys, trusted_control_keys, max_concurrent, max_connections,
+          address_rate, address_burst, key_rate, key_burst, max_body_mib, body_timeout,
+          header_timeout, check_workers, duration, quiet) -> None:
+    """Serve POST /v1/measurements and GET /health (see docs/upload-protocol.md)."""
+    from probe.collector.lines import LinePolicy
+    from probe.collector.server import Collector
+    from probe.collector.server import serve as serve_collector
+    from probe.collector.store import Store
+
+    host, port = parse_listen(listen)
+    policy = LinePolicy(
+        _trusted(trusted_keys, "--trusted-keys"),
+        _trusted(trusted_control_keys, "--trusted-control-keys"),
+    )
+    limits = Limits(
+        max_body_bytes=max_body_mib * MIB,
+        max_concurrent_uploads=max_concurrent,
+        max_connections=max_connections,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        address_rate=address_rate,
+        address_burst=address_burst,
+        key_rate=key_rate,
+        key_burst=key_burst,
+    )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("probe.collector").setLevel(logging.WARNING if quiet else logging.INFO)
+    store = Store(data_dir)
+    try:
+        recovery = store.open()
+    except OSError as error:
+        click.echo(f"probe collector: cannot use --data {data_dir}: {error.strerror or error}",
+                   err=True)
+        sys.exit(2)
+    message = f"store {data_dir}: {recovery.lines} line(s) in {recovery.files} run file(s)"
+    if recovery.torn_files:
+        message += (f"; cut {recovery.torn_bytes} byte(s) of unacknowledged torn tail from "
+                    f"{', '.join(recovery.torn_files)}")
+    if recovery.unreadable_lines:
+        message += f"; {recovery.unreadable_lines} unreadable line(s) left in place"
+    click.echo(message, err=True)
+    if trusted_keys:
+        click.echo(f"accepting only the {len(policy.trusted_keys)} trusted probe key(s)", err=True)
+    app = Collector(store, policy, limits, check_workers=check_workers)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, stop.set)
+        if duration:
+            loop.call_later(duration, stop.set)
+        await serve_collector(
+            app, host, port, stop=stop,
+            ready=lambda url: click.echo(f"collector listening on {url}", err=True),
+        )
+
+    try:
+        asyncio.run(go())
+    except OSError as error:
+        click.echo(f"probe collector: cannot listen on {listen}: {error.strerror or error}",
+                   err=True)
+        sys.exit(1)

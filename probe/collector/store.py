@@ -1,0 +1,273 @@
+"""The collector's store: the signed lines as received, append-only, one file per run.
+
+Layout: ``<data>/<key_id>/<run>.jsonl``, each line exactly the bytes the probe
+signed (anyone can re-verify them later with ``probe verify`` or the
+aggregation). Lines of a run are appended in the order they arrive, which need
+not be ``seq`` order: a spool may upload a run in pieces.
+
+Durability: :meth:`Store.commit` writes a group of accepted lines, fsyncs every
+file it wrote (and every directory it created) and only then returns; the
+collector acknowledges a line only after that. A crash (kill -9, power loss)
+can therefore leave at most an unacknowledged, possibly torn, tail. On start,
+:meth:`Store.open` cuts a torn last line off, fsyncs what remains (a retried
+upload of those lines is then answered "duplicate", which must be true after a
+power loss too) and rebuilds the deduplication index from the files.
+
+Deduplication: a measurement is the same upload as a stored one when its
+``measurement_uid`` is; an end-of-run record when its (run, seq) is. The
+index maps that key to the line's SHA-256: the same key with other bytes is
+refused, never stored next to the first. The index lives in memory
+(about 150 bytes a line) and is rebuilt from the files at start, at roughly
+10 seconds per million stored lines. Only the writer thread touches the files and the
+index; :meth:`Store.known` may be read from elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+
+log = logging.getLogger("probe.collector.store")
+
+STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+_KEY_DIR = re.compile(r"[0-9a-f]{16}\Z")
+_RUN_FILE = re.compile(r"([0-9a-f]{32})\.jsonl\Z")
+MAX_OPEN_FILES = 128
+
+
+class StoreError(Exception):
+    """The store cannot write (disk full, permissions): nothing of the group was acknowledged."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A line that passed every check, ready to store (``line`` without newline)."""
+
+    dedupe_key: str
+    digest: str
+    key_id: str
+    run: str
+    line: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # stored, duplicate or rejected
+    reason: str | None = None
+
+
+@dataclass
+class Recovery:
+    """What :meth:`Store.open` found."""
+
+    files: int = 0
+    lines: int = 0
+    torn_bytes: int = 0
+    torn_files: list[str] = field(default_factory=list)
+    unreadable_lines: int = 0
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync  # False only for tests that measure something else
+        self._index: dict[str, str] = {}
+        self._files: OrderedDict[Path, int] = OrderedDict()  # open descriptors, LRU
+        self._opened = False
+
+    # ----------------------------------------------------------------- start #
+
+    def open(self) -> Recovery:
+        """Create the folder if needed, repair torn tails, build the index."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        recovery = Recovery()
+        for key_dir in sorted(self.root.iterdir()):
+            if not (key_dir.is_dir() and _KEY_DIR.match(key_dir.name)):
+                continue
+            for path in sorted(key_dir.iterdir()):
+                if _RUN_FILE.match(path.name) and path.is_file():
+                    self._recover_file(path, recovery)
+            self._sync_dir(key_dir)
+        self._sync_dir(self.root)
+        self._opened = True
+        return recovery
+
+    def _recover_file(self, path: Path, recovery: Recovery) -> None:
+        run = path.name[:-len(".jsonl")]
+        with open(path, "r+b") as stream:
+            data = stream.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                # Written but never acknowledged: the crash came before the fsync
+                # returned. Cut it so the next append starts on a fresh line.
+                recovery.torn_bytes += len(data) - end
+                recovery.torn_files.append(str(path.relative_to(self.root)))
+                stream.truncate(end)
+                data = data[:end]
+            if self.fsync:
+                os.fsync(stream.fileno())
+        recovery.files += 1
+        for line in data.split(b"\n")[:-1]:
+            key = _dedupe_key(line, run)
+            if key is None:
+                recovery.unreadable_lines += 1
+                continue
+            self._index.setdefault(key, sha256(line).hexdigest())
+            recovery.lines += 1
+
+    # ---------------------------------------------------------------- writes #
+
+    def known(self, dedupe_key: str) -> bool:
+        return dedupe_key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def commit(self, groups: Sequence[Sequence[Accepted]]) -> list[list[Outcome]]:
+        """Store the lines of several uploads at once; their outcomes, in order.
+
+        Returns after every stored line is on disk (fsync). Raises StoreError,
+        with every file cut back to its previous length, when anything fails.
+        """
+        if not self._opened:
+            raise StoreError("the store was not opened")
+        pending: dict[str, str] = {}
+        by_path: dict[Path, list[bytes]] = {}
+        outcomes: list[list[Outcome]] = []
+        for group in groups:
+            results = []
+            for item in group:
+                known = self._index.get(item.dedupe_key) or pending.get(item.dedupe_key)
+                if known is None:
+                    pending[item.dedupe_key] = item.digest
+                    path = self.root / item.key_id / f"{item.run}.jsonl"
+                    by_path.setdefault(path, []).append(item.line + b"\n")
+                    results.append(Outcome(STORED))
+                elif known == item.digest:
+                    results.append(Outcome(DUPLICATE))
+                else:
+                    results.append(Outcome(REJECTED, _conflict_reason(item.dedupe_key)))
+            outcomes.append(results)
+        if by_path:
+            self._write(by_path)
+            self._index.update(pending)
+        return outcomes
+
+    def _write(self, by_path: dict[Path, list[bytes]]) -> None:
+        lengths: dict[Path, int] = {}
+        new_dirs: set[Path] = set()
+        try:
+            for path, chunks in by_path.items():
+                descriptor, created_dir = self._descriptor(path)
+                if created_dir:
+                    new_dirs.add(path.parent)
+                lengths[path] = os.fstat(descriptor).st_size
+                _write_all(descriptor, b"".join(chunks))
+            if self.fsync:
+                for path in by_path:
+                    os.fsync(self._files[path])
+                for directory in new_dirs:
+                    self._sync_dir(directory)
+                if new_dirs:
+                    self._sync_dir(self.root)
+                # A new run file's directory entry must be durable too.
+                for directory in {p.parent for p, n in lengths.items() if n == 0} - new_dirs:
+                    self._sync_dir(directory)
+        except OSError as error:
+            self._undo(lengths)
+            raise StoreError(f"cannot write to {self.root}: {error.strerror or error}") from None
+
+    def _undo(self, lengths: dict[Path, int]) -> None:
+        for path, length in lengths.items():
+            try:
+                os.truncate(path, length)
+            except OSError as error:  # the next start cuts the torn tail anyway
+                log.error("cannot cut %s back after a failed write: %s", path, error)
+            self._close(path)
+
+    def _descriptor(self, path: Path) -> tuple[int, bool]:
+        if path in self._files:
+            self._files.move_to_end(path)
+            return self._files[path], False
+        created_dir = False
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            created_dir = True
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._files[path] = descriptor
+        while len(self._files) > MAX_OPEN_FILES:
+            self._close(next(iter(self._files)))
+        return descriptor, created_dir
+
+    def _close(self, path: Path) -> None:
+        descriptor = self._files.pop(path, None)
+        if descriptor is not None:
+            os.close(descriptor)
+
+    def close(self) -> None:
+        for path in list(self._files):
+            self._close(path)
+
+    def _sync_dir(self, directory: Path) -> None:
+        if not self.fsync or os.name != "posix":
+            return
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    # ----------------------------------------------------------------- reads #
+
+    def run_files(self) -> list[Path]:
+        """Every run file, in a stable order."""
+        return sorted(self.root.glob("*/*.jsonl"))
+
+
+def run_files(root: str | os.PathLike[str]) -> list[Path]:
+    """The run files of a collector's data folder (for the aggregation)."""
+    base = Path(root)
+    return sorted(
+        p for p in base.glob("*/*.jsonl")
+        if _KEY_DIR.match(p.parent.name) and _RUN_FILE.match(p.name)
+    )
+
+
+def _dedupe_key(line: bytes, run: str) -> str | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "end_of_run" in record:
+        signature = record.get("signature")
+        if isinstance(signature, dict) and isinstance(signature.get("seq"), int):
+            return f"e:{run}:{signature['seq']}"
+        return None
+    uid = record.get("measurement_uid")
+    return f"m:{uid}" if isinstance(uid, str) else None
+
+
+def _conflict_reason(dedupe_key: str) -> str:
+    if dedupe_key.startswith("e:"):
+        _, run, seq = dedupe_key.split(":")
+        return f"run {run[:8]} already has a different end-of-run record with seq {seq}"
+    return (
+        f"measurement_uid {dedupe_key[2:]} is already stored with different content "
+        "(a measurement_uid is unique: this line was altered or forged)"
+    )
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
