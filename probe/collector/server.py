@@ -22,6 +22,8 @@ import concurrent.futures
 import json
 import logging
 import multiprocessing
+import os
+import threading
 import time
 import zlib
 from collections import Counter
@@ -57,6 +59,22 @@ class RequestRefused(Exception):
 def check_lines(lines: Sequence[bytes], policy: LinePolicy) -> list[CheckedLine]:
     """Check a chunk of lines (runs in a worker process)."""
     return [check_line(line, policy) for line in lines]
+
+
+def _exit_with(collector_pid: int) -> None:
+    """Worker initializer: exit when the collector is gone (kill -9 leaves no orphans)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(collector_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass  # alive, owned by someone else: cannot happen for our parent
+
+    threading.Thread(target=watch, name="watch-collector", daemon=True).start()
 
 
 # --------------------------------------------------------------------------- #
@@ -166,7 +184,8 @@ class Collector:
             # forkserver: workers never inherit the event loop, threads or sockets.
             context = multiprocessing.get_context("forkserver")
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.check_workers, mp_context=context
+                self.check_workers, mp_context=context, initializer=_exit_with,
+                initargs=(os.getpid(),),
             )
             # Start the workers now, so the first upload does not pay for it.
             await asyncio.get_running_loop().run_in_executor(self._pool, check_lines, [], self.policy)

@@ -36,12 +36,13 @@ def signed_run(key=None, services=("telegram", "whatsapp", "signal"), cc="IR", a
 
 
 def post(url: str, body: bytes, *, gzip: bool = False, content_type="application/x-ndjson",
-         headers=None, timeout: float = 30.0):
+         headers=None, timeout: float = 30.0, source_address=None):
     """POST body to url; (status, headers, parsed JSON or text)."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
+                                            source_address=source_address)
     all_headers = {"Content-Type": content_type}
     if gzip:
         body = gzip_module.compress(body)
