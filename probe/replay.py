@@ -355,21 +355,23 @@ def compare_verdicts(
     return changes
 
 
-def diff_replayed(replayed: Replayed) -> list[VerdictChange]:
-    footer = replayed.trace.footer
-    if footer is None:
+def _recorded_verdicts(trace: Trace) -> list[dict[str, Any]]:
+    if trace.footer is None:
         raise TraceError(
-            f"{replayed.trace.path}: no end line, so no recorded verdicts to compare with "
+            f"{trace.path}: no end line, so no recorded verdicts to compare with "
             "(the recording was cut short); replay it without --diff"
         )
-    return compare_verdicts(list(footer.get("verdicts", [])), verdict_rows(replayed.outcome))
+    return list(trace.footer.get("verdicts", []))
+
+
+def diff_replayed(replayed: Replayed) -> list[VerdictChange]:
+    return compare_verdicts(_recorded_verdicts(replayed.trace), verdict_rows(replayed.outcome))
 
 
 def diff(trace_path: str | Path) -> list[VerdictChange]:
     """The verdicts that differ between the trace's recorded run and a replay now."""
     trace = load_trace(trace_path)
-    if trace.footer is None:
-        return diff_replayed(Replayed(None, None, ReplayNetwork(trace), trace))
+    _recorded_verdicts(trace)  # fail before replaying when there is nothing to compare
     return diff_replayed(replay_trace(trace))
 
 

@@ -205,6 +205,7 @@ class TraceWriter:
         self.path = Path(path)
         self.scrub = scrub
         self.lines = 0
+        self.error: str | None = None  # why writing stopped (disk full...), if it did
         self._raw: IO[bytes] = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         self._gzip: gzip.GzipFile | None = None
         if self.path.name.endswith(".gz"):
@@ -219,14 +220,35 @@ class TraceWriter:
             return  # a late operation after the footer: nothing to append to
         if self.scrub is not None:
             line = self.scrub(line)
-        data = (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-        if self._gzip is not None:
-            self._gzip.write(data)
-            self._gzip.flush(zlib.Z_SYNC_FLUSH)
-        else:
-            self._raw.write(data)
-        self._raw.flush()
+        try:
+            data = (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        except (TypeError, ValueError) as exc:  # a result that is not plain data: a bug
+            self.error = self.error or f"{self.path}: a {line.get('op', line.get('type'))} " \
+                f"line could not be written ({exc})"
+            return
+        try:
+            if self._gzip is not None:
+                self._gzip.write(data)
+                self._gzip.flush(zlib.Z_SYNC_FLUSH)
+            else:
+                self._raw.write(data)
+            self._raw.flush()
+        except OSError as exc:
+            # A trace that cannot be written must not break the measurement it
+            # records: stop writing, remember why, and let finish_recording say so.
+            self.error = f"{self.path}: writing stopped after {self.lines} lines " \
+                f"({exc.strerror or exc})"
+            self._close_quietly()
+            return
         self.lines += 1
+
+    def _close_quietly(self) -> None:
+        for stream in (self._gzip, self._raw):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self.closed:
@@ -376,14 +398,29 @@ def start_recording(
     except OSError as exc:
         raise TraceError(f"{path}: cannot create the trace ({exc.strerror or exc})") from None
     writer.write(header_line(run_info, extra_header))
+    if writer.error:
+        raise TraceError(f"cannot record: {writer.error}")
     return RecordingNetwork(inner, writer, run_info)  # type: ignore[arg-type]
 
 
-def finish_recording(network: RecordingNetwork, outcome: Any) -> Path:
-    """Write the ``end`` line (the verdicts of ``outcome``) and close the trace."""
-    network.writer.write(footer_line(outcome, network.operations))
-    network.writer.close()
-    return network.writer.path
+def finish_recording(network: RecordingNetwork, outcome: Any | None) -> Path:
+    """Write the ``end`` line (the verdicts of ``outcome``) and close the trace.
+
+    With ``outcome`` None (the run died before it had one) the trace is closed
+    without an end line: it still replays, but cannot be diffed. Raises
+    TraceError when the trace could not be written completely (disk full...):
+    call it after the report is safely written.
+    """
+    writer = network.writer
+    if outcome is not None:
+        writer.write(footer_line(outcome, network.operations))
+    try:
+        writer.close()
+    except OSError as exc:
+        writer.error = writer.error or f"{writer.path}: cannot finish ({exc.strerror or exc})"
+    if writer.error:
+        raise TraceError(f"the trace is incomplete: {writer.error}")
+    return writer.path
 
 
 # --------------------------------------------------------------------------- #

@@ -326,6 +326,46 @@ def test_recording_passes_results_through_unchanged(tmp_path):
     assert recording.run_info.report_id  # made when the caller gave none
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_trace_that_cannot_be_written_never_breaks_the_run(tmp_path):
+    case = make_corpus.KAZAKHSTAN
+    authority = Authority("Test Root", case.started_at)
+    targets = parse_targets(case.targets)
+    options = RunOptions(resolver=case.resolver, trust_pem=authority.pem,
+                         started_at=case.started_at)
+    info = RunInfo(targets, options)
+    world = case.probe_world(authority, case.zone)
+    with pytest.raises(TraceError, match="cannot record"):
+        start_recording("/dev/full", info, inner=ScriptedNetwork(world))
+
+    async def run(network):
+        return await session.run(network, targets, options, session.ControlConfig(()),
+                                 report_id="r")
+
+    plain = asyncio.run(run(ScriptedNetwork(world)))
+    recording = start_recording(tmp_path / "t.jsonl", info, inner=ScriptedNetwork(world))
+    recording.writer._raw.close()
+    recording.writer._raw = open("/dev/full", "wb")  # noqa: SIM115 - the disk fills up now
+    recorded = asyncio.run(run(recording))
+    assert rows(recorded) == rows(plain)  # the measurement is unaffected
+    with pytest.raises(TraceError, match="incomplete.*writing stopped after 1 lines"):
+        finish_recording(recording, recorded)
+    trace = load_trace(tmp_path / "t.jsonl")  # what was written before still loads
+    assert trace.ops == [] and trace.footer is None
+
+
+def test_finishing_without_an_outcome_closes_the_trace(tmp_path):
+    case = make_corpus.RUSSIA
+    authority = Authority("Test Root", case.started_at)
+    recording = start_recording(
+        tmp_path / "t.jsonl.gz", RunInfo(parse_targets(case.targets), RunOptions()),
+        inner=ScriptedNetwork(World(authority, case.zone)))
+    asyncio.run(recording.tcp_connect("152.199.21.141", 443, 10.0))
+    assert finish_recording(recording, None) == tmp_path / "t.jsonl.gz"
+    trace = load_trace(tmp_path / "t.jsonl.gz")
+    assert len(trace.ops) == 1 and trace.footer is None and not trace.truncated
+
+
 def test_control_file_is_kept_in_the_trace(tmp_path):
     """A run compared with --control-file replays after the file is gone."""
     case = make_corpus.KAZAKHSTAN
