@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -139,10 +140,11 @@ def refresh_lab_corpus(names: list[str], out_dir: Path, timeout: float, echo=cli
     failed = 0
     lab = Lab()
     lab.up(duration=max(600.0, 120.0 * len(selected)))
+    scratch = tempfile.TemporaryDirectory(prefix="probe-lab-corpus-")  # reports: not kept
     try:
         for scenario in selected:
             trace_path = out_dir / f"{scenario.name}.jsonl.gz"
-            report_dir = out_dir / ".reports"
+            report_dir = Path(scratch.name) / scenario.name
             lab.apply(scenario)
             argv = probe_command(lab, report_dir, timeout, lab.control_url())
             argv += ["--record", str(trace_path.resolve())]
@@ -168,6 +170,7 @@ def refresh_lab_corpus(names: list[str], out_dir: Path, timeout: float, echo=cli
             lab.reset()
     finally:
         lab.down()
+        scratch.cleanup()
     return failed
 
 
