@@ -24,7 +24,13 @@ import dns.rdatatype
 from probe.net import failures
 from probe.net.network import DnsAnswer, DnsExchange, DnsQuery, DnsReply, GetaddrinfoResult, Timing
 
-MAX_REPLIES = 16  # a flood of replies to one query is recorded only this far
+MAX_REPLIES = 16  # a flood of valid replies to one query is recorded only this far
+# Replies that do not parse or answer another query are evidence too, but an
+# injector sending many of them must neither fill the record nor end the
+# listening window before the resolver's own answer arrives.
+MAX_INVALID_REPLIES = 8
+MAX_ANSWERS = 64  # per reply: more than any service publishes (the raw message keeps all)
+MAX_QUEUED_DATAGRAMS = 64  # datagrams waiting to be parsed; a flood beyond is dropped
 MAX_TCP_REPLY = 65535
 
 
@@ -62,6 +68,8 @@ def parse_reply(wire: bytes, sent: dns.message.Message, t: float) -> DnsReply:
     answers = []
     for rrset in reply.answer:
         for rr in rrset:
+            if len(answers) >= MAX_ANSWERS:
+                break
             if rr.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
                 value = rr.address
             elif rr.rdtype == dns.rdatatype.CNAME:
@@ -83,22 +91,36 @@ def exchange_failure(query: DnsQuery, replies: tuple[DnsReply, ...]) -> str | No
         if failure:
             return failure
         if not any(a.rrtype == query.qtype for a in reply.answers):
-            return failures.DNS_NO_ANSWER
+            return failures.DNS_TRUNCATED if _truncated(reply) else failures.DNS_NO_ANSWER
         return None
     if replies:
         return replies[0].failure
     return None
 
 
+def _truncated(reply: DnsReply) -> bool:
+    """The TC bit of the reply's header (RFC 1035 4.1.1)."""
+    header = base64.b64decode(reply.raw)[:4]
+    return len(header) == 4 and bool(header[2] & 0x02)
+
+
 class _Collector(asyncio.DatagramProtocol):
+    """Queues what the connected socket receives. The socket is connected, so the
+    kernel already dropped datagrams from any other source (udp(7)); the queue is
+    bounded so a flood costs no memory while we parse."""
+
     def __init__(self) -> None:
-        self.datagrams: asyncio.Queue[tuple[bytes | None, BaseException | None]] = asyncio.Queue()
+        self.datagrams: asyncio.Queue[tuple[bytes | None, BaseException | None]] = (
+            asyncio.Queue(MAX_QUEUED_DATAGRAMS)
+        )
 
     def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
-        self.datagrams.put_nowait((data, None))
+        if not self.datagrams.full():
+            self.datagrams.put_nowait((data, None))
 
     def error_received(self, exc: Exception) -> None:
-        self.datagrams.put_nowait((None, exc))
+        if not self.datagrams.full():
+            self.datagrams.put_nowait((None, exc))
 
 
 async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) -> DnsExchange:
@@ -115,7 +137,8 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
             )
             transport.sendto(sent.to_wire())
             deadline = None
-            while len(replies) < MAX_REPLIES:
+            valid = invalid = 0
+            while valid < MAX_REPLIES:
                 wait = None if deadline is None else max(0.0, deadline - loop.time())
                 try:
                     data, error = await asyncio.wait_for(collector.datagrams.get(), wait)
@@ -126,9 +149,15 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
                         raise error
                     continue
                 reply = parse_reply(data, sent, clock())
+                if reply.failure is None:
+                    valid += 1
+                    if deadline is None:
+                        deadline = loop.time() + linger
+                elif invalid < MAX_INVALID_REPLIES:
+                    invalid += 1
+                else:
+                    continue  # enough of those recorded: keep listening for the answer
                 replies.append(reply)
-                if deadline is None and reply.failure is None:
-                    deadline = loop.time() + linger
     except Exception as exc:
         if not any(r.failure is None for r in replies):
             failure = failures.classify(exc)

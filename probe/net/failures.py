@@ -31,6 +31,9 @@ DNS_TEMPORARY = "dns_temporary_failure"  # getaddrinfo EAI_AGAIN
 DNS_NON_RECOVERABLE = "dns_non_recoverable_failure"  # getaddrinfo EAI_FAIL
 DNS_INVALID_REPLY = "dns_invalid_reply"  # a reply that does not parse (ours; hostile peers)
 DNS_WRONG_QUERY = "dns_reply_with_wrong_query_id"  # reply for another id or question
+# ours: the first valid reply has the TC bit and no answer (RFC 7766: a stub retries over
+# TCP); "no answer" would be false about the name. Test: tests/hostile/test_dns.py (tc-bit).
+DNS_TRUNCATED = "dns_truncated_reply"
 SSL_INVALID_HOSTNAME = "ssl_invalid_hostname"  # certificate not valid for the name
 SSL_UNKNOWN_AUTHORITY = "ssl_unknown_authority"  # chain to an untrusted root (MITM)
 SSL_INVALID_CERTIFICATE = "ssl_invalid_certificate"  # expired, malformed, not yet valid
