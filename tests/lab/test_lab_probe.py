@@ -10,6 +10,10 @@ other difference fails.
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+
 import pytest
 
 from probe.lab import plan
@@ -49,23 +53,59 @@ def test_probe_reaches_the_ground_truth(clean_lab, tmp_path, name):
         pytest.xfail("needs the control helper: " + "; ".join(map(str, mismatches)))
     assert not mismatches, f"{name}: the probe disagrees with the ground truth:\n" + "\n".join(
         map(str, mismatches))
-    if scenario.client_address_must_not_leak:
-        _assert_client_address_absent(tmp_path)
 
 
-def _assert_client_address_absent(out_dir) -> None:
-    """Issue 5: the client's address appears nowhere in the reports, in any encoding."""
-    import base64
-
+@pytest.mark.xfail(reason="issue 5 not done: run reports are not scrubbed yet", strict=False)
+def test_client_address_never_reaches_the_reports(clean_lab, tmp_path):
+    """Issue 5: under a blockpage that echoes the client's address (body and
+    header), no file the probe writes contains it: not in JSON text, not inside
+    any base64 field (bodies, raw DNS messages)."""
+    if not _probe_importable():
+        pytest.skip("probe run not available yet")
+    scenario = next(s for s in SCENARIOS if s.client_address_must_not_leak)
+    clean_lab.apply(scenario)
     try:
-        import probe.report.scrub  # noqa: F401
-    except ImportError:
-        pytest.xfail("report scrubbing (issue 5) not available yet")
-    forms = {plan.CLIENT_V4, plan.CLIENT_V6}
-    for address in forms:
-        forms.add(base64.b64encode(address.encode()).decode().rstrip("="))
-    for path in out_dir.rglob("*"):
-        if path.is_file():
-            text = path.read_text(errors="replace")
-            for form in forms:
-                assert form not in text, f"{path} contains the client's address ({form})"
+        run_probe(clean_lab, tmp_path, control_url=clean_lab.control_url())
+    except ProbeUnavailable as exc:
+        pytest.skip(str(exc))
+    leaks = [f"{path.name}: {where}" for path in tmp_path.rglob("*") if path.is_file()
+             for where in find_client_address(path.read_text(errors="replace"))]
+    assert not leaks, "the client's address leaked:\n" + "\n".join(leaks[:20])
+
+
+CLIENT_ADDRESS = re.compile(
+    rf"(?<![0-9.]){re.escape(plan.CLIENT_V4)}(?![0-9])|{re.escape(plan.CLIENT_V6)}(?![0-9a-f:])",
+    re.IGNORECASE,
+)
+
+
+def find_client_address(text: str) -> list[str]:
+    """Where the client's address appears: in plain text, or inside a base64
+    string of a JSON line (decoded before searching)."""
+    found = [f"text at {m.start()}" for m in CLIENT_ADDRESS.finditer(text)]
+    for line_number, line in enumerate(text.splitlines(), 1):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        for path, value in _strings(data, ""):
+            if len(value) < 8 or len(value) % 4:
+                continue
+            try:
+                decoded = base64.b64decode(value, validate=True).decode("latin-1")
+            except ValueError:
+                continue
+            if CLIENT_ADDRESS.search(decoded):
+                found.append(f"line {line_number} {path} (base64)")
+    return found
+
+
+def _strings(value, path):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        yield path, value
