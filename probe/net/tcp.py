@@ -26,6 +26,12 @@ async def open_stream(address: str, port: int, timeout: float, clock):
 async def close_stream(writer) -> None:
     if writer is None:
         return
+    if writer.transport.is_closing():
+        # Already closed under the stream: by the peer, or by asyncio when start_tls
+        # failed (it closes the socket, and this stream never hears of it, so
+        # wait_closed() would only burn the second below on every TLS timeout).
+        writer.close()
+        return
     writer.close()
     try:
         async with asyncio.timeout(1):
