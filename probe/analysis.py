@@ -276,7 +276,7 @@ def dns_verdict(
     bogons = [a for a in probe_answers if is_bogon(a, context.routable)]
     if bogons and not (set(bogons) & set(control_answers)):
         return (
-            DNS_BLOCKED, "dns.bogon", failures.DNS_NO_ANSWER if not observation.addresses else None,
+            DNS_BLOCKED, "dns.bogon", failures.DNS_BOGON,
             f"The resolver answered {', '.join(bogons[:3])}, an address no public service can "
             "have (a typical censor answer).",
         )

@@ -88,8 +88,9 @@ def main(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of tables.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Signing key file (default: your probe key, created on first use).")
 @click.option("--ephemeral-key", is_flag=True, help="Sign this run with a throw-away key (reports cannot be linked to each other).")
+@click.option("--record", "record_path", type=click.Path(dir_okay=False), help="Also record every network interaction to this trace (.jsonl or .jsonl.gz).")
 def run(targets_path, services, resolver, no_system_resolver, control_urls, control_file, control_timeout,
-        ca_bundle, timeout, concurrency, out_dir, as_json, key_path, ephemeral_key) -> None:
+        ca_bundle, timeout, concurrency, out_dir, as_json, key_path, ephemeral_key, record_path) -> None:
     """Measure every endpoint of the targets file and write a report."""
     from probe.bogons import parse_networks
     from probe.certificates import parse_pem_bundle
@@ -142,12 +143,21 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
                             control_timeout)
     display = Display(targets, enabled=not as_json and sys.stderr.isatty())
     holder = {}
+    recording = None
+    if record_path:
+        from probe.trace import RunInfo, TraceError, start_recording
+
+        try:
+            recording = start_recording(record_path, RunInfo.from_run(targets, options, control))
+        except (TraceError, OSError) as exc:
+            fail_usage(f"--record {record_path}: {exc}")
 
     async def go():
-        network = LiveNetwork()
+        network = recording if recording is not None else LiveNetwork()
         try:
             holder["outcome"] = await run_session(
-                network, targets, options, control, on_endpoint=display.advance
+                network, targets, options, control, on_endpoint=display.advance,
+                report_id=recording.run_info.report_id if recording is not None else None,
             )
         finally:
             await network.aclose()
@@ -167,6 +177,13 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     except ReportWriteError as exc:
         click.echo(f"probe: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+    if recording is not None:
+        from probe.trace import TraceError, finish_recording
+
+        try:
+            click.echo(f"trace: {finish_recording(recording, outcome)}", err=True)
+        except TraceError as exc:
+            click.echo(f"probe: the trace is incomplete: {exc}", err=True)
     if as_json:
         click.echo(json.dumps(summary_json(outcome, path), indent=None))
     else:
@@ -336,12 +353,11 @@ def verify(files, trusted_keys, trusted_control_keys, require_complete) -> None:
 
 def _register_optional_groups() -> None:
     """Subcommands that live with their subsystem."""
-    try:
-        from probe.lab.cli import lab
+    from probe.lab.cli import lab
+    from probe.trace_cli import replay
 
-        main.add_command(lab)
-    except ImportError:  # pragma: no cover - only while the lab package is incomplete
-        pass
+    main.add_command(lab)
+    main.add_command(replay)
 
 
 _register_optional_groups()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from probe.net import failures
 from probe.net.network import (
     ConnectResult,
     ControlRequest,
@@ -48,7 +49,7 @@ from probe.trace import Trace, TraceError, decode_result, load_trace
 
 # The failure of an operation the trace does not hold. It belongs in
 # probe.net.failures' table once that table takes non-OONI strings of replay.
-REPLAY_MISSING_OPERATION = "replay_missing_operation"
+REPLAY_MISSING_OPERATION = failures.REPLAY_MISSING_OPERATION
 
 
 def operation_key(op: str, request: dict[str, Any]) -> tuple:

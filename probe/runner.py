@@ -197,7 +197,8 @@ class Measurer:
                 request = HttpRequest(
                     _url(scheme, host, port, endpoint.path), address,
                     headers=(("User-Agent", USER_AGENT),),
-                    max_body=o.download_bytes, measure_throughput=True,
+                    max_body=o.body_bytes, measure_throughput=True,
+                    transfer_bytes=o.download_bytes, transfer_seconds=o.timeout,
                 )
                 http.append(await self._step(self.network.http_request, request, o.timeout * 3))
         return PortObservation(

@@ -182,6 +182,8 @@ async def run(
         )
     except asyncio.CancelledError:
         complete = False
+    # the targets file's order, not completion order: reports must not depend on timing
+    observations = {e.id: observations[e.id] for e in targets.endpoints() if e.id in observations}
     if complete:
         control = await ask_control(
             network, targets, observations, control_config, options.timeout

@@ -85,8 +85,12 @@ def _decoder(encoding: str):
     return None
 
 
-async def _read_body(response: aiohttp.ClientResponse, cap: int, measure: bool, clock):
-    """Read at most ``cap`` decoded bytes; count the rest of a throughput transfer."""
+async def _read_body(response: aiohttp.ClientResponse, req: HttpRequest, clock):
+    """Read at most ``max_body`` decoded bytes; a throughput transfer goes on reading
+    (and counting) up to ``transfer_bytes`` or ``transfer_seconds``."""
+    cap, measure = req.max_body, req.measure_throughput
+    transfer_cap = max(req.transfer_bytes, cap) if measure else cap
+    window = req.transfer_seconds if measure else 0.0
     decoder = _decoder(response.headers.get("Content-Encoding", ""))
     body = bytearray()
     received = 0
@@ -108,8 +112,8 @@ async def _read_body(response: aiohttp.ClientResponse, cap: int, measure: bool, 
         body += chunk[:room]
         if truncated and not measure:
             break
-        if received > 64 * cap:  # a throughput transfer is bounded too
-            truncated = True
+        if measure and (received >= transfer_cap or (window and last - first >= window)):
+            truncated = truncated or bool(response.content.at_eof() is False)
             break
     throughput = None
     if measure and first is not None and last is not None and last > first:
@@ -160,7 +164,7 @@ async def request(req: HttpRequest, timeout: float, clock) -> HttpResult:
                                 url = target
                                 continue
                         body, length, truncated, throughput = await _read_body(
-                            response, req.max_body, req.measure_throughput, clock
+                            response, req, clock
                         )
                         break
     except Exception as exc:

@@ -15,6 +15,7 @@ reproduces the recorded timings exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +43,11 @@ def to_json(value: Any) -> Any:
 def from_json(cls: type[T], data: Any) -> T:
     """Rebuild ``cls`` from :func:`to_json` output; raises ValueError on bad data."""
     return _convert(cls, data)  # type: ignore[return-value]
+
+
+@functools.cache
+def _type_hints(tp: type) -> dict[str, Any]:
+    return typing.get_type_hints(tp)
 
 
 def _convert(tp: Any, data: Any) -> Any:
@@ -87,7 +93,7 @@ def _convert(tp: Any, data: Any) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise ValueError(f"expected an object for {tp.__name__}, got {type(data).__name__}")
-        hints = typing.get_type_hints(tp)
+        hints = _type_hints(tp)
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name in data:
@@ -221,6 +227,11 @@ class HttpRequest:
     max_body: int = 1 << 20
     max_redirects: int = 5
     measure_throughput: bool = False
+    # A throughput transfer reads up to transfer_bytes (keeping only max_body of
+    # them) and stops after transfer_seconds: a throttled link (Russia held
+    # Twitter at ~150 kbit/s) must yield a rate, not a timeout.
+    transfer_bytes: int = 0
+    transfer_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import struct
 
+from probe import mtproto
 from probe.net import failures
 from probe.net.network import ConnectResult, MtprotoRequest, MtprotoResult, Timing
 
@@ -47,7 +48,11 @@ async def connect(address: str, port: int, timeout: float, clock) -> ConnectResu
 
 
 async def _read_frame(reader: asyncio.StreamReader, transport: str, received: bytearray) -> None:
-    """Read one transport frame into ``received`` (capped); the codec judges it later."""
+    """Read one transport frame into ``received`` (capped); the codec judges it later.
+
+    A length beyond what a resPQ can be (``mtproto.MAX_PACKET``) ends the read at
+    once: garbage, an HTTP answer or a hostile prefix announcing gigabytes is
+    not a resPQ whatever follows, and waiting for it would cost the whole timeout."""
     if transport == "abridged":
         head = await reader.readexactly(1)
         received += head
@@ -61,6 +66,8 @@ async def _read_frame(reader: asyncio.StreamReader, transport: str, received: by
         head = await reader.readexactly(4)
         received += head
         (length,) = struct.unpack("<I", head)
+    if length > mtproto.MAX_PACKET:
+        return
     length = min(length & 0x7FFFFFFF, MAX_MTPROTO_REPLY - len(received))
     while length > 0:
         chunk = await reader.read(min(length, 4096))
@@ -87,8 +94,9 @@ async def mtproto_exchange(request: MtprotoRequest, timeout: float, clock) -> Mt
             failure = failures.classify(exc)
     else:
         failure = connect_result.failure
+    ended = clock()
     await close_stream(writer)
     return MtprotoResult(
         request, connect_result, failure, base64.b64encode(bytes(received)).decode(),
-        Timing(t0, clock()),
+        Timing(t0, ended),
     )

@@ -67,5 +67,6 @@ async def handshake(request: TlsRequest, timeout: float, clock) -> TlsResult:
         chain = peer_chain(ssl_object)
     except Exception as exc:
         failure = failures.classify(exc)
+    ended = clock()  # before closing: a silent peer may keep close() waiting
     await close_stream(writer)
-    return TlsResult(request, connect, failure, version, cipher, protocol, chain, Timing(t0, clock()))
+    return TlsResult(request, connect, failure, version, cipher, protocol, chain, Timing(t0, ended))
