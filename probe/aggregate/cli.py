@@ -186,7 +186,7 @@ def timeline(ctx, country, service) -> None:
 def rejected(ctx, limit) -> None:
     """Lines that were not counted, with the reason."""
     con = _connect(ctx)
-    total = con.execute("SELECT count(*) FROM rejected").fetchone()[0]
+    total = con.execute("SELECT count(*) FROM rejected").fetchall()[0][0]
     for source, line, reason in con.execute(
         "SELECT source, line, reason FROM rejected ORDER BY source, line LIMIT ?", [limit]
     ).fetchall():
@@ -206,7 +206,7 @@ def report(ctx, html_path) -> None:
     rejected_count, rejections, findings = 0, [], []
     if Path(ctx.obj["db"]).exists():
         con = _connect(ctx)
-        rejected_count = con.execute("SELECT count(*) FROM rejected").fetchone()[0]
+        rejected_count = con.execute("SELECT count(*) FROM rejected").fetchall()[0][0]
         rejections = con.execute(
             "SELECT source, line, reason FROM rejected ORDER BY source, line LIMIT 100"
         ).fetchall()

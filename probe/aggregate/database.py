@@ -369,7 +369,7 @@ def _flush(con: duckdb.DuckDBPyConnection, staged: dict[str, list[pa.Table]],
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 
 # --------------------------------------------------------------------------- #

@@ -23,7 +23,7 @@ def export_parquet(con, out_dir: str | os.PathLike[str]) -> dict[str, int]:
     written = {}
     for table in ("measurements", "endpoints"):
         target = Path(out_dir) / table
-        count = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        count = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
         cursor = con.cursor()  # a result being streamed needs a connection of its own
         reader = cursor.sql(
             f"SELECT * FROM {table} ORDER BY day, probe_cc, measurement_uid"

@@ -209,4 +209,5 @@ def spark_session(master: str = "local[*]", app_name: str = "probe-aggregate"):
                    .config("spark.sql.shuffle.partitions", "8"))
     return (builder.config("spark.ui.enabled", "false")
             .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.ui.showConsoleProgress", "false")
             .getOrCreate())
