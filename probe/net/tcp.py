@@ -11,6 +11,10 @@ from probe.net import failures
 from probe.net.network import ConnectResult, MtprotoRequest, MtprotoResult, Timing
 
 MAX_MTPROTO_REPLY = 64 * 1024
+# After a length no resPQ can have, what the peer already sent is kept as evidence
+# (an HTTP block page's status line) for this long, up to this many bytes.
+EVIDENCE_GRACE = 0.2
+EVIDENCE_BYTES = 4096
 
 
 async def open_stream(address: str, port: int, timeout: float, clock):
@@ -50,9 +54,10 @@ async def connect(address: str, port: int, timeout: float, clock) -> ConnectResu
 async def _read_frame(reader: asyncio.StreamReader, transport: str, received: bytearray) -> None:
     """Read one transport frame into ``received`` (capped); the codec judges it later.
 
-    A length beyond what a resPQ can be (``mtproto.MAX_PACKET``) ends the read at
-    once: garbage, an HTTP answer or a hostile prefix announcing gigabytes is
-    not a resPQ whatever follows, and waiting for it would cost the whole timeout."""
+    A length beyond what a resPQ can be (``mtproto.MAX_PACKET``) ends the read
+    after a short grace: garbage, an HTTP answer or a hostile prefix announcing
+    gigabytes is not a resPQ whatever follows, and waiting for the announced
+    bytes would cost the whole timeout."""
     if transport == "abridged":
         head = await reader.readexactly(1)
         received += head
@@ -67,6 +72,7 @@ async def _read_frame(reader: asyncio.StreamReader, transport: str, received: by
         received += head
         (length,) = struct.unpack("<I", head)
     if length > mtproto.MAX_PACKET:
+        await _read_evidence(reader, received)
         return
     length = min(length & 0x7FFFFFFF, MAX_MTPROTO_REPLY - len(received))
     while length > 0:
@@ -75,6 +81,19 @@ async def _read_frame(reader: asyncio.StreamReader, transport: str, received: by
             raise asyncio.IncompleteReadError(bytes(received), None)
         received += chunk
         length -= len(chunk)
+
+
+async def _read_evidence(reader: asyncio.StreamReader, received: bytearray) -> None:
+    """Add what arrives within EVIDENCE_GRACE (up to EVIDENCE_BYTES in all) to ``received``."""
+    try:
+        async with asyncio.timeout(EVIDENCE_GRACE):
+            while len(received) < EVIDENCE_BYTES:
+                chunk = await reader.read(EVIDENCE_BYTES - len(received))
+                if not chunk:
+                    return
+                received += chunk
+    except TimeoutError:
+        pass  # the grace is over: what came is the evidence
 
 
 async def mtproto_exchange(request: MtprotoRequest, timeout: float, clock) -> MtprotoResult:
