@@ -75,6 +75,7 @@ async def ask_control(
     observations: dict[str, EndpointObservation],
     config: ControlConfig,
     step_timeout: float,
+    trust_pem: str | None = None,
 ) -> ControlOutcome:
     """Query every helper in parallel; the first good answer wins."""
     outcome = ControlOutcome()
@@ -97,7 +98,7 @@ async def ask_control(
     if not items:
         outcome.problems.append("nothing was measured")
         return outcome
-    body = protocol.build_request(items, step_timeout)
+    body = protocol.build_request(items, step_timeout, trust_pem)
 
     async def one(url: str):
         target = url.rstrip("/") + "/measure"
@@ -186,7 +187,7 @@ async def run(
     observations = {e.id: observations[e.id] for e in targets.endpoints() if e.id in observations}
     if complete:
         control = await ask_control(
-            network, targets, observations, control_config, options.timeout
+            network, targets, observations, control_config, options.timeout, options.trust_pem
         )
     else:
         control = ControlOutcome(problems=["run interrupted before the control was asked"])

@@ -55,15 +55,27 @@ def endpoint_to_request(endpoint: Endpoint, addresses: tuple[str, ...]) -> dict[
     }
 
 
-def build_request(items: list[ControlEndpoint], timeout: float) -> dict[str, Any]:
+def build_request(
+    items: list[ControlEndpoint], timeout: float, trust_pem: str | None = None
+) -> dict[str, Any]:
+    """``trust_pem``: the probe's run-wide trust store (--ca-bundle), so the helper
+    judges certificates against the same roots as the probe (None: its system's)."""
     return {
         "version": VERSION,
         "timeout": timeout,
+        "trust_pem": trust_pem,
         "endpoints": [endpoint_to_request(i.endpoint, i.addresses) for i in items],
     }
 
 
-def parse_request(body: Any) -> tuple[list[ControlEndpoint], float]:
+@dataclass(frozen=True)
+class ControlQuery:
+    items: list[ControlEndpoint]
+    timeout: float
+    trust_pem: str | None
+
+
+def parse_request(body: Any) -> ControlQuery:
     if not isinstance(body, dict) or body.get("version") != VERSION:
         raise ProtocolError("expected a JSON object with version 1")
     timeout = body.get("timeout", 10)
@@ -104,7 +116,10 @@ def parse_request(body: Any) -> tuple[list[ControlEndpoint], float]:
             ca_pem=_text(data, "ca_pem", required=False, limit=MAX_PEM), path=path,
         )
         items.append(ControlEndpoint(endpoint, tuple(addresses)))
-    return items, float(timeout)
+    trust = body.get("trust_pem")
+    if trust is not None and (not isinstance(trust, str) or len(trust) > MAX_PEM * 4):
+        raise ProtocolError("trust_pem must be PEM text of at most 256 KiB")
+    return ControlQuery(items, float(timeout), trust)
 
 
 def build_response(

@@ -67,7 +67,8 @@ class ControlHelper:
         try:
             try:
                 body = await request.json(loads=json.loads)
-                items, timeout = protocol.parse_request(body)
+                query = protocol.parse_request(body)
+                items, timeout = query.items, query.timeout
             except web.HTTPRequestEntityTooLarge:
                 return web.json_response({"error": "request too large"}, status=413)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -83,7 +84,8 @@ class ControlHelper:
                     a for a in item.addresses if not is_bogon(a, self.routable)
                 )
             options = RunOptions(
-                resolver=self.resolver, timeout=timeout, routable=self.routable
+                resolver=self.resolver, timeout=timeout, routable=self.routable,
+                trust_pem=query.trust_pem,
             )
             network = self.network_factory()
             try:

@@ -187,9 +187,12 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
                 async with session.post(req.url, json=req.body) as response:
                     status = response.status
-                    raw = await response.content.read(MAX_CONTROL_RESPONSE + 1)
-                    if len(raw) > MAX_CONTROL_RESPONSE:
-                        raise aiohttp.ClientPayloadError("control response too large")
+                    buffer = bytearray()
+                    while chunk := await response.content.read(65536):
+                        buffer += chunk
+                        if len(buffer) > MAX_CONTROL_RESPONSE:
+                            raise aiohttp.ClientPayloadError("control response too large")
+                    raw = bytes(buffer)
                     if status == 200:
                         parsed = json.loads(raw)
                         if not isinstance(parsed, dict):

@@ -313,7 +313,8 @@ class ScriptedNetwork:
         if self.control is None:
             return ControlResult(request, failures.CONNECTION_REFUSED, None, None,
                                  self._span(0.01))
-        items, step_timeout = protocol.parse_request(request.body)
+        query = protocol.parse_request(request.body)
+        items, step_timeout = query.items, query.timeout
         helper = ScriptedNetwork(self.control)
         base = self.control_options
         options = RunOptions(resolver=("9.9.9.9", 53), timeout=step_timeout,
