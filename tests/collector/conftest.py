@@ -40,6 +40,10 @@ class Running:
             self._error = error
             self._ready.set()
         finally:
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     def start(self) -> Running:
