@@ -85,50 +85,56 @@ def _decoder(encoding: str):
     return None
 
 
-async def _read_body(response: aiohttp.ClientResponse, req: HttpRequest, clock):
+class _Transfer:
+    """What has arrived of a response body so far (kept when a deadline cuts it)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started  # when the response head arrived
+        self.body = bytearray()
+        self.received = 0
+        self.truncated = False
+        self.last = started
+
+    def throughput(self) -> float | None:
+        elapsed = self.last - self.started
+        return self.received / elapsed if self.received and elapsed > 0 else None
+
+
+async def _read_body(response: aiohttp.ClientResponse, req: HttpRequest, clock,
+                     transfer: _Transfer) -> None:
     """Read at most ``max_body`` decoded bytes; a throughput transfer goes on reading
     (and counting) up to ``transfer_bytes`` or ``transfer_seconds``."""
     cap, measure = req.max_body, req.measure_throughput
     transfer_cap = max(req.transfer_bytes, cap) if measure else cap
     window = req.transfer_seconds if measure else 0.0
     decoder = _decoder(response.headers.get("Content-Encoding", ""))
-    body = bytearray()
-    received = 0
-    truncated = False
-    first = last = None
     async for chunk in response.content.iter_chunked(16384):
-        now = clock()
-        first = now if first is None else first
-        last = now
-        received += len(chunk)
+        transfer.last = clock()
+        transfer.received += len(chunk)
         if decoder is not None:
             try:
-                chunk = decoder.decompress(chunk, max(0, cap - len(body)) + 1)
+                chunk = decoder.decompress(chunk, max(0, cap - len(transfer.body)) + 1)
             except zlib.error:
                 decoder = None
-        room = cap - len(body)
+        room = cap - len(transfer.body)
         if len(chunk) > room:
-            truncated = True
-        body += chunk[:room]
-        if truncated and not measure:
+            transfer.truncated = True
+        transfer.body += chunk[:room]
+        if transfer.truncated and not measure:
             break
-        if measure and (received >= transfer_cap or (window and last - first >= window)):
-            truncated = truncated or bool(response.content.at_eof() is False)
+        if measure and (
+            transfer.received >= transfer_cap
+            or (window and transfer.last - transfer.started >= window)
+        ):
+            transfer.truncated = transfer.truncated or not response.content.at_eof()
             break
-    throughput = None
-    if measure and first is not None and last is not None and last > first:
-        throughput = received / (last - first)
-    return bytes(body), received, truncated, throughput
 
 
 async def request(req: HttpRequest, timeout: float, clock) -> HttpResult:
     t0 = clock()
     status = None
     headers: tuple[tuple[str, str], ...] = ()
-    body = b""
-    length = 0
-    truncated = False
-    throughput = None
+    transfer: _Transfer | None = None
     redirects: list[str] = []
     failure = None
     connector = aiohttp.TCPConnector(
@@ -163,17 +169,26 @@ async def request(req: HttpRequest, timeout: float, clock) -> HttpResult:
                                 redirects.append(target)
                                 url = target
                                 continue
-                        body, length, truncated, throughput = await _read_body(
-                            response, req, clock
-                        )
+                        transfer = _Transfer(clock())
+                        await _read_body(response, req, clock, transfer)
                         break
     except Exception as exc:
         failure = classify_http(exc)
+        if (
+            failure == failures.GENERIC_TIMEOUT and req.measure_throughput
+            and transfer is not None and transfer.received
+        ):
+            # A throughput transfer cut by its deadline after data flowed is a
+            # measurement of a slow link, not a failure (throttling looks like this).
+            failure = None
+            transfer.truncated = True
     finally:
         await connector.close()
+    transfer = transfer or _Transfer(t0)
     return HttpResult(
-        req, failure, status, headers, base64.b64encode(body).decode(), length, truncated,
-        tuple(redirects), throughput, Timing(t0, clock()),
+        req, failure, status, headers, base64.b64encode(bytes(transfer.body)).decode(),
+        transfer.received, transfer.truncated, tuple(redirects),
+        transfer.throughput() if req.measure_throughput else None, Timing(t0, clock()),
     )
 
 
