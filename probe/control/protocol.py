@@ -12,6 +12,7 @@ type-checked; a bad message is a ``ProtocolError`` with a reason.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,27 @@ MAX_PEM = 64 * 1024
 
 class ProtocolError(ValueError):
     """A control message that does not follow the protocol."""
+
+
+# The targets file's rule for names (probe.targets): LDH labels of 1 to 63 chars.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def _host(data: dict, key: str, required: bool = True) -> str | None:
+    """An IP address or a host name: anything else would only reach the resolver
+    (or the TLS library) as garbage a hostile requester chose."""
+    value = _text(data, key, required=required, limit=255)
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or labels[-1].isdigit() or not all(_LABEL.match(x) for x in labels):
+        raise ProtocolError(f"field {key!r} is neither an IP address nor a host name")
+    return value
 
 
 @dataclass(frozen=True)
@@ -96,13 +118,18 @@ def parse_request(body: Any) -> ControlQuery:
         ):
             raise ProtocolError("ports must be a list of 1 to 8 port numbers")
         checks = data.get("checks")
-        if not isinstance(checks, list) or not checks or not set(checks) <= set(CHECKS):
+        if (
+            not isinstance(checks, list) or not checks
+            or not all(isinstance(c, str) and c in CHECKS for c in checks)
+        ):
             raise ProtocolError(f"checks must be a non-empty list drawn from {', '.join(CHECKS)}")
         addresses = data.get("addresses", [])
         if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES:
             raise ProtocolError(f"addresses must be a list of at most {MAX_ADDRESSES}")
         for address in addresses:
             try:
+                if not isinstance(address, str):  # ip_address(3232235777) is 192.168.1.1
+                    raise TypeError
                 ipaddress.ip_address(address)
             except (ValueError, TypeError):
                 raise ProtocolError(f"not an IP address: {str(address)[:60]!r}") from None
@@ -110,9 +137,8 @@ def parse_request(body: Any) -> ControlQuery:
         if not path.startswith("/"):
             raise ProtocolError("path must start with /")
         endpoint = Endpoint(
-            id=_text(data, "id"), service=_text(data, "service"), host=_text(data, "host", limit=255),
-            ports=tuple(ports), checks=tuple(checks), sni=_text(data, "sni", required=False,
-                                                                limit=255),
+            id=_text(data, "id"), service=_text(data, "service"), host=_host(data, "host"),
+            ports=tuple(ports), checks=tuple(checks), sni=_host(data, "sni", required=False),
             ca_pem=_text(data, "ca_pem", required=False, limit=MAX_PEM), path=path,
         )
         items.append(ControlEndpoint(endpoint, tuple(addresses)))

@@ -31,6 +31,9 @@ log = logging.getLogger("probe.control")
 
 MAX_BODY = 2 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT = 4
+# Longest wait for a request body: a client trickling it byte by byte (slowloris)
+# gets 408 instead of holding a handler, and never holds a measurement slot.
+BODY_TIMEOUT = 10.0
 
 
 class ControlHelper:
@@ -42,6 +45,7 @@ class ControlHelper:
         routable: tuple[IPNetwork, ...] = (),
         key=None,  # probe.report.keys.SigningKey: attest every answer with it
         network_factory=LiveNetwork,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.resolver = resolver
         self.max_concurrent = max_concurrent
@@ -49,6 +53,7 @@ class ControlHelper:
         self.routable = routable
         self.key = key
         self.network_factory = network_factory
+        self.body_timeout = body_timeout
         self._busy = 0
 
     def app(self) -> web.Application:
@@ -63,16 +68,23 @@ class ControlHelper:
     async def measure(self, request: web.Request) -> web.Response:
         if self._busy >= self.max_concurrent:
             return web.json_response({"error": "busy, retry later"}, status=503)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            return web.json_response({"error": "request body too slow"}, status=408)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": "request too large"}, status=413)
+        try:
+            query = protocol.parse_request(json.loads(raw))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser's stack ("[[[[...").
+            return web.json_response({"error": str(exc)[:300]}, status=400)
+        if self._busy >= self.max_concurrent:  # others started while this body arrived
+            return web.json_response({"error": "busy, retry later"}, status=503)
         self._busy += 1
         try:
-            try:
-                body = await request.json(loads=json.loads)
-                query = protocol.parse_request(body)
-                items, timeout = query.items, query.timeout
-            except web.HTTPRequestEntityTooLarge:
-                return web.json_response({"error": "request too large"}, status=413)
-            except (ValueError, UnicodeDecodeError) as exc:
-                return web.json_response({"error": str(exc)[:300]}, status=400)
+            items, timeout = query.items, query.timeout
             timeout = min(timeout, self.max_timeout)
             endpoints = []
             extra: dict[str, tuple[str, ...]] = {}

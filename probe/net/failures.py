@@ -42,6 +42,9 @@ HTTP_INVALID_RESPONSE = "http_invalid_response"  # ours: unparseable status line
 HTTP_TOO_MANY_REDIRECTS = "http_too_many_redirects"  # ours
 MTPROTO_INVALID_RESPONSE = "mtproto_invalid_response"  # ours: bytes that are not resPQ
 JSON_PARSE_ERROR = "json_parse_error"
+# ours: a control helper's answer beyond MAX_CONTROL_RESPONSE (a hostile or broken
+# helper). Test: tests/hostile/test_control.py (huge).
+CONTROL_RESPONSE_TOO_LARGE = "control_response_too_large"
 DNS_BOGON = "dns_bogon_error"  # OONI's: an answer no public host can have
 REPLAY_MISSING_OPERATION = "replay_missing_operation"  # ours: a trace lacks this operation
 INTERRUPTED = "interrupted"  # the run was cancelled (Ctrl-C) during the operation

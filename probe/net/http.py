@@ -206,7 +206,10 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
                     while chunk := await response.content.read(65536):
                         buffer += chunk
                         if len(buffer) > MAX_CONTROL_RESPONSE:
-                            raise aiohttp.ClientPayloadError("control response too large")
+                            return ControlResult(
+                                req, failures.CONTROL_RESPONSE_TOO_LARGE, status, None,
+                                Timing(t0, clock()),
+                            )
                     raw = bytes(buffer)
                     if status == 200:
                         parsed = json.loads(raw)
@@ -215,7 +218,8 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
                         body = parsed
                     else:
                         failure = f"http_status_{status}"
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack (a hostile "[[[[...").
         failure = failures.JSON_PARSE_ERROR
     except Exception as exc:
         failure = classify_http(exc)

@@ -419,3 +419,31 @@ def no_fd_leak():
     yield
     after = len(os.listdir("/proc/self/fd"))
     assert after <= before + 2, f"{after - before} file descriptors left open"
+
+
+# --------------------------------------------------------------------------- #
+# The control helper itself, in-process                                        #
+# --------------------------------------------------------------------------- #
+
+
+class HelperServer:
+    """A ``probe.control.server.ControlHelper`` served on loopback (as ``probe
+    control serve`` does, without the CLI), for hostile requesters to hit."""
+
+    def __init__(self, helper) -> None:  # a ControlHelper
+        self.helper = helper
+        self.port = 0
+        self._runner = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        self._runner = web.AppRunner(self.helper.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, LOOPBACK, 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,404 @@
+"""The control helper against hostile requesters, and the probe against a hostile helper.
+
+The helper is built to face the Internet: oversized bodies get 413, malformed
+or ill-typed requests 400, a client trickling its body 408 (while everyone else
+is served), a flood of measurements 503 at once (``GET /`` still answers), and
+it never measures loopback, private or link-local addresses for anyone unless
+started with --allow-network. On the probe side, a helper that answers garbage,
+too much, or entries whose signature does not match is simply an unavailable
+control: the run goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import tracemalloc
+
+import aiohttp
+import pytest
+
+from probe.control.server import ControlHelper
+from probe.net import failures as F
+from probe.net.live import LiveNetwork
+from probe.net.network import to_json
+from probe.observations import EndpointObservation
+from probe.report.keys import generate_ephemeral
+from probe.report.signing import attest_control_response
+from probe.session import ControlConfig, ask_control
+from probe.targets import parse_targets
+
+from .harness import LOOPBACK_NET, MIB
+from .servers import HelperServer, StreamPeer, hold, serve
+
+LOOPBACK = "127.0.0.1"
+
+
+def helper(**more) -> ControlHelper:
+    return ControlHelper(resolver=None, **more)
+
+
+def measure_body(host: str = "198.51.100.7", port: int = 443, *, count: int = 1,
+                 checks: tuple[str, ...] = ("tcp",), addresses: tuple[str, ...] = (),
+                 timeout: float = 1.0) -> dict:
+    return {
+        "version": 1, "timeout": timeout,
+        "endpoints": [
+            {"id": f"e{i}", "service": "s", "host": host, "ports": [port],
+             "checks": list(checks), "addresses": list(addresses), "sni": "example.org"}
+            for i in range(count)
+        ],
+    }
+
+
+async def post(port: int, data, *, path: str = "/measure", timeout: float = 10.0):
+    """(status, seconds) of one POST; ``data`` is bytes, a dict (JSON) or an async iterator."""
+    start = time.monotonic()
+    payload = json.dumps(data).encode() if isinstance(data, dict) else data
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        async with session.post(f"http://{LOOPBACK}:{port}{path}", data=payload,
+                                headers={"Content-Type": "application/json"}) as response:
+            text = await response.text()
+            return response.status, time.monotonic() - start, text
+
+
+async def health(port: int) -> tuple[int, float]:
+    start = time.monotonic()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.get(f"http://{LOOPBACK}:{port}/") as response:
+            await response.text()
+            return response.status, time.monotonic() - start
+
+
+def call(port: int, data, **more):
+    return asyncio.run(post(port, data, **more))
+
+
+# --- what a hostile requester sends ---------------------------------------------- #
+
+
+def test_oversized_body_is_413():
+    with serve(lambda: HelperServer(helper())) as server:
+        status, seconds, _ = call(server.port, b"[" + b" " * (3 * MIB) + b"]")
+        assert status == 413 and seconds < 2
+
+        async def chunked():  # no Content-Length: the cap holds while reading
+            for _ in range(48):
+                yield b" " * 65536
+
+        status, seconds, _ = call(server.port, chunked())
+        assert status == 413 and seconds < 2
+        assert asyncio.run(health(server.port))[0] == 200
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b"{not json", id="not-json"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
+    pytest.param(b'{"version": 1, "endpoints": [', id="cut-off"),
+    pytest.param(b"[" * 200_000 + b"]" * 200_000, id="nested-200k-deep"),
+    pytest.param(b'{"version": 1, "timeout": NaN, "endpoints": []}', id="nan"),
+])
+def test_malformed_json_is_400(body):
+    with serve(lambda: HelperServer(helper())) as server:
+        status, seconds, text = call(server.port, body)
+    assert status == 400, text
+    assert seconds < 2
+
+
+def _mutate(path: tuple, value):
+    body = measure_body()
+    target = body
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return body
+
+
+WRONG_TYPES = {
+    "version-string": (("version",), "1"),
+    "endpoints-object": (("endpoints",), {"a": 1}),
+    "endpoint-number": (("endpoints", 0), 1),
+    "timeout-string": (("timeout",), "10"),
+    "timeout-bool": (("timeout",), True),
+    "timeout-huge": (("timeout",), 1e308),
+    "port-string": (("endpoints", 0, "ports"), ["443"]),
+    "port-bool": (("endpoints", 0, "ports"), [True]),
+    "port-zero": (("endpoints", 0, "ports"), [0]),
+    "port-float": (("endpoints", 0, "ports"), [443.0]),
+    "check-unknown": (("endpoints", 0, "checks"), ["rm -rf /"]),
+    "check-object": (("endpoints", 0, "checks"), [{"tcp": 1}]),
+    "check-list": (("endpoints", 0, "checks"), [["tcp"]]),
+    "checks-string": (("endpoints", 0, "checks"), "tcp"),
+    "address-number": (("endpoints", 0, "addresses"), [3232235777]),
+    "address-bool": (("endpoints", 0, "addresses"), [True]),
+    "address-object": (("endpoints", 0, "addresses"), [{"ip": "1.2.3.4"}]),
+    "address-text": (("endpoints", 0, "addresses"), ["not an address"]),
+    "host-number": (("endpoints", 0, "host"), 5),
+    "host-empty": (("endpoints", 0, "host"), ""),
+    "host-not-a-name": (("endpoints", 0, "host"), "a..b"),
+    "host-label-too-long": (("endpoints", 0, "host"), "a" * 64 + ".example"),
+    "id-null": (("endpoints", 0, "id"), None),
+    "sni-number": (("endpoints", 0, "sni"), 7),
+    "path-relative": (("endpoints", 0, "path"), "no-slash"),
+    "ca-pem-number": (("endpoints", 0, "ca_pem"), 5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_TYPES))
+def test_wrong_types_are_400(case):
+    path, value = WRONG_TYPES[case]
+    with serve(lambda: HelperServer(helper())) as server:
+        status, seconds, text = call(server.port, _mutate(path, value))
+    assert status == 400, text
+    assert seconds < 2
+
+
+def test_ten_thousand_endpoints_is_400():
+    body = measure_body(count=10_000)
+    with serve(lambda: HelperServer(helper())) as server:
+        status, seconds, text = call(server.port, body)
+    assert status == 400 and "endpoints" in text
+    assert seconds < 2
+
+
+def test_slow_client_times_out_and_others_are_served_meanwhile():
+    """One byte of body every 0.2 s: the helper gives up on it after its body
+    timeout (408), and meanwhile answers GET / and measures for someone else,
+    even with a single measurement slot."""
+    body = json.dumps(measure_body()).encode()
+
+    async def slowly(port: int) -> tuple[bytes, float]:
+        start = time.monotonic()
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(b"POST /measure HTTP/1.1\r\nHost: helper\r\nContent-Type: application/json"
+                     + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        answer = asyncio.create_task(reader.readline())
+        try:
+            for byte in body:
+                if answer.done():
+                    break  # the helper has given up on us
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except ConnectionError:
+            pass  # the helper hung up on us: expected
+        status_line = await asyncio.wait_for(answer, 5)
+        writer.close()
+        return status_line, time.monotonic() - start
+
+    async def scenario(port: int):
+        slow = asyncio.create_task(slowly(port))
+        await asyncio.sleep(0.3)  # the slow client has started its body
+        other = await post(port, measure_body())  # bogon-free, unroutable: quick
+        alive = await health(port)
+        return await slow, other, alive
+
+    with serve(lambda: HelperServer(helper(max_concurrent=1, body_timeout=1.0))) as server:
+        (status_line, slow_seconds), other, alive = asyncio.run(scenario(server.port))
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    assert slow_seconds < 1.0 + 2
+    assert other[0] == 200 and other[1] < 1.0 + 2
+    assert alive[0] == 200 and alive[1] < 0.5
+
+
+def test_flood_of_concurrent_measurements_is_bounded():
+    """40 measurements at once of a server that stalls TLS for the whole timeout:
+    four run, the others get 503 at once, and the health check still answers."""
+    async def flood(helper_port: int, target_port: int):
+        body = measure_body(LOOPBACK, target_port, checks=("tls",), timeout=1.0)
+        calls = [asyncio.create_task(post(helper_port, body)) for _ in range(40)]
+        await asyncio.sleep(0.2)
+        alive = await health(helper_port)
+        return await asyncio.gather(*calls), alive
+
+    with serve(lambda: StreamPeer(hold)) as target, serve(
+        lambda: HelperServer(helper(max_concurrent=4, routable=LOOPBACK_NET))
+    ) as server:
+        results, alive = asyncio.run(flood(server.port, target.port))
+    statuses = [status for status, _, _ in results]
+    assert 1 <= statuses.count(200) <= 4
+    assert statuses.count(200) + statuses.count(503) == 40
+    assert all(seconds < 0.5 for status, seconds, _ in results if status == 503)
+    assert all(seconds < 1.0 + 2 for status, seconds, _ in results if status == 200)
+    assert alive[0] == 200 and alive[1] < 0.5
+
+
+BOGON_HOSTS = ["127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "::ffff:127.0.0.1",
+               "0.0.0.0", "192.168.1.1", "fe80::1", "100.64.0.1"]
+
+
+def test_bogon_addresses_are_never_measured_on_a_requesters_behalf():
+    """Not as the host, not as an address the "probe" claims to have resolved,
+    not as what a name (localhost) resolves to."""
+
+    def body(port: int) -> dict:
+        endpoints = [
+            {"id": f"b{i}", "service": "s", "host": host, "ports": [port], "checks": ["tcp"]}
+            for i, host in enumerate(BOGON_HOSTS)
+        ]
+        endpoints.append({"id": "name", "service": "s", "host": "localhost", "ports": [port],
+                          "checks": ["tcp"], "addresses": ["127.0.0.1", "10.1.2.3", "::1"]})
+        return {"version": 1, "timeout": 1, "endpoints": endpoints}
+
+    with serve(lambda: StreamPeer(hold)) as target, serve(
+        lambda: HelperServer(helper())
+    ) as server:
+        status, _, text = call(server.port, body(target.port))
+        connections = target.connections
+    assert status == 200, text
+    assert connections == 0  # nothing reached the loopback server
+    answered = json.loads(text)["endpoints"]
+    assert not set(answered) & {f"b{i}" for i in range(len(BOGON_HOSTS))}
+    if "name" in answered:
+        observation = answered["name"]["observation"]
+        assert observation["addresses"] == [] and observation["ports"] == []
+
+
+def test_allow_network_lets_a_lab_through():
+    body = measure_body(LOOPBACK, 0)
+    with serve(lambda: StreamPeer(hold)) as target, serve(
+        lambda: HelperServer(helper(routable=LOOPBACK_NET))
+    ) as server:
+        body["endpoints"][0]["ports"] = [target.port]
+        status, _, text = call(server.port, body)
+        connections = target.connections
+    assert status == 200 and connections >= 1
+
+
+# --- what a hostile helper answers to the probe ---------------------------------------- #
+
+TARGETS = parse_targets("""\
+version: 1
+services:
+  - id: example
+    name: Example
+    endpoints:
+      - id: example-tcp
+        host: 198.51.100.7
+        port: 443
+        checks: [tcp]
+""")
+OBSERVATION = EndpointObservation(
+    "example-tcp", "example", "198.51.100.7", None, (), ("198.51.100.7",), (), ())
+
+
+def _entry(observation: EndpointObservation = OBSERVATION) -> dict:
+    return {"endpoint_id": observation.endpoint_id, "measured_at": "2026-01-01T00:00:00Z",
+            "helper": {"software_name": "hostile"}, "observation": to_json(observation)}
+
+
+def _tampered_signature() -> dict:
+    signed = attest_control_response(_entry(), generate_ephemeral())
+    signed = copy.deepcopy(signed)
+    signed["response"]["observation"]["addresses"] = ["203.0.113.66"]  # after signing
+    return {"version": 1, "probe_address": None, "helper": {},
+            "endpoints": {"example-tcp": signed}}
+
+
+def _response(body: bytes, status: str = "200 OK", length: int | None = None) -> bytes:
+    size = len(body) if length is None else length
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode() + body
+
+
+def _answering(head_and_body: bytes):
+    async def handler(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        writer.write(head_and_body)
+        await writer.drain()
+        await hold(reader, writer)
+
+    return handler
+
+
+async def _huge(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    size = 40 * MIB
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(size).encode() + b"\r\n\r\n[")
+    chunk = b"0," * (MIB // 2)
+    for _ in range(size // len(chunk)):
+        writer.write(chunk)
+        await writer.drain()
+    await hold(reader, writer)
+
+
+async def _trickle(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{")
+    while True:
+        await asyncio.sleep(0.2)
+        writer.write(b" ")
+        await writer.drain()
+
+
+VALID = {"version": 1, "probe_address": None, "helper": {},
+         "endpoints": {"example-tcp": _entry()}}
+
+# case -> (the hostile helper, what the probe's problem list says)
+HOSTILE_ANSWERS = {
+    "garbage": (_answering(_response(b"\x00\xffnot json at all")), F.JSON_PARSE_ERROR),
+    "json-array": (_answering(_response(b"[1, 2, 3]")), F.JSON_PARSE_ERROR),
+    "nested-100k": (_answering(_response(b"[" * 100_000 + b"]" * 100_000)), F.JSON_PARSE_ERROR),
+    "wrong-version": (_answering(_response(json.dumps({**VALID, "version": 2}).encode())),
+                      "not a version 1 object"),
+    "no-endpoints": (_answering(_response(b'{"version": 1, "endpoints": []}')),
+                     "no endpoints object"),
+    "entry-for-another-id": (_answering(_response(json.dumps(
+        {**VALID, "endpoints": {"example-tcp": {**_entry(), "endpoint_id": "other"}}}).encode())),
+        "malformed entry"),
+    "observation-wrong-types": (_answering(_response(json.dumps(
+        {**VALID, "endpoints": {"example-tcp": {**_entry(), "observation": {"ports": 5}}}}
+    ).encode())), "endpoint 'example-tcp'"),
+    "signature-mismatch": (_answering(_response(json.dumps(_tampered_signature()).encode())),
+                           "signature does not match"),
+    "signature-garbage": (_answering(_response(json.dumps(
+        {**VALID, "endpoints": {"example-tcp": {"response": _entry(), "signature": {
+            "version": 1, "alg": "ed25519", "key_id": "x", "public_key": "!!", "value": 5}}}}
+    ).encode())), "bad signature"),
+    "status-500": (_answering(_response(b'{"error": "no"}', "500 Internal Server Error")),
+                   "http_status_500"),
+    "invalid-status-line": (_answering(b"HTTP/1.1 two hundred\r\n\r\n{}"),
+                            F.HTTP_INVALID_RESPONSE),
+    "length-lie": (_answering(_response(b"{}", length=1000)), F.GENERIC_TIMEOUT),
+    "huge": (_huge, F.CONTROL_RESPONSE_TOO_LARGE),
+    "trickle": (_trickle, F.GENERIC_TIMEOUT),
+}
+
+
+def test_the_valid_answer_is_accepted():
+    """The other cases fail for the reason they test, not for a broken fixture."""
+    with serve(lambda: StreamPeer(_answering(_response(json.dumps(VALID).encode())))) as peer:
+        outcome = asyncio.run(ask_control(
+            LiveNetwork(), TARGETS, {OBSERVATION.endpoint_id: OBSERVATION},
+            ControlConfig(urls=(f"http://{LOOPBACK}:{peer.port}",), timeout=2.0), 1.0))
+    assert outcome.available, outcome.problems
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ANSWERS))
+def test_hostile_control_answer_makes_the_control_unavailable(case):
+    timeout = 2.0
+    handler, problem = HOSTILE_ANSWERS[case]
+    with serve(lambda: StreamPeer(handler)) as peer:
+        config = ControlConfig(urls=(f"http://{LOOPBACK}:{peer.port}",), timeout=timeout)
+        tracemalloc.start()
+        start = time.monotonic()
+        try:
+            outcome = asyncio.run(ask_control(
+                LiveNetwork(), TARGETS, {OBSERVATION.endpoint_id: OBSERVATION}, config, 1.0))
+            elapsed = time.monotonic() - start
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert not outcome.available
+    assert len(outcome.problems) == 1 and len(outcome.problems[0]) <= 300
+    assert problem in outcome.problems[0]
+    assert elapsed < timeout + 2
+    assert peak < 100 * MIB  # bounded by the response cap (32 MiB), whatever is sent
