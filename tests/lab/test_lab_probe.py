@@ -19,6 +19,7 @@ import pytest
 from probe.lab import plan
 from probe.lab.demo import ProbeUnavailable, evaluate, run_probe
 from probe.lab.scenarios import SCENARIOS, get
+from probe.lab.truth import confusion, verdict_pairs
 
 from .conftest import netfilterqueue_missing
 
@@ -33,6 +34,11 @@ def _probe_importable() -> bool:
     return True
 
 
+# (expected verdict, observed verdict) of every row of every scenario, for the
+# confusion matrix at the end of this module.
+PAIRS: list[tuple[str, str]] = []
+
+
 @pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
 def test_probe_reaches_the_ground_truth(clean_lab, tmp_path, name):
     if not _probe_importable():
@@ -43,16 +49,32 @@ def test_probe_reaches_the_ground_truth(clean_lab, tmp_path, name):
         pytest.skip("the DNS injector needs NetfilterQueue (pip install NetfilterQueue)")
     clean_lab.apply(scenario)
     control = clean_lab.control_url()
+    assert control is not None, "the lab's control helper is not running"
     try:
         result = run_probe(clean_lab, tmp_path, control_url=control)
     except ProbeUnavailable as exc:
         pytest.skip(str(exc))
     assert result["report"], "the probe wrote no report"
+    PAIRS.extend(verdict_pairs(scenario.truth, result["endpoints"]))
     mismatches = evaluate(scenario, result)
-    if mismatches and control is None and all(m.needs_control for m in mismatches):
-        pytest.xfail("needs the control helper: " + "; ".join(map(str, mismatches)))
     assert not mismatches, f"{name}: the probe disagrees with the ground truth:\n" + "\n".join(
         map(str, mismatches))
+
+
+def test_confusion_matrix_is_diagonal():
+    """Issue 4: over every row of every scenario above, expected x observed verdicts."""
+    if not PAIRS:
+        pytest.skip("no scenario ran in this session")
+    counts = confusion(PAIRS)
+    verdicts = sorted({v for pair in counts for v in pair})
+    width = max(len(v) for v in verdicts) + 2
+    lines = ["expected \\ observed".ljust(width) + "".join(v[:12].rjust(14) for v in verdicts)]
+    for expected in verdicts:
+        lines.append(expected.ljust(width) + "".join(
+            str(counts.get((expected, observed), "")).rjust(14) for observed in verdicts))
+    print("\n" + "\n".join(lines))
+    off_diagonal = {pair: n for pair, n in counts.items() if pair[0] != pair[1]}
+    assert not off_diagonal, f"rows judged wrongly (expected, observed): {off_diagonal}"
 
 
 @pytest.mark.xfail(reason="issue 5 not done: run reports are not scrubbed yet", strict=False)
