@@ -54,22 +54,27 @@ def measure_body(host: str = "198.51.100.7", port: int = 443, *, count: int = 1,
 
 
 async def post(port: int, data, *, path: str = "/measure", timeout: float = 10.0):
-    """(status, seconds) of one POST; ``data`` is bytes, a dict (JSON) or an async iterator."""
+    """(status, seconds, text) of one POST; ``data`` is bytes, a dict (JSON) or an
+    async iterator (sent chunked)."""
     start = time.monotonic()
     payload = json.dumps(data).encode() if isinstance(data, dict) else data
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.post(f"http://{LOOPBACK}:{port}{path}", data=payload,
-                                headers={"Content-Type": "application/json"}) as response:
-            text = await response.text()
-            return response.status, time.monotonic() - start, text
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+        session.post(f"http://{LOOPBACK}:{port}{path}", data=payload,
+                     headers={"Content-Type": "application/json"}) as response,
+    ):
+        text = await response.text()
+        return response.status, time.monotonic() - start, text
 
 
 async def health(port: int) -> tuple[int, float]:
     start = time.monotonic()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        async with session.get(f"http://{LOOPBACK}:{port}/") as response:
-            await response.text()
-            return response.status, time.monotonic() - start
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+        session.get(f"http://{LOOPBACK}:{port}/") as response,
+    ):
+        await response.text()
+        return response.status, time.monotonic() - start
 
 
 def call(port: int, data, **more):
@@ -263,7 +268,7 @@ def test_allow_network_lets_a_lab_through():
         lambda: HelperServer(helper(routable=LOOPBACK_NET))
     ) as server:
         body["endpoints"][0]["ports"] = [target.port]
-        status, _, text = call(server.port, body)
+        status, _, _ = call(server.port, body)
         connections = target.connections
     assert status == 200 and connections >= 1
 

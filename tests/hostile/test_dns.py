@@ -175,6 +175,28 @@ def test_compression_pointer_loop():
     assert tcp.value.failure == F.DNS_INVALID_REPLY
 
 
+def test_an_answer_of_another_class_is_ignored():
+    """An A record in class HS (RFC 1035 3.2.4) next to one in class IN: a stub
+    ignores the former. It used to escape the parser as an AttributeError and
+    turn the whole exchange into an unknown_failure."""
+
+    def mixed(query: bytes) -> bytes:
+        wire = dns_answer(query, ["127.0.0.7"])
+        hesiod = b"\xc0\x0c" + struct.pack("!HHIH", 1, 4, 60, 4) + bytes([127, 6, 6, 6])
+        answers_start = len(query)  # the reply repeats the question, then the answers
+        (count,) = struct.unpack("!H", wire[6:8])
+        return (wire[:6] + struct.pack("!H", count + 1) + wire[8:answers_start] + hesiod
+                + wire[answers_start:])
+
+    with serve(lambda: DnsPeer(udp_reply(mixed), tcp_reply(mixed))) as resolver:
+        udp = exchange(resolver.port)
+        tcp = exchange(resolver.port, "tcp")
+    for outcome in (udp, tcp):
+        check_bounds(outcome, TIMEOUT)
+        assert outcome.value.failure is None
+        assert [a.value for a in outcome.value.replies[0].answers] == ["127.0.0.7"]
+
+
 # --- too much ------------------------------------------------------------------------ #
 
 
