@@ -39,6 +39,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 from probe import blockpages
 from probe.bogons import IPNetwork, is_bogon
@@ -128,6 +129,10 @@ _DNS_METHOD = {
     failures.DNS_NO_ANSWER: "dns.no_answer",
     failures.GENERIC_TIMEOUT: "dns.timeout",
     failures.DNS_TEMPORARY: "dns.timeout",
+    failures.NETWORK_UNREACHABLE: "dns.unreachable",
+    failures.HOST_UNREACHABLE: "dns.unreachable",
+    failures.CONNECTION_REFUSED: "dns.connection_refused",
+    failures.CONNECTION_RESET: "dns.reset",
 }
 
 
@@ -303,7 +308,18 @@ def dns_verdict(
         checkable = observation.endpoint_id in context.tls_checked or any(
             p.mtproto for p in observation.ports
         )
-        if checkable and not validated:
+        # Without TLS or MTProto to prove an address, the control's reachability does:
+        # the control reaches the addresses its resolver gave and cannot reach the ones
+        # yours gave (a forged public address, as the Great Firewall returns).
+        control_ports = control.ports  # type: ignore[union-attr]
+        probe_side = [p for p in control_ports if p.address in probe_answers and p.connect]
+        own_side = [p for p in control_ports if p.address in control_answers and p.connect]
+        unreachable_forgery = (
+            bool(probe_side)
+            and all(p.connect.failure is not None for p in probe_side)
+            and any(p.connect.failure is None for p in own_side)
+        )
+        if not validated and (checkable or unreachable_forgery):
             return (
                 DNS_BLOCKED, "dns.inconsistent", None,
                 "Your resolver's addresses share nothing with the control's and none of them "
@@ -335,6 +351,18 @@ def _body(http: HttpResult) -> bytes:
         return b""
 
 
+def _redirect_host(http: HttpResult) -> str | None:
+    """The host a 3xx response sends the client to, when it is another host."""
+    if http.status is None or http.status // 100 != 3:
+        return None
+    location = next((v for k, v in http.headers if k.lower() == "location"), None)
+    if not location:
+        return None
+    target = urlsplit(urljoin(http.request.url, location)).hostname
+    origin = urlsplit(http.request.url).hostname
+    return target if target and target != origin else None
+
+
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -360,6 +388,11 @@ def blockpage_evidence(
         return (
             f"The server answered {http.status} to you but {control_http.status} to the control."
         )
+    # ISPs in Russia, Indonesia, South Korea... redirect blocked sites to a warning
+    # page on another host: a redirect elsewhere that the control does not get.
+    probe_target = _redirect_host(http)
+    if probe_target is not None and probe_target != _redirect_host(control_http):
+        return f"You were redirected to {probe_target}; the control was not."
     control_body = _body(control_http)
     if http.status == control_http.status and control_body and not control_http.body_truncated:
         ratio = len(body) / max(len(control_body), 1)

@@ -84,13 +84,14 @@ def main(verbose: bool) -> None:
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM bundle to trust instead of the system store.")
 @click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True, help="Seconds allowed for each step.")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=256, show_default=True, help="Network operations in flight (a pending connect costs a socket, not bandwidth).")
+@click.option("--rate", type=click.FloatRange(0, 10000), default=30.0, show_default=True, help="New connections per second (0: no limit); keeps a slow link from being saturated by the probe itself.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True, help="Folder for the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of tables.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Signing key file (default: your probe key, created on first use).")
 @click.option("--ephemeral-key", is_flag=True, help="Sign this run with a throw-away key (reports cannot be linked to each other).")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False), help="Also record every network interaction to this trace (.jsonl or .jsonl.gz).")
 def run(targets_path, services, resolver, no_system_resolver, control_urls, control_file, control_timeout,
-        ca_bundle, timeout, concurrency, out_dir, as_json, key_path, ephemeral_key, record_path) -> None:
+        ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path) -> None:
     """Measure every endpoint of the targets file and write a report."""
     from probe.bogons import parse_networks
     from probe.certificates import parse_pem_bundle
@@ -134,6 +135,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         use_system_resolver=not no_system_resolver,
         timeout=timeout,
         concurrency=concurrency,
+        rate=rate or None,
         dns_linger=min(1.0, timeout / 4),
         trust_pem=trust_pem,
         routable=parse_networks(getattr(targets, "routable_networks", ())),

@@ -39,6 +39,11 @@ log = logging.getLogger("probe.runner")
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONCURRENCY = 256
+# New connections started per second. A TLS handshake moves ~5-10 KB, so 30/s
+# stays under ~2.5 Mbit/s: a slow home link is not saturated by the probe
+# itself (a saturated link would make the probe's own timeouts look like
+# blocking). DNS queries, tiny, are not rate-limited.
+DEFAULT_RATE = 30.0
 USER_AGENT = "Mozilla/5.0 (probe censorship measurement; +https://github.com/)"
 
 
@@ -48,6 +53,7 @@ class RunOptions:
     use_system_resolver: bool = True  # also ask getaddrinfo (what ordinary apps get)
     timeout: float = DEFAULT_TIMEOUT  # per step
     concurrency: int = DEFAULT_CONCURRENCY  # operations in flight
+    rate: float | None = DEFAULT_RATE  # new connections per second (None: no limit)
     dns_linger: float = 1.0  # keep listening this long after a UDP reply (injection)
     max_addresses_per_family: int = 3
     trust_pem: str | None = None  # run-wide trust store (--ca-bundle); None: system
@@ -104,16 +110,38 @@ def candidate_addresses(
     return tuple(measured), bogons
 
 
+class RateLimiter:
+    """Spaces starts ``1/rate`` seconds apart (a token bucket with no burst)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 class Measurer:
-    """Runs the steps of endpoints over one network, within one concurrency budget."""
+    """Runs the steps of endpoints over one network, within one concurrency budget
+    and one rate of new connections."""
 
     def __init__(self, network: Network, options: RunOptions) -> None:
         self.network = network
         self.options = options
         self._slots = asyncio.Semaphore(options.concurrency)
+        self._rate = RateLimiter(options.rate)
 
     async def _step(self, operation, *args):
         async with self._slots:
+            if operation not in (self.network.dns_exchange, self.network.getaddrinfo):
+                await self._rate.wait()
             return await operation(*args)
 
     async def resolve(self, endpoint: Endpoint):

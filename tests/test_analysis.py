@@ -347,3 +347,34 @@ def rows(*verdicts):
 )
 def test_service_status(verdicts, status):
     assert analysis.service_status(rows(*verdicts))[0] == status
+
+
+def test_forged_public_answer_for_a_tcp_only_endpoint_is_inconsistent():
+    # the Great Firewall answers with someone else's public address: nothing listens
+    # there for the control either, while the control's own answer works
+    probe = observe([tcp_port("203.0.113.99", failure=F.GENERIC_TIMEOUT)],
+                    (exchange(reply("203.0.113.99")),), endpoint="wa")
+    control = observe([tcp_port("203.0.113.5"),
+                       tcp_port("203.0.113.99", failure=F.GENERIC_TIMEOUT)],
+                      (exchange(reply("203.0.113.5")),), endpoint="wa")
+    ctx = context({"wa": control}, tls_checked=frozenset())
+    assert one(probe, ctx) == ("dns_blocked", "dns.inconsistent")
+    # a CDN giving the probe another address that works for the control: not DNS blocking
+    cdn = observe([tcp_port("203.0.113.99")], (exchange(reply("203.0.113.99")),), endpoint="wa")
+    control_cdn = observe([tcp_port("203.0.113.5"), tcp_port("203.0.113.99")],
+                          (exchange(reply("203.0.113.5")),), endpoint="wa")
+    assert one(cdn, context({"wa": control_cdn}, tls_checked=frozenset())) == ("ok", None)
+
+
+def test_redirect_to_another_host_that_the_control_does_not_get_is_a_blockpage():
+    def redirect(location):
+        return HttpResult(HttpRequest("http://x.test/", "203.0.113.1"), None, 302,
+                          (("Location", location),), "", 0, False, (), None, T)
+
+    probe = observe([tls_port("203.0.113.1", http=(redirect("http://warning.isp.example/"),))],
+                    GOOD_DNS)
+    control = observe([tls_port("203.0.113.1", http=(http_result(),))], GOOD_DNS)
+    assert one(probe, context({"ep": control})) == ("http_blocked", "http.blockpage")
+    # the site itself redirects everyone the same way: not blocking
+    same = observe([tls_port("203.0.113.1", http=(redirect("https://www.x.test/"),))], GOOD_DNS)
+    assert one(same, context({"ep": same})) == ("ok", None)

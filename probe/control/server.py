@@ -98,6 +98,7 @@ class ControlHelper:
             options = RunOptions(
                 resolver=self.resolver, timeout=timeout, routable=self.routable,
                 trust_pem=query.trust_pem,
+                rate=None,  # the helper sits on a well-connected network
             )
             network = self.network_factory()
             try:
