@@ -29,6 +29,19 @@ IRAN_BLOCKPAGE = (
 ECHO_HEADER = "X-Client-Address"
 
 
+# Russian ISPs answer blocked HTTP requests with a redirect to their own warning
+# page citing the Roskomnadzor registry (e.g. warning.rt.ru; OONI's Russia
+# reports). The lab's warning host is a name under lab.test that nobody serves.
+WARNING_URL = "http://warning.isp.lab.test/?blocked=1"
+
+
+def redirect_response() -> bytes:
+    body = b"<html><body>Access restricted</body></html>"
+    head = ["HTTP/1.1 302 Found", f"Location: {WARNING_URL}", "Content-Type: text/html",
+            f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
 def response(client_address: str | None) -> bytes:
     """The blockpage's full HTTP response; with an address, it echoes it."""
     body = IRAN_BLOCKPAGE
@@ -41,14 +54,15 @@ def response(client_address: str | None) -> bytes:
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + encoded
 
 
-async def _serve(port: int, echo_client: bool, duration: float) -> None:
+async def _serve(port: int, echo_client: bool, duration: float, redirect: bool = False) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(5):
                 await reader.readuntil(b"\r\n\r\n")
             peer = writer.get_extra_info("peername")[0]
             peer = peer.removeprefix("::ffff:")
-            writer.write(response(peer if echo_client else None))
+            writer.write(redirect_response() if redirect else
+                         response(peer if echo_client else None))
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
@@ -65,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--echo-client", action="store_true")
+    parser.add_argument("--redirect", action="store_true",
+                        help="answer a 302 to a warning page instead (Russian ISPs)")
     parser.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.port, args.echo_client, args.duration))
+    asyncio.run(_serve(args.port, args.echo_client, args.duration, args.redirect))
     return 0
 
 

@@ -219,6 +219,7 @@ class HttpBlockpage:
     addresses: tuple[str, ...]
     echo_client: bool = False
     port: int = 80
+    redirect: bool = False  # a 302 to the ISP's warning page instead (Russia)
 
     def apply(self, lab: Runtime) -> None:
         for address in self.addresses:
@@ -230,11 +231,14 @@ class HttpBlockpage:
         argv = ["-m", "probe.lab.blockpage", "--port", str(BLOCKPAGE_PORT)]
         if self.echo_client:
             argv.append("--echo-client")
+        if self.redirect:
+            argv.append("--redirect")
         lab.start_scenario_process("blockpage", plan.CENSOR, argv)
 
     def describe(self) -> str:
         echo = " echoing the client's address" if self.echo_client else ""
-        return f"HTTP to {', '.join(self.addresses)}:{self.port} gets a blockpage{echo}"
+        kind = "a redirect to a warning page" if self.redirect else "a blockpage"
+        return f"HTTP to {', '.join(self.addresses)}:{self.port} gets {kind}{echo}"
 
 
 BLOCKPAGE_PORT = 8080

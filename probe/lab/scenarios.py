@@ -138,6 +138,21 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
     ),
     Scenario(
+        name="dns-forged-public",
+        title="Resolver answers an unrelated public address (Great Firewall style)",
+        description="The Great Firewall's forged DNS answers are routable public addresses "
+        "that belong to someone else (nothing of the service listens there), so a bogon "
+        "check alone misses them; only the control's answers and reachability tell.",
+        sources=(("Hoang et al., 'How Great is the Great Firewall? Measuring China's DNS "
+                  "Censorship', USENIX Security 2021 (GFWatch)"),
+                 "Anonymous, 'Towards a Comprehensive Picture of the Great Firewall's DNS "
+                 "Censorship', FOCI 2014"),
+        actions=(ResolverAnswers(_names("whatsapp"), "address", ("203.0.113.200",)),),
+        truth=(Expect("whatsapp-*", "dns_blocked", "dns.inconsistent"),),
+        services={"whatsapp": "blocked"},
+        checks=(dns("e1.whatsapp.lab.test", "answer 203.0.113.200"),),
+    ),
+    Scenario(
         name="dns-bogon-iran",
         title="Resolver answers a private blockpage address (Iran)",
         description="Iran's resolvers answer 10.10.34.34-36 for blocked names, an address of "
@@ -312,6 +327,23 @@ SCENARIOS: tuple[Scenario, ...] = (
             http("2001:db8:113::61", "www.news.lab.test", "403", contains="10.10.34.34"),
             http("203.0.113.100", "www.baseline.lab.test", "200"),
             tls("203.0.113.61", "www.news.lab.test", LAB_ROOT),
+        ),
+    ),
+    Scenario(
+        name="http-redirect-warning",
+        title="HTTP redirected to the ISP's warning page (Russia)",
+        description="Russian ISPs answer plain HTTP requests for blocked sites with a 302 to "
+        "their own warning page citing the Roskomnadzor registry; the control is not "
+        "redirected. No blockpage fingerprint is needed: the control tells.",
+        sources=("OONI, 'Russia started blocking Tor' (2021) and OONI Explorer's Russian "
+                 "web_connectivity measurements (ISP warning-page redirects)",
+                 "Roskomsvoboda, documentation of ISP blocking stubs"),
+        actions=(HttpBlockpage(NEWS, redirect=True),),
+        truth=(Expect("news-http", "http_blocked", "http.blockpage"),),
+        services={"news": "partially_blocked"},
+        checks=(
+            http("203.0.113.61", "www.news.lab.test", "302", contains="warning.isp.lab.test"),
+            http("203.0.113.100", "www.baseline.lab.test", "200"),
         ),
     ),
     Scenario(
