@@ -87,8 +87,7 @@ def test_tc_bit_without_answers_is_a_truncated_reply_not_no_answer():
     """RFC 1035 4.1.1 / RFC 7766: a TC reply tells a stub to retry over TCP. It
     says nothing about whether the name has addresses, so "dns_no_answer" would
     be a false statement about the name."""
-    peer = lambda: DnsPeer(udp_reply(lambda q: dns_answer(q, (), truncated=True)))
-    with serve(peer) as resolver:
+    with serve(lambda: DnsPeer(udp_reply(lambda q: dns_answer(q, (), truncated=True)))) as resolver:
         outcome = exchange(resolver.port)
     check_bounds(outcome, TIMEOUT)
     assert outcome.value.failure == F.DNS_TRUNCATED
@@ -96,8 +95,10 @@ def test_tc_bit_without_answers_is_a_truncated_reply_not_no_answer():
 
 
 def test_tc_bit_with_partial_answers_keeps_them():
-    peer = lambda: DnsPeer(udp_reply(lambda q: dns_answer(q, ["127.0.0.9"], truncated=True)))
-    with serve(peer) as resolver:
+    def partial(query: bytes) -> bytes:
+        return dns_answer(query, ["127.0.0.9"], truncated=True)
+
+    with serve(lambda: DnsPeer(udp_reply(partial))) as resolver:
         outcome = exchange(resolver.port)
     check_bounds(outcome, TIMEOUT)
     assert outcome.value.failure is None
@@ -107,8 +108,7 @@ def test_tc_bit_with_partial_answers_keeps_them():
 def test_cut_off_udp_reply_is_recorded_and_the_stub_keeps_waiting():
     """A reply that stops inside a record does not parse: it is kept as evidence
     (dns_invalid_reply) and, as a stub resolver would, we wait for a valid one."""
-    peer = lambda: DnsPeer(udp_reply(lambda q: cut_off(dns_answer(q))))
-    with serve(peer) as resolver:
+    with serve(lambda: DnsPeer(udp_reply(lambda q: cut_off(dns_answer(q))))) as resolver:
         outcome = exchange(resolver.port)
     check_bounds(outcome, TIMEOUT)
     assert outcome.elapsed >= TIMEOUT * 0.9  # nothing valid came: the whole window
@@ -117,9 +117,10 @@ def test_cut_off_udp_reply_is_recorded_and_the_stub_keeps_waiting():
 
 
 def test_cut_off_tcp_reply_then_close_is_eof():
-    peer = lambda: DnsPeer(None, tcp_reply(
-        lambda q: (struct.pack("!H", len(dns_answer(q))), cut_off(dns_answer(q))), close=True))
-    with serve(peer) as resolver:
+    def cut(query: bytes) -> tuple[bytes, bytes]:
+        return struct.pack("!H", len(dns_answer(query))), cut_off(dns_answer(query))
+
+    with serve(lambda: DnsPeer(None, tcp_reply(cut, close=True))) as resolver:
         outcome = exchange(resolver.port, "tcp")
     check_bounds(outcome, TIMEOUT)
     assert outcome.value.failure == F.EOF_ERROR

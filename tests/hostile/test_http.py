@@ -158,7 +158,8 @@ def test_same_host_redirect_loop():
 
 
 @pytest.mark.parametrize("head", [
-    pytest.param(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (100 * 1024) + b"\r\n\r\n", id="one-100KiB"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (100 * 1024) + b"\r\n\r\n",
+                 id="one-100KiB"),
     pytest.param(b"HTTP/1.1 200 OK\r\n" + b"".join(
         b"X-%d: %s\r\n" % (i, b"b" * 90) for i in range(20_000)) + b"\r\n", id="20000-headers"),
     pytest.param(b"HTTP/1.1 200 OK\r\nLocation: /" + b"c" * (1 << 20) + b"\r\n\r\n",

@@ -92,7 +92,8 @@ FAILURES = st.one_of(st.none(), st.sampled_from([
 ]), st.text(max_size=12))
 
 answers = st.builds(
-    DnsAnswer, rrtype=st.one_of(st.sampled_from(["A", "AAAA", "CNAME", "TXT"]), st.text(max_size=5)),
+    DnsAnswer,
+    rrtype=st.one_of(st.sampled_from(["A", "AAAA", "CNAME", "TXT"]), st.text(max_size=5)),
     name=TEXT, value=TEXT, ttl=st.integers(-(2**31), 2**32),
 )
 replies = st.builds(
