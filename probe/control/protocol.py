@@ -189,6 +189,10 @@ def parse_response(body: Any) -> ParsedResponse:
     endpoints = body.get("endpoints")
     if not isinstance(endpoints, dict):
         raise ProtocolError("control response has no endpoints object")
+    if len(endpoints) > MAX_ENDPOINTS:
+        # No request asks for more, and checking each signed entry costs ~0.5 ms:
+        # a hostile helper's 32 MiB of entries would hold the probe for seconds.
+        raise ProtocolError(f"control response has more than {MAX_ENDPOINTS} endpoints")
     observations = {}
     entries = {}
     for key, value in endpoints.items():

@@ -382,6 +382,9 @@ HOSTILE_ANSWERS = {
     "invalid-status-line": (_answering(b"HTTP/1.1 two hundred\r\n\r\n{}"),
                             F.HTTP_INVALID_RESPONSE),
     "length-lie": (_answering(_response(b"{}", length=1000)), F.GENERIC_TIMEOUT),
+    "more-entries-than-asked": (_answering(_response(json.dumps({**VALID, "endpoints": {
+        f"e{i}": {**_entry(), "endpoint_id": f"e{i}"} for i in range(2001)}}).encode())),
+        "more than 2000 endpoints"),
     "huge": (_huge, F.CONTROL_RESPONSE_TOO_LARGE),
     "trickle": (_trickle, F.GENERIC_TIMEOUT),
 }
