@@ -80,6 +80,23 @@ def huge(query: bytes, count: int) -> bytes:
                               for i in range(1, count + 1)])
 
 
+async def _length_lie(reader, writer):
+    query = await read_dns_query(reader)
+    writer.write(struct.pack("!H", 65535) + dns_answer(query))
+    await writer.drain()
+    await hold(reader, writer)
+
+
+def _other_class(query: bytes) -> bytes:
+    """An A record in class HS inserted before the real (class IN) answer; the
+    reply repeats the query's question, so the answers start at len(query)."""
+    wire = dns_answer(query, ["127.0.0.7"])
+    hesiod = b"\xc0\x0c" + struct.pack("!HHIH", 1, 4, 60, 4) + bytes([127, 6, 6, 6])
+    (count,) = struct.unpack("!H", wire[6:8])
+    return (wire[:6] + struct.pack("!H", count + 1) + wire[8:len(query)] + hesiod
+            + wire[len(query):])
+
+
 # --- truncation ----------------------------------------------------------------- #
 
 
@@ -128,14 +145,7 @@ def test_cut_off_tcp_reply_then_close_is_eof():
 
 def test_tcp_length_prefix_larger_than_the_data_times_out():
     """The prefix announces 65535 bytes, a few dozen come, the connection stays open."""
-
-    async def liar(reader, writer):
-        query = await read_dns_query(reader)
-        writer.write(struct.pack("!H", 65535) + dns_answer(query))
-        await writer.drain()
-        await hold(reader, writer)
-
-    with serve(lambda: DnsPeer(None, liar)) as resolver:
+    with serve(lambda: DnsPeer(None, _length_lie)) as resolver:
         outcome = exchange(resolver.port, "tcp")
     check_bounds(outcome, TIMEOUT)
     assert outcome.value.failure == F.GENERIC_TIMEOUT
@@ -181,15 +191,7 @@ def test_an_answer_of_another_class_is_ignored():
     ignores the former. It used to escape the parser as an AttributeError and
     turn the whole exchange into an unknown_failure."""
 
-    def mixed(query: bytes) -> bytes:
-        wire = dns_answer(query, ["127.0.0.7"])
-        hesiod = b"\xc0\x0c" + struct.pack("!HHIH", 1, 4, 60, 4) + bytes([127, 6, 6, 6])
-        answers_start = len(query)  # the reply repeats the question, then the answers
-        (count,) = struct.unpack("!H", wire[6:8])
-        return (wire[:6] + struct.pack("!H", count + 1) + wire[8:answers_start] + hesiod
-                + wire[answers_start:])
-
-    with serve(lambda: DnsPeer(udp_reply(mixed), tcp_reply(mixed))) as resolver:
+    with serve(lambda: DnsPeer(udp_reply(_other_class), tcp_reply(_other_class))) as resolver:
         udp = exchange(resolver.port)
         tcp = exchange(resolver.port, "tcp")
     for outcome in (udp, tcp):
@@ -290,6 +292,8 @@ def test_a_connected_udp_socket_filters_other_sources_in_the_kernel():
 # --- a control that sees the same resolver never says "blocked" ---------------------------- #
 
 CASES = {
+    "tcp-length-lie": lambda: DnsPeer(udp_reply(dns_answer), _length_lie),
+    "other-class": lambda: DnsPeer(udp_reply(_other_class), tcp_reply(_other_class)),
     "tc-bit": lambda: DnsPeer(udp_reply(lambda q: dns_answer(q, (), truncated=True))),
     "cut-off": lambda: DnsPeer(udp_reply(lambda q: cut_off(dns_answer(q))),
                                tcp_reply(lambda q: cut_off(dns_answer(q)))),
