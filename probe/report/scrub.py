@@ -75,6 +75,7 @@ __all__ = [
     "Leak",
     "ScrubError",
     "ScrubbingLogFilter",
+    "ScrubbingStream",
     "assert_clean",
     "find_leaks",
     "install_log_scrubbing",
@@ -708,7 +709,11 @@ def _replace_packed(data: bytes, targets: _Targets) -> bytes:
 
 
 def scrub_bytes(
-    data: bytes, addresses: Iterable[str] | _Targets, *, ipv6_prefix: int = 64, depth: int = MAX_DEPTH
+    data: bytes,
+    addresses: Iterable[str] | _Targets,
+    *,
+    ipv6_prefix: int = 64,
+    depth: int = MAX_DEPTH,
 ) -> bytes:
     """Binary payload with the addresses replaced (binary and textual occurrences)."""
     targets = _Targets.of(addresses, ipv6_prefix)
@@ -1099,3 +1104,42 @@ def install_log_scrubbing(
     for handler in target.handlers:
         handler.addFilter(log_filter)
     return log_filter
+
+
+class ScrubbingStream:
+    """A text stream (stderr, stdout) that scrubs what is written to it, line by line.
+
+    For terminal output the probe does not build itself (rich tables, click
+    echoes): ``sys.stderr = ScrubbingStream(sys.stderr, log_filter)``. Text is held
+    until its line ends (an address split over two writes is still found) or
+    :meth:`flush`. ``addresses`` is a :class:`ScrubbingLogFilter` so the two
+    learn the addresses together.
+    """
+
+    def __init__(self, stream: Any, addresses: ScrubbingLogFilter) -> None:
+        self._stream = stream
+        self._filter = addresses
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            complete, _, self._pending = self._pending.rpartition("\n")
+            self._stream.write(self._scrub(complete + "\n"))
+        return len(text)
+
+    def _scrub(self, text: str) -> str:
+        targets = self._filter._targets
+        return scrub_text(text, targets) if targets else text
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(self._scrub(self._pending))
+            self._pending = ""
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._stream, "isatty", lambda: False)())
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, ... of the real stream
+        return getattr(self._stream, name)

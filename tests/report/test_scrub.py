@@ -39,6 +39,7 @@ from probe.report.ooni import RunMetadata, build_measurement
 from probe.report.scrub import (
     SCRUBBED,
     ScrubbingLogFilter,
+    ScrubbingStream,
     ScrubError,
     assert_clean,
     find_leaks,
@@ -119,7 +120,8 @@ FORMS = {
     "ipv6 arpa": ".".join(reversed(f"{int(ipaddress.IPv6Address(V6)):032x}")) + ".ip6.arpa",
     "ipv6 full width": "２００１：ｄｂ８：１００：１：：２",
     "base64 in text": "ip=" + base64.b64encode(V4.encode()).decode() + "; path=/",
-    "base64 urlsafe jwt": base64.urlsafe_b64encode(json.dumps({"ip": V4}).encode()).decode().rstrip("="),
+    "base64 urlsafe jwt": base64.urlsafe_b64encode(
+        json.dumps({"ip": V4}).encode()).decode().rstrip("="),
     "sentence end": f"Your address is {V4}.",
     "embedded in longer dotted run": f"1.{V4}.5",
 }
@@ -222,7 +224,8 @@ def test_certificates_without_the_address_are_kept_byte_for_byte():
 
 def test_attestation_containing_the_address_is_withheld_not_altered():
     key = generate_ephemeral()
-    clean = sign_object({"response": {"endpoint_id": "a", "observation": {"x": "203.0.113.1"}}}, key)
+    clean = sign_object(
+        {"response": {"endpoint_id": "a", "observation": {"x": "203.0.113.1"}}}, key)
     leaky = sign_object({"response": {"endpoint_id": "b", "observation": {"x": V4}}}, key)
     measurement = {"test_keys": {"control": {"source": "c", "attestation": [clean, leaky]}}}
     cleaned = scrub_measurement(measurement, ADDRESSES)
@@ -366,6 +369,21 @@ def test_install_log_scrubbing_attaches_to_every_root_handler():
         assert log_filter in handler.filters
     finally:
         root.removeHandler(handler)
+
+
+def test_terminal_stream_scrubs_addresses_split_over_writes():
+    import io
+
+    target = io.StringIO()
+    log_filter = ScrubbingLogFilter(ADDRESSES)
+    stream = ScrubbingStream(target, log_filter)
+    stream.write("your address: 198.51")
+    stream.write(".100.7\nnext ")
+    assert target.getvalue() == f"your address: {SCRUBBED}\n"
+    stream.write(V6)
+    stream.flush()
+    assert target.getvalue().endswith(f"next {SCRUBBED}")
+    assert not stream.isatty()
 
 
 # --------------------------------------------------------------------------- #
