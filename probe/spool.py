@@ -244,7 +244,7 @@ class Spool:
     def _append(self, path: Path, data: bytes) -> None:
         created = not path.exists()
         if created:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             size = os.fstat(fd).st_size
@@ -273,7 +273,7 @@ class Spool:
         except ImportError:  # pragma: no cover - Windows: no advisory locks here
             yield
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
