@@ -226,15 +226,23 @@ def injected(exchanges: Iterable[DnsExchange]) -> bool:
 
 
 def resolver_failure(observation: EndpointObservation) -> str | None:
-    """How name resolution failed for an app on this vantage (None: it worked)."""
-    udp_a = [e for e in observation.dns if e.query.transport == "udp"]
-    if udp_a:
-        if answers_of(udp_a):
+    """How name resolution failed for an app on this vantage (None: it worked).
+
+    Judged as a stub resolver would: the UDP answers, except that a truncated
+    UDP reply is retried over TCP (RFC 7766), so then the TCP answers count."""
+    udp = [e for e in observation.dns if e.query.transport == "udp"]
+    truncated = {e.query.qtype for e in udp if e.failure == failures.DNS_TRUNCATED}
+    if truncated:
+        udp = [e for e in udp if e.query.qtype not in truncated] + [
+            e for e in observation.dns if e.query.transport == "tcp" and e.query.qtype in truncated
+        ]
+    if udp:
+        if answers_of(udp):
             return None
-        for exchange in udp_a:
+        for exchange in udp:
             if exchange.query.qtype == "A" and exchange.failure:
                 return exchange.failure
-        return next((e.failure for e in udp_a if e.failure), failures.DNS_NO_ANSWER)
+        return next((e.failure for e in udp if e.failure), failures.DNS_NO_ANSWER)
     if observation.getaddrinfo is not None:
         if observation.getaddrinfo.addresses:
             return None
@@ -270,7 +278,11 @@ def dns_verdict(
     probe_answers = resolved_addresses(observation)
     control_answers = resolved_addresses(control) if control is not None else []
     control_real = [a for a in control_answers if not is_bogon(a, context.routable)]
-    control_resolves = control is not None and bool(control_real)
+    # judged like the probe: the control "resolves" when its own stub-resolver view
+    # (UDP, TCP after truncation, or getaddrinfo) succeeds with real addresses
+    control_resolves = (
+        control is not None and resolver_failure(control) is None and bool(control_real)
+    )
 
     if injected(observation.dns):
         return (

@@ -21,7 +21,7 @@ BOGON_NETWORKS: tuple[IPNetwork, ...] = tuple(
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
         "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
         "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "::ffff:0:0/96", "100::/64", "2001:db8::/32", "fc00::/7",
+        "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "fc00::/7",
         "fe80::/10", "ff00::/8",
     )
 )
@@ -29,6 +29,21 @@ BOGON_NETWORKS: tuple[IPNetwork, ...] = tuple(
 
 def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside a mapped, 6to4 or NAT64 IPv6 address: a route to it
+    is a route to that IPv4 host (10.x through a NAT64 gateway is still 10.x)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def is_bogon(address: str, routable: Iterable[IPNetwork] = ()) -> bool:
@@ -39,6 +54,8 @@ def is_bogon(address: str, routable: Iterable[IPNetwork] = ()) -> bool:
         return True
     if any(ip.version == n.version and ip in n for n in routable):
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return is_bogon(str(ip.ipv4_mapped), routable)
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return is_bogon(str(embedded), routable)
     return any(ip.version == n.version and ip in n for n in BOGON_NETWORKS)

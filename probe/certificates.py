@@ -121,10 +121,13 @@ def verify_chain(
         return None
     except (VerificationError, ValueError):
         pass
-    if not _name_matches(leaf, server_name):
-        return failures.SSL_INVALID_HOSTNAME
-    if not (leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc):
-        return failures.SSL_INVALID_CERTIFICATE
+    try:
+        if not _name_matches(leaf, server_name):
+            return failures.SSL_INVALID_HOSTNAME
+        if not (leaf.not_valid_before_utc <= at <= leaf.not_valid_after_utc):
+            return failures.SSL_INVALID_CERTIFICATE
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return failures.SSL_INVALID_CERTIFICATE  # a leaf too broken to even explain
     return failures.SSL_UNKNOWN_AUTHORITY
 
 

@@ -201,7 +201,9 @@ class Measurer:
                 mtproto_checks.append(check)
                 connect = connect or check.result.connect
                 if check.valid or check.result.connect.failure is not None:
-                    break  # abridged is only a fallback for a reply we could not read
+                    break
+                if check.error in ("garbage", "oversized", "not_res_pq", "nonce_mismatch"):
+                    break  # something answered, just not MTProto: framing is not the issue
         elif uses_tls:
             request = TlsRequest(address, port, endpoint.sni)
             tls = await self._step(self.network.tls_handshake, request, o.timeout)

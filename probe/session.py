@@ -102,7 +102,11 @@ async def ask_control(
 
     async def one(url: str):
         target = url.rstrip("/") + "/measure"
-        result = await network.control_call(ControlRequest(target, body), config.timeout)
+        # an answer is a few KiB per endpoint: a helper sending far more is hostile
+        # (parsing 30 MiB of nested lists can take more than 600 MiB of memory)
+        cap = min(32 << 20, (256 << 10) * max(1, len(items)))
+        request = ControlRequest(target, body, max_bytes=cap)
+        result = await network.control_call(request, config.timeout)
         if result.failure is not None or result.body is None:
             raise RuntimeError(f"{url}: {result.failure or 'empty answer'}")
         return url, protocol.parse_response(result.body)

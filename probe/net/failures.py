@@ -131,3 +131,8 @@ def dns_rcode_failure(rcode: str) -> str | None:
     if rcode == "NOERROR":
         return None
     return DNS_RCODES.get(rcode, UNKNOWN_PREFIX + f"dns rcode {rcode}")
+
+
+def http_status_failure(status: int) -> str:
+    """A control helper (or collector) answering with an HTTP error status."""
+    return f"http_status_{status}"

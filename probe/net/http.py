@@ -205,7 +205,7 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
                     buffer = bytearray()
                     while chunk := await response.content.read(65536):
                         buffer += chunk
-                        if len(buffer) > MAX_CONTROL_RESPONSE:
+                        if len(buffer) > min(req.max_bytes, MAX_CONTROL_RESPONSE):
                             return ControlResult(
                                 req, failures.CONTROL_RESPONSE_TOO_LARGE, status, None,
                                 Timing(t0, clock()),
@@ -217,7 +217,7 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
                             raise ValueError("control response is not a JSON object")
                         body = parsed
                     else:
-                        failure = f"http_status_{status}"
+                        failure = failures.http_status_failure(status)
     except (ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: JSON nested deeper than the parser's stack (a hostile "[[[[...").
         failure = failures.JSON_PARSE_ERROR

@@ -269,6 +269,7 @@ class MtprotoResult:
 class ControlRequest:
     url: str
     body: dict[str, Any] = field(default_factory=dict)
+    max_bytes: int = 32 * 1024 * 1024  # the answer's cap; callers size it to the request
 
 
 @dataclass(frozen=True)

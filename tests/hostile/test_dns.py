@@ -312,17 +312,9 @@ CASES = {
 }
 
 
-# probe.analysis.resolver_failure judges the probe on its UDP exchanges alone but
-# lets the control "resolve" through TCP: a resolver that sets TC over UDP (as any
-# does for a large answer set) and answers over TCP is then called dns_blocked,
-# although a stub would retry over TCP and get the answer. Reported; not ours to fix.
-TC_ANALYSIS_BUG = pytest.mark.xfail(
-    strict=True, reason="analysis: a TC reply over UDP is not retried over TCP (reported)")
-
-
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=TC_ANALYSIS_BUG) if c == "tc-bit" else c for c in sorted(CASES)]
-)
+# A resolver that sets TC over UDP (as any does for a large answer set) and answers
+# over TCP is not blocking: a stub retries over TCP (RFC 7766) and so does analysis.
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_hostile_resolver_is_never_blocked_when_the_control_sees_it_too(case):
     with serve(CASES[case]) as resolver:
         judged = probe_and_control(

@@ -155,10 +155,7 @@ def test_dns_analysis_gives_a_verdict_or_none(probe, control, context_args):
     assert rows and all(row.verdict in VERDICTS for row in rows)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "analysis: the probe is judged on its UDP replies alone, the control 'resolves' "
-    "through TCP and getaddrinfo too, so an identical control can say dns_blocked (reported)"))
-@settings(FAST, phases=(Phase.explicit, Phase.reuse, Phase.generate))  # no shrinking: xfail
+@settings(FAST)
 @given(dns_observations())
 def test_a_control_identical_to_the_probe_never_makes_dns_blocked(probe):
     """When the control saw exactly what the probe saw, it does not disagree: only

@@ -130,14 +130,6 @@ def test_megabyte_chain_is_refused_by_the_client(chains):
     assert outcome.value.peer_certificates == ()
 
 
-CERT_BUG = pytest.mark.xfail(
-    strict=True, raises=Exception,
-    reason="probe.certificates: cryptography's DuplicateExtension escapes verify_chain "
-           "(reported)",
-)
-
-
-@CERT_BUG
 def test_certificate_with_a_duplicate_extension_is_classified(chains):
     """OpenSSL serves it (it ignores duplicates of unknown extensions); cryptography
     refuses it when reading its extensions. Verification must say invalid, not raise."""
@@ -194,7 +186,7 @@ CASES = _cases()
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(c, marks=CERT_BUG) if c == "duplicate-extension" else c for c in sorted(CASES)
+    c for c in sorted(CASES)
 ])
 def test_hostile_tls_server_is_never_blocked_when_the_control_sees_it_too(chains, case):
     with serve(lambda: CASES[case](chains)) as peer:
