@@ -90,8 +90,12 @@ def main(verbose: bool) -> None:
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Signing key file (default: your probe key, created on first use).")
 @click.option("--ephemeral-key", is_flag=True, help="Sign this run with a throw-away key (reports cannot be linked to each other).")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False), help="Also record every network interaction to this trace (.jsonl or .jsonl.gz).")
+@click.option("--asn-db", "asn_dbs", multiple=True, type=click.Path(dir_okay=False), help="Offline MMDB database(s) for your ASN and country (repeatable: ASN file and country file).")
+@click.option("--upload", "upload_url", metavar="URL", help="Upload the report to this collector after the run (what fails stays pending: `probe upload`).")
+@click.option("--show-ip", is_flag=True, help="Allow your public address on the terminal and in logs (never in reports).")
 def run(targets_path, services, resolver, no_system_resolver, control_urls, control_file, control_timeout,
-        ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path) -> None:
+        ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
+        asn_dbs, upload_url, show_ip) -> None:
     """Measure every endpoint of the targets file and write a report."""
     from probe.bogons import parse_networks
     from probe.certificates import parse_pem_bundle
@@ -102,9 +106,20 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     from probe.runner import RunOptions
     from probe.session import ControlConfig
     from probe.session import run as run_session
-    from probe.report.measurements import write_run_report
+    from probe.report import scrub
+    from probe.report.measurements import RunContext, write_run_report
     from probe.targets import TargetsError
 
+    local_addresses = scrub.interface_addresses()
+    log_filter = None
+    if not show_ip:
+        # installed before anything prints: rich and click capture the streams
+        log_filter = scrub.install_log_scrubbing(local_addresses)
+        sys.stderr = scrub.ScrubbingStream(sys.stderr, log_filter)
+        sys.stdout = scrub.ScrubbingStream(sys.stdout, log_filter)
+    geo = open_geo_or_exit(asn_dbs)
+    if upload_url and not upload_url.startswith(("http://", "https://")):
+        fail_usage(f"--upload {upload_url!r}: expected an http:// or https:// URL")
     targets = load_targets_or_exit(targets_path)
     if key_path and ephemeral_key:
         fail_usage("--key and --ephemeral-key exclude each other")
@@ -174,18 +189,40 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     if outcome is None:
         click.echo("probe: interrupted before anything was measured; no report written", err=True)
         sys.exit(EXIT_FAILED)
+    addresses = scrub.volunteer_addresses(
+        outcome.control.probe_address, local_addresses, options.routable
+    )
+    if log_filter is not None:
+        log_filter.set_addresses(addresses)
+    context = RunContext.build(outcome, addresses, geo)
+    if not addresses:
+        click.echo("probe: warning: your public address is unknown (no control answered), so "
+                   "reports could not be checked for it; see docs/privacy.md", err=True)
     try:
-        path = write_run_report(outcome, targets, Path(out_dir), key)
+        path, dropped = write_run_report(outcome, targets, Path(out_dir), key, context)
     except ReportWriteError as exc:
         click.echo(f"probe: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+    for service, reason in dropped:
+        click.echo(f"probe: the {service} measurement was not written: {reason}", err=True)
     if recording is not None:
-        from probe.trace import TraceError, finish_recording
+        from probe.trace import TraceError, finish_recording, scrub_trace_file
 
         try:
-            click.echo(f"trace: {finish_recording(recording, outcome)}", err=True)
+            trace_path = finish_recording(recording, outcome)
+            scrub_trace_file(trace_path, addresses)
+            click.echo(f"trace: {trace_path}", err=True)
         except TraceError as exc:
             click.echo(f"probe: the trace is incomplete: {exc}", err=True)
+    if upload_url:
+        from probe.spool import upload_pending
+
+        summary = asyncio.run(upload_pending(Path(out_dir), upload_url))
+        if summary.drained:
+            click.echo(f"uploaded to {upload_url}", err=True)
+        else:
+            click.echo(f"probe: upload incomplete ({summary.problem}); `probe upload` retries",
+                       err=True)
     if as_json:
         click.echo(json.dumps(summary_json(outcome, path), indent=None))
     else:
@@ -193,6 +230,17 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     if interrupted or not outcome.complete:
         click.echo(f"probe: interrupted; the partial report is marked incomplete: {path}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def open_geo_or_exit(paths):
+    if not paths:
+        return None
+    from probe.geo import GeoDatabase, GeoDatabaseError
+
+    try:
+        return GeoDatabase.open(*paths)
+    except GeoDatabaseError as exc:
+        fail_usage(str(exc))
 
 
 def signing_key_or_exit(key_path: str | None, ephemeral: bool, control: bool = False):
@@ -356,10 +404,11 @@ def verify(files, trusted_keys, trusted_control_keys, require_complete) -> None:
 def _register_optional_groups() -> None:
     """Subcommands that live with their subsystem."""
     from probe.lab.cli import lab
+    from probe.spool_cli import status, upload
     from probe.trace_cli import replay
 
-    main.add_command(lab)
-    main.add_command(replay)
+    for command in (lab, replay, upload, status):
+        main.add_command(command)
 
 
 _register_optional_groups()

@@ -276,8 +276,8 @@ def replay_trace(
 
         try:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            report_path = write_run_report(outcome, trace.run.targets, Path(out_dir),
-                                           key if key is not None else generate_ephemeral())
+            report_path, _ = write_run_report(outcome, trace.run.targets, Path(out_dir),
+                                              key if key is not None else generate_ephemeral())
         except (OSError, ReportWriteError) as exc:
             raise TraceError(f"cannot write the replayed report into {out_dir}: {exc}") from None
     return Replayed(outcome, report_path, network, trace)

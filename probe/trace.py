@@ -179,17 +179,51 @@ def run_info_from_json(data: dict[str, Any]) -> tuple[RunInfo, list[str]]:
 # --------------------------------------------------------------------------- #
 
 
-def scrub_trace_line(line: dict[str, Any]) -> dict[str, Any]:
-    """ISSUE 5 HOOK: remove the volunteer's address from one trace line.
+def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
+    """Rewrite a finished trace without the volunteer's ``addresses`` (issue 5).
 
-    Not implemented yet: returns the line unchanged, and headers say
-    ``"scrubbed": false``. A trace meant to be shared must be as safe as a
-    report, so issue 5 replaces this (or passes ``scrub=`` to TraceWriter).
-    Note that the probe's public address is only learned late (the control
-    helper's answer), so a streaming scrubber must also know the local
-    addresses up front, or the finished trace must be rewritten.
+    The public address is only known once the control has answered, so traces
+    are scrubbed when the run is over: every line goes through the reports'
+    scrubber, the header then says ``"scrubbed": true``, and the file is replaced
+    atomically. A line the scrubber cannot clean is left out (its operation then
+    replays as missing) and counted in the header's ``scrub_dropped``. Returns the
+    number of lines left out. With no address known, the trace stays as it is.
     """
-    return line
+    from probe.report.scrub import ScrubError, scrub_measurement
+
+    path = Path(path)
+    if not addresses:
+        return 0
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as stream:
+            raw_lines = stream.read().splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{path}: cannot read it back to scrub it ({exc})") from None
+    lines: list[dict[str, Any]] = []
+    dropped = 0
+    for raw in raw_lines:
+        try:
+            lines.append(scrub_measurement(json.loads(raw), addresses))
+        except ScrubError:
+            dropped += 1
+        except ValueError:
+            continue  # a torn last line
+    if lines and lines[0].get("type") == "header":
+        lines[0]["scrubbed"] = True
+        lines[0]["scrub_dropped"] = dropped
+    temporary = path.with_name(f".{path.name}.scrub.tmp")
+    try:
+        with opener(temporary, "wt", encoding="utf-8") as stream:
+            for line in lines:
+                stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+        with open(temporary, "rb+") as raw_file:
+            os.fsync(raw_file.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise TraceError(f"{path}: cannot write the scrubbed trace ({exc})") from None
+    return dropped
 
 
 class TraceWriter:
@@ -394,7 +428,7 @@ def start_recording(
     if not run_info.report_id:
         run_info = dataclasses.replace(run_info, report_id=new_report_id(run_info.options.started_at))
     try:
-        writer = TraceWriter(path, scrub=scrub_trace_line)
+        writer = TraceWriter(path)  # scrubbed when finished: scrub_trace_file
     except OSError as exc:
         raise TraceError(f"{path}: cannot create the trace ({exc.strerror or exc})") from None
     writer.write(header_line(run_info, extra_header))

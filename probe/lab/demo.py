@@ -44,12 +44,16 @@ def probe_command(
 
 
 def run_probe(
-    lab: Lab, out_dir: Path, timeout: float = PROBE_TIMEOUT, control_url: str | None = None
+    lab: Lab, out_dir: Path, timeout: float = PROBE_TIMEOUT, control_url: str | None = None,
+    extra: tuple[str, ...] = (), logs: Path | None = None,
 ) -> dict:
     """Run the probe once; its --json summary. Raises ProbeUnavailable when the
-    CLI cannot run at all (import errors), RuntimeError on any other failure."""
-    argv = probe_command(lab, out_dir, timeout, control_url)
+    CLI cannot run at all (import errors), RuntimeError on any other failure.
+    ``extra`` arguments go after the others; ``logs`` keeps stderr in that file."""
+    argv = probe_command(lab, out_dir, timeout, control_url) + list(extra)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if logs is not None:
+        logs.write_text(proc.stderr)
     try:
         return json.loads(proc.stdout)
     except ValueError:

@@ -7,10 +7,12 @@ hands the lines to the atomic writer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from probe.report import ooni
+from probe.report.scrub import scrub_lines
 from probe.report.signing import ReportSigner
 from probe.report.writer import report_path, write_report_atomic
 from probe.session import RunOutcome
@@ -31,7 +33,38 @@ def control_summary(outcome: RunOutcome, endpoint_ids: set[str]) -> dict[str, An
     return summary
 
 
-def build_lines(outcome: RunOutcome, targets: Targets) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RunContext:
+    """What the report needs beyond the outcome: who measured, from where (coarsely)."""
+
+    addresses: tuple[str, ...] = ()  # the volunteer's, to scrub; never written
+    probe_asn: str | None = None
+    probe_cc: str | None = None
+    probe_network_name: str | None = None
+    resolver_asn: str | None = None
+    resolver_cc: str | None = None
+    resolver_network_name: str | None = None
+
+    @classmethod
+    def build(cls, outcome: RunOutcome, addresses, geo) -> RunContext:
+        """``geo``: a probe.geo.GeoDatabase or None (offline lookups only)."""
+        if geo is None:
+            return cls(tuple(addresses))
+        probe = geo.lookup(addresses[0]) if addresses else None
+        resolver = geo.lookup(outcome.resolver) if outcome.resolver else None
+        return cls(
+            tuple(addresses),
+            probe.asn if probe else None, probe.cc if probe else None,
+            probe.network_name if probe else None,
+            resolver.asn if resolver else None, resolver.cc if resolver else None,
+            resolver.network_name if resolver else None,
+        )
+
+
+def build_lines(
+    outcome: RunOutcome, targets: Targets, context: RunContext | None = None
+) -> list[dict[str, Any]]:
+    context = context or RunContext()
     annotations = {"complete": "true" if outcome.complete else "false"}
     if not outcome.control.available and outcome.control.problems:
         annotations["control_problem"] = "; ".join(outcome.control.problems)[:500]
@@ -41,6 +74,12 @@ def build_lines(outcome: RunOutcome, targets: Targets) -> list[dict[str, Any]]:
         report_id=outcome.report_id,
         started_at=outcome.started_at,
         resolver_ip=outcome.resolver,
+        probe_asn=context.probe_asn,
+        probe_cc=context.probe_cc,
+        probe_network_name=context.probe_network_name,
+        resolver_asn=context.resolver_asn,
+        resolver_cc=context.resolver_cc,
+        resolver_network_name=context.resolver_network_name,
         interrupted=not outcome.complete,
         test_helpers={"control": [{"address": outcome.control.source}]}
         if outcome.control.available else None,
@@ -68,8 +107,13 @@ def sign_lines(lines: list[dict[str, Any]], key, complete: bool) -> list[bytes]:
     return signed
 
 
-def write_run_report(outcome: RunOutcome, targets: Targets, out_dir: Path, key) -> Path:
-    lines = build_lines(outcome, targets)
+def write_run_report(
+    outcome: RunOutcome, targets: Targets, out_dir: Path, key, context: RunContext | None = None
+) -> tuple[Path, list[tuple[str, str]]]:
+    """Build, scrub, sign, write. Returns the path and the measurements that were
+    not written because the volunteer's address could not be removed from them."""
+    context = context or RunContext()
+    lines, dropped = scrub_lines(build_lines(outcome, targets, context), context.addresses)
     outcome.lines = lines
     path = report_path(out_dir, outcome.started_at, outcome.report_id)
-    return write_report_atomic(path, sign_lines(lines, key, outcome.complete))
+    return write_report_atomic(path, sign_lines(lines, key, outcome.complete)), dropped

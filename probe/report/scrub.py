@@ -203,13 +203,18 @@ def _parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
     return address
 
 
-def volunteer_addresses(echoed: str | None, local: Iterable[str] = ()) -> list[str]:
+def volunteer_addresses(
+    echoed: str | None, local: Iterable[str] = (), routable: Iterable[Any] = ()
+) -> list[str]:
     """The addresses to scrub: the control helper's echo, plus the host's public ones.
 
     ``echoed`` is kept whatever its range (in the lab it is a documentation
     address); of ``local`` only globally routable ones are kept, as private
     (RFC 1918, ULA) and link-local addresses are never seen by servers.
+    ``routable`` networks count as global (a test network such as the lab, whose
+    targets file declares its documentation ranges public).
     """
+    routable = [n for n in routable]
     found: list[str] = []
     echoed_address = _parse_address(echoed) if echoed else None
     if echoed_address is not None and not (
@@ -218,7 +223,11 @@ def volunteer_addresses(echoed: str | None, local: Iterable[str] = ()) -> list[s
         found.append(str(echoed_address))
     for text in local:
         address = _parse_address(text)
-        if address is not None and address.is_global and str(address) not in found:
+        public = address is not None and (
+            address.is_global
+            or any(address.version == n.version and address in n for n in routable)
+        )
+        if public and str(address) not in found:
             found.append(str(address))
     return found
 

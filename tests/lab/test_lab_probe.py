@@ -11,6 +11,7 @@ other difference fails.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 
@@ -77,7 +78,6 @@ def test_confusion_matrix_is_diagonal():
     assert not off_diagonal, f"rows judged wrongly (expected, observed): {off_diagonal}"
 
 
-@pytest.mark.xfail(reason="issue 5 not done: run reports are not scrubbed yet", strict=False)
 def test_client_address_never_reaches_the_reports(clean_lab, tmp_path):
     """Issue 5: under a blockpage that echoes the client's address (body and
     header), no file the probe writes contains it: not in JSON text, not inside
@@ -87,12 +87,24 @@ def test_client_address_never_reaches_the_reports(clean_lab, tmp_path):
     scenario = next(s for s in SCENARIOS if s.client_address_must_not_leak)
     clean_lab.apply(scenario)
     try:
-        run_probe(clean_lab, tmp_path, control_url=clean_lab.control_url())
+        run_probe(clean_lab, tmp_path, control_url=clean_lab.control_url(),
+                  extra=("--record", str(tmp_path / "trace.jsonl.gz")),
+                  logs=tmp_path / "stderr.log")
     except ProbeUnavailable as exc:
         pytest.skip(str(exc))
-    leaks = [f"{path.name}: {where}" for path in tmp_path.rglob("*") if path.is_file()
-             for where in find_client_address(path.read_text(errors="replace"))]
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    names = {path.suffix for path in files}
+    assert ".jsonl" in names and ".gz" in names and ".log" in names, files  # nothing vacuous
+    leaks = [f"{path.name}: {where}" for path in files
+             for where in find_client_address(_text(path))]
     assert not leaks, "the client's address leaked:\n" + "\n".join(leaks[:20])
+
+
+def _text(path) -> str:
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    return data.decode("utf-8", errors="replace")
 
 
 CLIENT_ADDRESS = re.compile(
