@@ -128,7 +128,13 @@ async def load(args, collector: Collector, runs) -> dict:
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks = [asyncio.create_task(uploader(share, state, session)) for share in shares]
         started = time.perf_counter()
+        deadline = time.monotonic() + args.max_seconds
         while len(state["acknowledged"]) < len(lines) // 2:
+            failed = [t for t in tasks if t.done() and t.exception()]
+            if failed:
+                raise failed[0].exception()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(state['acknowledged'])} lines acknowledged")
             await asyncio.sleep(0.01)
         halfway = time.perf_counter() - started
         acknowledged_before = set(state["acknowledged"])

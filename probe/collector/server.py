@@ -125,7 +125,10 @@ class GroupWriter:
                 outcomes = await loop.run_in_executor(
                     self._thread, self.store.commit, [p.items for p in group]
                 )
-            except StoreError as error:
+            except Exception as error:  # noqa: BLE001 - the writer must outlive any one group
+                if not isinstance(error, StoreError):
+                    log.exception("store: unexpected error")
+                    error = StoreError(f"{type(error).__name__}: {error}")
                 log.error("store: %s (%d upload(s) answered 503)", error, len(group))
                 for pending in group:
                     if not pending.future.done():

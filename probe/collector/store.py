@@ -162,17 +162,19 @@ class Store:
 
     def _write(self, by_path: dict[Path, list[bytes]]) -> None:
         lengths: dict[Path, int] = {}
+        descriptors: dict[Path, int] = {}  # this group's files stay open until fsynced
         new_dirs: set[Path] = set()
         try:
             for path, chunks in by_path.items():
                 descriptor, created_dir = self._descriptor(path)
+                descriptors[path] = descriptor
                 if created_dir:
                     new_dirs.add(path.parent)
                 lengths[path] = os.fstat(descriptor).st_size
                 _write_all(descriptor, b"".join(chunks))
             if self.fsync:
-                for path in by_path:
-                    os.fsync(self._files[path])
+                for descriptor in descriptors.values():
+                    os.fsync(descriptor)
                 for directory in new_dirs:
                     self._sync_dir(directory)
                 if new_dirs:
@@ -183,6 +185,9 @@ class Store:
         except OSError as error:
             self._undo(lengths)
             raise StoreError(f"cannot write to {self.root}: {error.strerror or error}") from None
+        finally:
+            while len(self._files) > MAX_OPEN_FILES:
+                self._close(next(iter(self._files)))
 
     def _undo(self, lengths: dict[Path, int]) -> None:
         for path, length in lengths.items():
@@ -201,9 +206,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             created_dir = True
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._files[path] = descriptor
-        while len(self._files) > MAX_OPEN_FILES:
-            self._close(next(iter(self._files)))
+        self._files[path] = descriptor  # closed, least recently used first, after the group
         return descriptor, created_dir
 
     def _close(self, path: Path) -> None:

@@ -106,3 +106,17 @@ def test_a_failed_write_stores_nothing_of_the_group(tmp_path, monkeypatch):
     statuses = [o.status for group in store.commit([accepted(first_run), accepted(second_run)])
                 for o in group]
     assert statuses == [DUPLICATE] + [STORED] * 7
+
+
+def test_a_group_touching_more_files_than_may_stay_open(tmp_path, monkeypatch):
+    """Regression: descriptors of a group were closed before its fsync (KeyError)."""
+    import probe.collector.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_OPEN_FILES", 3)
+    store = Store(tmp_path)
+    store.open()
+    runs = [signed_run()[1] for _ in range(5)]
+    outcomes = store.commit([accepted(run) for run in runs])
+    assert all(o.status == STORED for group in outcomes for o in group)
+    assert len(store._files) == 3
+    assert len(list(tmp_path.glob("*/*.jsonl"))) == 5
