@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from probe.aggregate import database, export, queries, synthetic
-from probe.report.keys import generate_ephemeral
+from probe.aggregate import database, export, queries, synthetic  # noqa: E402 - after sys.path
+from probe.report.keys import generate_ephemeral  # noqa: E402 - after sys.path
 
 COUNTRIES = ("IR", "RU", "CN", "TR", "EG", "PK", "VE", "BY")
 METHODS_BY_VERDICT = ("dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked")
@@ -59,14 +59,27 @@ def write_file(args: tuple[int, Path, int, int, int]) -> int:
                 endpoints = [e[0] for e in synthetic.SERVICES[service]]
                 blocked = {}
                 # Blocking that depends on country, network and service, with noise.
-                if (zlib.crc32(f"{cc}{asn}{service}".encode()) % 3 == 0 and day > days // 3) or rng.random() < 0.05:
+                if (
+                    zlib.crc32(f"{cc}{asn}{service}".encode()) % 3 == 0 and day > days // 3
+                ) or rng.random() < 0.05:
                     for endpoint in endpoints[: 1 + rng.randrange(len(endpoints))]:
                         blocked[endpoint] = METHODS_BY_VERDICT[rng.randrange(4)]
-                records.append(synthetic.measurement(
-                    service, cc, asn, started, blocked, f"r{index}-{number}",
-                    f"{rng.getrandbits(64):016x}"))
-            out.write(b"".join(synthetic.sign_run(keys[number % 8], records,
-                                                  f"{rng.getrandbits(128):032x}")))
+                records.append(
+                    synthetic.measurement(
+                        service,
+                        cc,
+                        asn,
+                        started,
+                        blocked,
+                        f"r{index}-{number}",
+                        f"{rng.getrandbits(64):016x}",
+                    )
+                )
+            out.write(
+                b"".join(
+                    synthetic.sign_run(keys[number % 8], records, f"{rng.getrandbits(128):032x}")
+                )
+            )
             written += len(records)
     return written
 
@@ -93,37 +106,51 @@ def main() -> None:
     figures = {}
     try:
         started = time.perf_counter()
-        jobs = [(i, reports / f"report-{i:04d}.jsonl", runs_per_file, args.days, i)
-                for i in range(args.files)]
+        jobs = [
+            (i, reports / f"report-{i:04d}.jsonl", runs_per_file, args.days, i)
+            for i in range(args.files)
+        ]
         with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
             total = sum(pool.map(write_file, jobs))
         size = sum(p.stat().st_size for p in reports.iterdir())
-        print(f"generated and signed {total} measurements ({size / 1e9:.2f} GB in {args.files} "
-              f"files) in {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"generated and signed {total} measurements ({size / 1e9:.2f} GB in {args.files} "
+            f"files) in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
 
         con = database.connect(folder / "aggregate.duckdb")
         started = time.perf_counter()
         result = database.ingest(con, [reports], workers=args.workers)
         figures["ingest"] = time.perf_counter() - started
-        print(f"ingest: {figures['ingest']:.1f} s ({result.lines / figures['ingest']:.0f} "
-              f"lines/s, {result.measurements} measurements, {result.rejected} rejected); peak "
-              f"memory {peak_mib(resource.RUSAGE_SELF):.0f} MiB here, "
-              f"{peak_mib(resource.RUSAGE_CHILDREN):.0f} MiB per checking worker", flush=True)
+        print(
+            f"ingest: {figures['ingest']:.1f} s ({result.lines / figures['ingest']:.0f} "
+            f"lines/s, {result.measurements} measurements, {result.rejected} rejected); peak "
+            f"memory {peak_mib(resource.RUSAGE_SELF):.0f} MiB here, "
+            f"{peak_mib(resource.RUSAGE_CHILDREN):.0f} MiB per checking worker",
+            flush=True,
+        )
 
         started = time.perf_counter()
         duck = queries.aggregate(queries.DuckDBEngine(con))
         figures["summarise"] = time.perf_counter() - started
-        print(f"summarise (DuckDB, {len(queries.QUERIES)} queries): "
-              f"{figures['summarise']:.2f} s, {len(duck.summary)} summary rows; peak memory "
-              f"{peak_mib(resource.RUSAGE_SELF):.0f} MiB", flush=True)
+        print(
+            f"summarise (DuckDB, {len(queries.QUERIES)} queries): "
+            f"{figures['summarise']:.2f} s, {len(duck.summary)} summary rows; peak memory "
+            f"{peak_mib(resource.RUSAGE_SELF):.0f} MiB",
+            flush=True,
+        )
 
         started = time.perf_counter()
         written = export.export_parquet(con, folder / "parquet")
         figures["export"] = time.perf_counter() - started
         parquet_size = sum(p.stat().st_size for p in (folder / "parquet").rglob("*.parquet"))
-        print(f"export Parquet: {figures['export']:.1f} s, {written['measurements']} + "
-              f"{written['endpoints']} rows, {parquet_size / 1e6:.0f} MB; peak memory "
-              f"{peak_mib(resource.RUSAGE_SELF):.0f} MiB", flush=True)
+        print(
+            f"export Parquet: {figures['export']:.1f} s, {written['measurements']} + "
+            f"{written['endpoints']} rows, {parquet_size / 1e6:.0f} MB; peak memory "
+            f"{peak_mib(resource.RUSAGE_SELF):.0f} MiB",
+            flush=True,
+        )
         con.close()
 
         if not args.no_spark:
@@ -138,9 +165,12 @@ def main() -> None:
             spark = queries.aggregate(queries.SparkEngine(session, str(folder / "parquet")))
             figures["spark"] = time.perf_counter() - started
             session.stop()
-            print(f"spark local[*] ({os.cpu_count()} cores): {figures['spark']:.1f} s for the "
-                  f"same queries (+ {startup:.1f} s session start); identical to DuckDB: "
-                  f"{spark == duck}", flush=True)
+            print(
+                f"spark local[*] ({os.cpu_count()} cores): {figures['spark']:.1f} s for the "
+                f"same queries (+ {startup:.1f} s session start); identical to DuckDB: "
+                f"{spark == duck}",
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

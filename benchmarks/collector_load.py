@@ -36,8 +36,8 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from probe.aggregate.synthetic import NETWORKS, SERVICES, START, measurement, sign_run
-from probe.report.keys import generate_ephemeral
+from probe.aggregate.synthetic import NETWORKS, SERVICES, START, measurement, sign_run  # noqa: E402 - after sys.path
+from probe.report.keys import generate_ephemeral  # noqa: E402 - after sys.path
 
 
 def make_runs(count: int) -> list[list[bytes]]:
@@ -47,8 +47,9 @@ def make_runs(count: int) -> list[list[bytes]]:
         network = NETWORKS[number % len(NETWORKS)]
         started = START.replace(hour=number % 24, minute=number % 60)
         records = [
-            measurement(service, network.cc, network.asn, started, {}, f"r{number}",
-                        secrets.token_hex(8))
+            measurement(
+                service, network.cc, network.asn, started, {}, f"r{number}", secrets.token_hex(8)
+            )
             for service in SERVICES
         ]
         runs.append([line.rstrip(b"\n") for line in sign_run(keys[number % 50], records)])
@@ -66,11 +67,32 @@ class Collector:
         log = self.data.parent / "collector.log"
         stream = open(log, "a")  # noqa: SIM115 - kept for the process's life
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "probe.collector", "serve", "--listen", "127.0.0.1:0",
-             "--data", str(self.data), "--check-workers", str(self.workers), "--quiet",
-             "--address-rate", "100000", "--address-burst", "100000", "--key-rate", "100000",
-             "--max-concurrent", "64", "--duration", "900"],
-            stdout=subprocess.DEVNULL, stderr=stream, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "probe.collector",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                str(self.data),
+                "--check-workers",
+                str(self.workers),
+                "--quiet",
+                "--address-rate",
+                "100000",
+                "--address-burst",
+                "100000",
+                "--key-rate",
+                "100000",
+                "--max-concurrent",
+                "64",
+                "--duration",
+                "900",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stream,
+            cwd=REPO,
         )
         start = log.stat().st_size if log.exists() else 0
         deadline = time.monotonic() + 60
@@ -97,7 +119,8 @@ async def uploader(batches, state, session) -> None:
         started = time.perf_counter()
         try:
             async with session.post(
-                state["url"] + "/v1/measurements", data=b"\n".join(batch) + b"\n",
+                state["url"] + "/v1/measurements",
+                data=b"\n".join(batch) + b"\n",
                 headers={"Content-Type": "application/x-ndjson"},
                 timeout=aiohttp.ClientTimeout(total=30),
             ) as response:
@@ -112,7 +135,7 @@ async def uploader(batches, state, session) -> None:
             await asyncio.sleep(0.1)
             continue
         state["latencies"].append(time.perf_counter() - started)
-        for line, result in zip(batch, payload["results"]):
+        for line, result in zip(batch, payload["results"], strict=False):
             if result["status"] not in ("stored", "duplicate"):
                 raise AssertionError(f"line refused: {result}")
             state["acknowledged"].append(line)
@@ -121,8 +144,8 @@ async def uploader(batches, state, session) -> None:
 
 async def load(args, collector: Collector, runs) -> dict:
     lines = [line for run in runs for line in run]
-    batches = [lines[i:i + args.batch] for i in range(0, len(lines), args.batch)]
-    shares = [batches[i::args.uploaders] for i in range(args.uploaders)]
+    batches = [lines[i : i + args.batch] for i in range(0, len(lines), args.batch)]
+    shares = [batches[i :: args.uploaders] for i in range(args.uploaders)]
     state = {"url": collector.url, "errors": 0, "latencies": [], "acknowledged": []}
     connector = aiohttp.TCPConnector(limit=args.uploaders)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -146,15 +169,21 @@ async def load(args, collector: Collector, runs) -> dict:
         restart_seconds = time.perf_counter() - killed_at
         await asyncio.wait_for(asyncio.gather(*tasks), args.max_seconds)
         elapsed = time.perf_counter() - started
-    return {"lines": lines, "state": state, "elapsed": elapsed, "halfway": halfway,
-            "restart_seconds": restart_seconds, "lost_at_kill": lost}
+    return {
+        "lines": lines,
+        "state": state,
+        "elapsed": elapsed,
+        "halfway": halfway,
+        "restart_seconds": restart_seconds,
+        "lost_at_kill": lost,
+    }
 
 
 def stored(data: Path) -> list[bytes]:
     lines = []
     for path in sorted(data.glob("*/*.jsonl")):
         content = path.read_bytes()
-        lines += content[:content.rfind(b"\n") + 1].split(b"\n")[:-1]
+        lines += content[: content.rfind(b"\n") + 1].split(b"\n")[:-1]
     return lines
 
 
@@ -189,22 +218,32 @@ def main() -> None:
         missing = len(set(lines) - set(counts))
         unacknowledged_stored = len(set(counts) - set(state["acknowledged"]))
         latencies = state["latencies"]
-        print(f"machine: {os.cpu_count()} cores; collector --check-workers {args.workers}; "
-              f"client and collector on the same machine")
-        print(f"{len(lines)} lines ({size / 1e6:.1f} MB, {size / len(lines):.0f} B/line) from "
-              f"{args.uploaders} concurrent uploaders, {args.batch} lines per request")
-        print(f"sustained: {len(lines) / outcome['elapsed']:.0f} lines/s over "
-              f"{outcome['elapsed']:.1f} s, including a kill -9 and restart "
-              f"({outcome['restart_seconds']:.1f} s down); first half: "
-              f"{len(lines) / 2 / outcome['halfway']:.0f} lines/s")
-        print(f"request latency: p50 {statistics.median(latencies) * 1000:.0f} ms, "
-              f"p90 {percentile(latencies, 0.9) * 1000:.0f} ms, "
-              f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
-              f"max {max(latencies) * 1000:.0f} ms ({len(latencies)} requests, "
-              f"{state['errors']} failed and retried)")
-        print(f"exactly once: {len(counts)} distinct lines stored, {twice} stored twice, "
-              f"{missing} missing, {len(outcome['lost_at_kill'])} acknowledged lines lost at "
-              f"the kill, {unacknowledged_stored} stored but never acknowledged")
+        print(
+            f"machine: {os.cpu_count()} cores; collector --check-workers {args.workers}; "
+            f"client and collector on the same machine"
+        )
+        print(
+            f"{len(lines)} lines ({size / 1e6:.1f} MB, {size / len(lines):.0f} B/line) from "
+            f"{args.uploaders} concurrent uploaders, {args.batch} lines per request"
+        )
+        print(
+            f"sustained: {len(lines) / outcome['elapsed']:.0f} lines/s over "
+            f"{outcome['elapsed']:.1f} s, including a kill -9 and restart "
+            f"({outcome['restart_seconds']:.1f} s down); first half: "
+            f"{len(lines) / 2 / outcome['halfway']:.0f} lines/s"
+        )
+        print(
+            f"request latency: p50 {statistics.median(latencies) * 1000:.0f} ms, "
+            f"p90 {percentile(latencies, 0.9) * 1000:.0f} ms, "
+            f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, "
+            f"max {max(latencies) * 1000:.0f} ms ({len(latencies)} requests, "
+            f"{state['errors']} failed and retried)"
+        )
+        print(
+            f"exactly once: {len(counts)} distinct lines stored, {twice} stored twice, "
+            f"{missing} missing, {len(outcome['lost_at_kill'])} acknowledged lines lost at "
+            f"the kill, {unacknowledged_stored} stored but never acknowledged"
+        )
         if twice or missing or outcome["lost_at_kill"]:
             sys.exit("FAILED: the store is not exactly-once")
 

@@ -42,8 +42,14 @@ def resolve(argv: list[str]) -> list[str]:
         current = chain[-1]
         if token.startswith("-"):
             name = token.split("=", 1)[0]
-            option = next((p for p in current.params if isinstance(p, click.Option)
-                           and name in p.opts + p.secondary_opts), None)
+            option = next(
+                (
+                    p
+                    for p in current.params
+                    if isinstance(p, click.Option) and name in p.opts + p.secondary_opts
+                ),
+                None,
+            )
             if option is None and name not in ("--help", "-h", "--version"):
                 problems.append(f"{' '.join(argv)}: {current.name} has no option {name}")
             elif option is not None and not option.is_flag and "=" not in token:
@@ -53,8 +59,9 @@ def resolve(argv: list[str]) -> list[str]:
         if isinstance(current, click.Group):
             group_commands = commands if current is main else current.commands
             if token not in group_commands:
-                problems.append(f"{' '.join(argv)}: no command {token!r} in "
-                                f"{current.name or 'probe'}")
+                problems.append(
+                    f"{' '.join(argv)}: no command {token!r} in {current.name or 'probe'}"
+                )
                 return problems
             chain.append(group_commands[token])
         index += 1  # an argument of a command
@@ -118,16 +125,22 @@ def test_persistent_volumes_and_no_root():
     volumes = compose()["volumes"]
     services = compose()["services"]
     assert any(v.startswith("collector-data:/data") for v in services["collector"]["volumes"])
-    assert any(v.startswith("control-key:/home/probe/.config/probe")
-               for v in services["control"]["volumes"])
+    assert any(
+        v.startswith("control-key:/home/probe/.config/probe")
+        for v in services["control"]["volumes"]
+    )
     assert {"collector-data", "control-key"} <= set(volumes)
     collector = services["collector"]["command"]
     assert collector[collector.index("--data") + 1] == "/data"
 
 
-@pytest.mark.parametrize("line", [
-    line.strip() for line in (DOCKER / "README.md").read_text().splitlines()
-    if line.strip().startswith("docker compose")
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        line.strip()
+        for line in (DOCKER / "README.md").read_text().splitlines()
+        if line.strip().startswith("docker compose")
+    ],
+)
 def test_readme_commands_name_the_compose_file(line):
     assert "-f docker/compose.yaml" in line

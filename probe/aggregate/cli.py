@@ -20,8 +20,7 @@ def _need_duckdb() -> None:
         import duckdb  # noqa: F401
         import pyarrow  # noqa: F401
     except ImportError:
-        click.echo("probe aggregate needs duckdb and pyarrow: pip install duckdb pyarrow",
-                   err=True)
+        click.echo("probe aggregate needs duckdb and pyarrow: pip install duckdb pyarrow", err=True)
         sys.exit(2)
 
 
@@ -40,8 +39,10 @@ def _results(ctx: click.Context):
     if ctx.obj["engine"] == "spark":
         parquet = ctx.obj["parquet"]
         if not parquet:
-            raise click.UsageError("--engine spark reads a Parquet dataset: give --parquet DIR "
-                                   "(written by `probe aggregate export --parquet DIR`)")
+            raise click.UsageError(
+                "--engine spark reads a Parquet dataset: give --parquet DIR "
+                "(written by `probe aggregate export --parquet DIR`)"
+            )
         if not Path(parquet, "measurements").is_dir():
             raise click.UsageError(f"--parquet {parquet}: no measurements/ dataset in it")
         try:
@@ -55,7 +56,8 @@ def _results(ctx: click.Context):
         except Exception as error:  # noqa: BLE001 - Java missing shows up here
             raise click.ClickException(
                 f"cannot start Spark ({type(error).__name__}: {str(error)[:300]}); Spark needs a "
-                "Java runtime (apt-get install default-jre-headless)") from None
+                "Java runtime (apt-get install default-jre-headless)"
+            ) from None
         try:
             return aggregate(SparkEngine(session, parquet))
         finally:
@@ -75,24 +77,54 @@ def format_table(columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> 
         return "-" if value is None else str(value)
 
     cells = [[show(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title) in
-              enumerate(columns)]
-    lines = ["  ".join(title.ljust(w) for (_, title), w in zip(columns, widths)).rstrip()]
+    widths = [
+        max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title) in enumerate(columns)
+    ]
+    titles = [title for _, title in columns]
+    lines = ["  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
 def _filter(rows: list[dict[str, Any]], country: str | None, service: str | None):
-    return [r for r in rows if (not country or r["probe_cc"] == country.upper())
-            and (not service or r["service"] == service)]
+    return [
+        r
+        for r in rows
+        if (not country or r["probe_cc"] == country.upper())
+        and (not service or r["service"] == service)
+    ]
 
 
 @click.group()
-@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False), help="The DuckDB database file.")
-@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True, help="Where the queries run.")
-@click.option("--parquet", type=click.Path(file_okay=False), help="Parquet dataset for --engine spark (from `export`).")
-@click.option("--spark-master", default="local[*]", show_default=True, metavar="URL", help="Spark master, e.g. spark://host:7077.")
+@click.option(
+    "--db",
+    default=DEFAULT_DB,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The DuckDB database file.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="Where the queries run.",
+)
+@click.option(
+    "--parquet",
+    type=click.Path(file_okay=False),
+    help="Parquet dataset for --engine spark (from `export`).",
+)
+@click.option(
+    "--spark-master",
+    default="local[*]",
+    show_default=True,
+    metavar="URL",
+    help="Spark master, e.g. spark://host:7077.",
+)
 @click.pass_context
 def aggregate(ctx, db, engine, parquet, spark_master) -> None:
     """Turn verified reports into tables, an HTML report and a Parquet dataset."""
@@ -101,9 +133,22 @@ def aggregate(ctx, db, engine, parquet, spark_master) -> None:
 
 @aggregate.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--trusted-keys", type=click.Path(dir_okay=False), help="Count only lines signed by these probe keys.")
-@click.option("--trusted-control-keys", type=click.Path(dir_okay=False), help="Count only control data attested by these helpers.")
-@click.option("--workers", type=click.IntRange(0, 64), default=0, help="Processes checking signatures (0: this one).")
+@click.option(
+    "--trusted-keys",
+    type=click.Path(dir_okay=False),
+    help="Count only lines signed by these probe keys.",
+)
+@click.option(
+    "--trusted-control-keys",
+    type=click.Path(dir_okay=False),
+    help="Count only control data attested by these helpers.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=0,
+    help="Processes checking signatures (0: this one).",
+)
 @click.pass_context
 def ingest(ctx, paths, trusted_keys, trusted_control_keys, workers) -> None:
     """Check and load report files or folders (a collector's --data folder, reports/)."""
@@ -130,9 +175,11 @@ def ingest(ctx, paths, trusted_keys, trusted_control_keys, workers) -> None:
         click.echo(f"... and {result.rejected - 50} more (probe aggregate rejected)")
     for finding in integrity(con)[:50]:
         click.echo(f"warning: {finding}")
-    click.echo(f"{result.files} file(s), {result.lines} line(s): {result.measurements} new "
-               f"measurement(s), {result.duplicates} already known, {result.run_ends} end-of-run "
-               f"record(s), {result.rejected} rejected")
+    click.echo(
+        f"{result.files} file(s), {result.lines} line(s): {result.measurements} new "
+        f"measurement(s), {result.duplicates} already known, {result.run_ends} end-of-run "
+        f"record(s), {result.rejected} rejected"
+    )
 
 
 @aggregate.command()
@@ -142,12 +189,23 @@ def ingest(ctx, paths, trusted_keys, trusted_control_keys, workers) -> None:
 def summary(ctx, country, service) -> None:
     """Per country x network x service x day: measurements, shares, dominant methods."""
     rows = _filter(_results(ctx).summary, country, service)
-    click.echo(format_table([
-        ("probe_cc", "cc"), ("probe_asn", "network"), ("service", "service"), ("day", "day"),
-        ("measurements", "n"), ("share_blocked", "blocked"),
-        ("share_partially_blocked", "partial"), ("share_down", "down"),
-        ("share_inconclusive", "inconcl."), ("methods", "dominant methods"),
-    ], rows))
+    click.echo(
+        format_table(
+            [
+                ("probe_cc", "cc"),
+                ("probe_asn", "network"),
+                ("service", "service"),
+                ("day", "day"),
+                ("measurements", "n"),
+                ("share_blocked", "blocked"),
+                ("share_partially_blocked", "partial"),
+                ("share_down", "down"),
+                ("share_inconclusive", "inconcl."),
+                ("methods", "dominant methods"),
+            ],
+            rows,
+        )
+    )
 
 
 @aggregate.command()
@@ -157,12 +215,22 @@ def summary(ctx, country, service) -> None:
 def endpoints(ctx, country, service) -> None:
     """Per endpoint: how often blocked, how, first and last time."""
     rows = _filter(_results(ctx).endpoints, country, service)
-    click.echo(format_table([
-        ("probe_cc", "cc"), ("probe_asn", "network"), ("service", "service"),
-        ("endpoint_id", "endpoint"), ("observations", "n"), ("share_blocked", "blocked"),
-        ("a_method", "method"), ("first_blocked", "first blocked"),
-        ("last_blocked", "last blocked"),
-    ], rows))
+    click.echo(
+        format_table(
+            [
+                ("probe_cc", "cc"),
+                ("probe_asn", "network"),
+                ("service", "service"),
+                ("endpoint_id", "endpoint"),
+                ("observations", "n"),
+                ("share_blocked", "blocked"),
+                ("a_method", "method"),
+                ("first_blocked", "first blocked"),
+                ("last_blocked", "last blocked"),
+            ],
+            rows,
+        )
+    )
 
 
 @aggregate.command()
@@ -172,12 +240,21 @@ def endpoints(ctx, country, service) -> None:
 def timeline(ctx, country, service) -> None:
     """First and last time each service was seen blocked, per network."""
     rows = _filter(_results(ctx).timeline, country, service)
-    click.echo(format_table([
-        ("probe_cc", "cc"), ("probe_asn", "network"), ("service", "service"),
-        ("measurements", "n"), ("share_blocked", "blocked"),
-        ("first_blocked", "first seen blocked"), ("last_blocked", "last seen blocked"),
-        ("last_measured", "last measured"),
-    ], rows))
+    click.echo(
+        format_table(
+            [
+                ("probe_cc", "cc"),
+                ("probe_asn", "network"),
+                ("service", "service"),
+                ("measurements", "n"),
+                ("share_blocked", "blocked"),
+                ("first_blocked", "first seen blocked"),
+                ("last_blocked", "last seen blocked"),
+                ("last_measured", "last measured"),
+            ],
+            rows,
+        )
+    )
 
 
 @aggregate.command()
@@ -195,7 +272,13 @@ def rejected(ctx, limit) -> None:
 
 
 @aggregate.command()
-@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False), help="Where to write the page.")
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the page.",
+)
 @click.pass_context
 def report(ctx, html_path) -> None:
     """Write a self-contained HTML report (tables, charts, matrix, each with its SQL)."""
@@ -211,14 +294,25 @@ def report(ctx, html_path) -> None:
             "SELECT source, line, reason FROM rejected ORDER BY source, line LIMIT 100"
         ).fetchall()
         findings = integrity(con)
-    page = render(results, rejected=rejected_count, rejections=rejections, integrity=findings,
-                  engine=ctx.obj["engine"])
+    page = render(
+        results,
+        rejected=rejected_count,
+        rejections=rejections,
+        integrity=findings,
+        engine=ctx.obj["engine"],
+    )
     Path(html_path).write_text(page, encoding="utf-8")
     click.echo(f"wrote {html_path} ({len(results.summary)} summary rows)")
 
 
 @aggregate.command()
-@click.option("--parquet", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option(
+    "--parquet",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Dataset folder to write.",
+)
 @click.pass_context
 def export(ctx, out_dir) -> None:
     """Write the Parquet dataset, partitioned by day and country."""

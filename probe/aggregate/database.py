@@ -33,8 +33,14 @@ import pyarrow as pa
 
 from probe.collector.lines import LinePolicy, check_and_parse, split_lines
 
-BLOCKED_VERDICTS = ("dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
-                    "protocol_blocked", "throttled")
+BLOCKED_VERDICTS = (
+    "dns_blocked",
+    "tcp_blocked",
+    "tls_blocked",
+    "http_blocked",
+    "protocol_blocked",
+    "throttled",
+)
 CHUNK_LINES = 2000
 
 MEASUREMENT_COLUMNS = (
@@ -150,8 +156,9 @@ class _Rows:
     rejected: list[tuple] = field(default_factory=list)
 
 
-def _rows_of_chunk(source: str, first_line: int, lines: Sequence[bytes],
-                   policy: LinePolicy) -> _Rows:
+def _rows_of_chunk(
+    source: str, first_line: int, lines: Sequence[bytes], policy: LinePolicy
+) -> _Rows:
     rows = _Rows()
     for offset, line in enumerate(lines):
         number = first_line + offset
@@ -160,11 +167,18 @@ def _rows_of_chunk(source: str, first_line: int, lines: Sequence[bytes],
             rows.rejected.append((source, number, checked.measurement_uid, checked.reason))
             continue
         if checked.end_of_run:
-            rows.run_ends.append((
-                checked.run, checked.key_id, checked.seq,
-                record["end_of_run"]["interrupted"], checked.digest, checked.prev, source,
-                number,
-            ))
+            rows.run_ends.append(
+                (
+                    checked.run,
+                    checked.key_id,
+                    checked.seq,
+                    record["end_of_run"]["interrupted"],
+                    checked.digest,
+                    checked.prev,
+                    source,
+                    number,
+                )
+            )
             continue
         problem = _measurement_rows(record, checked, source, number, rows)
         if problem:
@@ -176,8 +190,9 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _measurement_rows(record: dict[str, Any], checked: Any, source: str, number: int,
-                      rows: _Rows) -> str:
+def _measurement_rows(
+    record: dict[str, Any], checked: Any, source: str, number: int, rows: _Rows
+) -> str:
     """Append the rows of one verified measurement; a reason if it cannot be counted."""
     try:
         started = datetime.datetime.strptime(
@@ -200,24 +215,52 @@ def _measurement_rows(record: dict[str, Any], checked: Any, source: str, number:
     asn = _text(record.get("probe_asn")) or "AS0"
     day = started.date()
     uid = checked.measurement_uid
-    rows.measurements.append((
-        uid, _text(record.get("report_id")), service, cc, asn,
-        _text(record.get("probe_network_name")), started, day, status,
-        _text(annotations.get("analysis")), annotations.get("incomplete") == "true",
-        isinstance(control, dict) and "attestation" in control,
-        checked.key_id, checked.run, checked.seq, checked.digest, checked.prev, source, number,
-    ))
+    rows.measurements.append(
+        (
+            uid,
+            _text(record.get("report_id")),
+            service,
+            cc,
+            asn,
+            _text(record.get("probe_network_name")),
+            started,
+            day,
+            status,
+            _text(annotations.get("analysis")),
+            annotations.get("incomplete") == "true",
+            isinstance(control, dict) and "attestation" in control,
+            checked.key_id,
+            checked.run,
+            checked.seq,
+            checked.digest,
+            checked.prev,
+            source,
+            number,
+        )
+    )
     for entry in endpoints:
         if not isinstance(entry, dict):
             continue
         port = entry.get("port")
-        rows.endpoints.append((
-            uid, service, cc, asn, started, day, _text(entry.get("id")) or "?",
-            _text(entry.get("host")), _text(entry.get("address")),
-            port if isinstance(port, int) and not isinstance(port, bool) else None,
-            _text(entry.get("verdict")) or "inconclusive", _text(entry.get("method")),
-            _text(entry.get("failure")), source, number,
-        ))
+        rows.endpoints.append(
+            (
+                uid,
+                service,
+                cc,
+                asn,
+                started,
+                day,
+                _text(entry.get("id")) or "?",
+                _text(entry.get("host")),
+                _text(entry.get("address")),
+                port if isinstance(port, int) and not isinstance(port, bool) else None,
+                _text(entry.get("verdict")) or "inconclusive",
+                _text(entry.get("method")),
+                _text(entry.get("failure")),
+                source,
+                number,
+            )
+        )
     return ""
 
 
@@ -229,7 +272,7 @@ def _read_chunks(paths: Sequence[Path]) -> Iterator[tuple[str, int, list[bytes]]
             raise IngestError(f"cannot read {path}: {error.strerror or error}") from None
         lines = split_lines(data)
         for start in range(0, len(lines), CHUNK_LINES):
-            yield str(path), start + 1, lines[start:start + CHUNK_LINES]
+            yield str(path), start + 1, lines[start : start + CHUNK_LINES]
 
 
 # --------------------------------------------------------------------------- #
@@ -276,8 +319,9 @@ def ingest(
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             pending: list[tuple[concurrent.futures.Future[_Rows], int]] = []
             for source, first, lines in chunks:
-                pending.append((pool.submit(_rows_of_chunk, source, first, lines, policy),
-                                len(lines)))
+                pending.append(
+                    (pool.submit(_rows_of_chunk, source, first, lines, policy), len(lines))
+                )
                 if len(pending) >= workers * 4:  # bounded memory: a few chunks in flight
                     future, count = pending.pop(0)
                     take(future.result(), count)
@@ -293,15 +337,22 @@ def ingest(
 def _arrow(rows: list[tuple], columns: tuple) -> pa.Table:
     names = [name for name, _, _ in columns]
     schema = pa.schema([(name, arrow_type) for name, arrow_type, _ in columns])
-    return pa.Table.from_arrays(
-        [pa.array(values, type=arrow_type) for values, (_, arrow_type, _) in
-         zip(zip(*rows), columns)],
-        schema=schema,
-    ) if rows else pa.Table.from_pylist([], schema=schema).select(names)
+    return (
+        pa.Table.from_arrays(
+            [
+                pa.array(values, type=arrow_type)
+                for values, (_, arrow_type, _) in zip(zip(*rows, strict=True), columns, strict=True)
+            ],
+            schema=schema,
+        )
+        if rows
+        else pa.Table.from_pylist([], schema=schema).select(names)
+    )
 
 
-def _flush(con: duckdb.DuckDBPyConnection, staged: dict[str, list[pa.Table]],
-           result: IngestResult) -> None:
+def _flush(
+    con: duckdb.DuckDBPyConnection, staged: dict[str, list[pa.Table]], result: IngestResult
+) -> None:
     """Move staged rows into the tables, keeping the first copy of each measurement."""
     tables = {
         name: pa.concat_tables(parts) if parts else _arrow([], TABLES[name])
@@ -408,12 +459,15 @@ def integrity(con: duckdb.DuckDBPyConnection) -> list[str]:
     for run, key_id, present, expected, sealed, broken in con.execute(INTEGRITY_SQL).fetchall():
         where = f"run {run[:8]} (key {key_id})"
         if broken:
-            findings.append(f"{where}: {broken} line(s) do not link to the line before them "
-                            "(the run was forked or spliced)")
+            findings.append(
+                f"{where}: {broken} line(s) do not link to the line before them "
+                "(the run was forked or spliced)"
+            )
         if present < expected:
-            findings.append(f"{where}: {expected - present} of {expected} line(s) never "
-                            "received")
+            findings.append(f"{where}: {expected - present} of {expected} line(s) never received")
         if not sealed:
-            findings.append(f"{where}: no end-of-run record (the probe was interrupted, or the "
-                            "end of the run was not uploaded)")
+            findings.append(
+                f"{where}: no end-of-run record (the probe was interrupted, or the "
+                "end of the run was not uploaded)"
+            )
     return findings

@@ -14,8 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-PARTITIONING = ds.partitioning(pa.schema([("day", pa.date32()), ("probe_cc", pa.string())]),
-                               flavor="hive")
+PARTITIONING = ds.partitioning(
+    pa.schema([("day", pa.date32()), ("probe_cc", pa.string())]), flavor="hive"
+)
 
 
 def export_parquet(con, out_dir: str | os.PathLike[str]) -> dict[str, int]:
@@ -29,9 +30,14 @@ def export_parquet(con, out_dir: str | os.PathLike[str]) -> dict[str, int]:
             f"SELECT * FROM {table} ORDER BY day, probe_cc, measurement_uid"
         ).to_arrow_reader(100_000)
         ds.write_dataset(
-            reader, target, format="parquet", partitioning=PARTITIONING,
-            existing_data_behavior="delete_matching", basename_template="part-{i}.parquet",
-            max_rows_per_file=1_000_000, max_rows_per_group=100_000,
+            reader,
+            target,
+            format="parquet",
+            partitioning=PARTITIONING,
+            existing_data_behavior="delete_matching",
+            basename_template="part-{i}.parquet",
+            max_rows_per_file=1_000_000,
+            max_rows_per_group=100_000,
         )
         cursor.close()
         written[table] = count

@@ -28,8 +28,8 @@ MAX_CHARTS = 200
 MAX_ROWS = 2000
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left}
@@ -58,9 +58,15 @@ def _table(table_id: str, columns: Sequence[tuple[str, str]], rows: list[dict[st
         "<tr>" + "".join(_cell(row.get(key)) for key, _ in columns) + "</tr>"
         for row in rows[:MAX_ROWS]
     )
-    more = (f'<p class="note">First {MAX_ROWS} of {len(rows)} rows; the CLI and the Parquet '
-            "export have them all.</p>" if len(rows) > MAX_ROWS else "")
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
+    more = (
+        f'<p class="note">First {MAX_ROWS} of {len(rows)} rows; the CLI and the Parquet '
+        "export have them all.</p>"
+        if len(rows) > MAX_ROWS
+        else ""
+    )
+    return (
+        f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
+    )
 
 
 def _query(*names: str) -> str:
@@ -83,25 +89,33 @@ def _matrix(results: Results) -> str:
                 continue
             level = row["share_blocked"]
             colour = f"rgba(192,57,43,{0.1 + 0.8 * level:.2f})" if level else "#eafaf1"
-            title = (f"{row['blocked']} blocked, {row['partially_blocked']} partially blocked of "
-                     f"{row['measurements']} measurements in {row['networks']} network(s)")
-            tds.append(f'<td class="num" style="background:{colour}" title="{escape(title)}" '
-                       f'data-service="{escape(service)}" data-country="{escape(cc)}">'
-                       f"{level:.0%}</td>")
+            title = (
+                f"{row['blocked']} blocked, {row['partially_blocked']} partially blocked of "
+                f"{row['measurements']} measurements in {row['networks']} network(s)"
+            )
+            tds.append(
+                f'<td class="num" style="background:{colour}" title="{escape(title)}" '
+                f'data-service="{escape(service)}" data-country="{escape(cc)}">'
+                f"{level:.0%}</td>"
+            )
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    return (f'<table id="matrix"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
-            "</tbody></table>")
+    return (
+        f'<table id="matrix"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 def _days(first: str, last: str) -> list[str]:
     start = datetime.date.fromisoformat(first)
     end = datetime.date.fromisoformat(last)
-    return [(start + datetime.timedelta(days=n)).isoformat()
-            for n in range((end - start).days + 1)]
+    return [(start + datetime.timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 
-def _chart(key: tuple[str, str, str], rows: list[dict[str, Any]], days: list[str],
-           timeline: dict[tuple, dict[str, Any]]) -> str:
+def _chart(
+    key: tuple[str, str, str],
+    rows: list[dict[str, Any]],
+    days: list[str],
+    timeline: dict[tuple, dict[str, Any]],
+) -> str:
     """Stacked daily bars of service status shares for one service in one network."""
     cc, asn, service = key
     width, height, left, bottom = 360, 120, 30, 18
@@ -121,24 +135,32 @@ def _chart(key: tuple[str, str, str], rows: list[dict[str, Any]], days: list[str
                     f'<rect x="{left + index * bar:.1f}" y="{y:.1f}" width="{max(bar - 1, 1):.1f}" '
                     f'height="{size:.1f}" fill="{COLOURS[status]}"><title>{escape(day)}: '
                     f"{row[status]} {status.replace('_', ' ')} of {row['measurements']}"
-                    "</title></rect>")
+                    "</title></rect>"
+                )
             y += size
-    axis = (f'<line x1="{left}" y1="{height - bottom}" x2="{width - 5}" y2="{height - bottom}" '
-            'stroke="#999"/>'
-            f'<text x="0" y="12" font-size="9">100%</text>'
-            f'<text x="0" y="{height - bottom}" font-size="9">0%</text>'
-            f'<text x="{left}" y="{height - 4}" font-size="9">{escape(days[0])}</text>'
-            f'<text x="{width - 5}" y="{height - 4}" font-size="9" text-anchor="end">'
-            f"{escape(days[-1])}</text>")
+    axis = (
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - 5}" y2="{height - bottom}" '
+        'stroke="#999"/>'
+        f'<text x="0" y="12" font-size="9">100%</text>'
+        f'<text x="0" y="{height - bottom}" font-size="9">0%</text>'
+        f'<text x="{left}" y="{height - 4}" font-size="9">{escape(days[0])}</text>'
+        f'<text x="{width - 5}" y="{height - 4}" font-size="9" text-anchor="end">'
+        f"{escape(days[-1])}</text>"
+    )
     info = timeline.get(key, {})
-    seen = ("never seen blocked" if not info.get("first_blocked") else
-            f"blocked from {info['first_blocked']} to {info['last_blocked']}")
+    seen = (
+        "never seen blocked"
+        if not info.get("first_blocked")
+        else f"blocked from {info['first_blocked']} to {info['last_blocked']}"
+    )
     title = f"{service} in {cc} {asn}"
-    return (f'<figure class="chart" data-service="{escape(service)}" data-country="{escape(cc)}" '
-            f'data-asn="{escape(asn)}"><svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
-            f'height="{height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}'
-            f"</title>{axis}{''.join(parts)}</svg><figcaption>{escape(title)}: "
-            f"{escape(seen)}</figcaption></figure>")
+    return (
+        f'<figure class="chart" data-service="{escape(service)}" data-country="{escape(cc)}" '
+        f'data-asn="{escape(asn)}"><svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}'
+        f"</title>{axis}{''.join(parts)}</svg><figcaption>{escape(title)}: "
+        f"{escape(seen)}</figcaption></figure>"
+    )
 
 
 def _charts(results: Results) -> str:
@@ -153,16 +175,26 @@ def _charts(results: Results) -> str:
     order = sorted(groups, key=lambda k: (not timeline.get(k, {}).get("blocked"), k))
     charts = [_chart(key, groups[key], days, timeline) for key in order[:MAX_CHARTS]]
     legend = "".join(
-        f'<span><i class="swatch" style="background:{colour}"></i>{status.replace("_", " ")}'
-        "</span>" for status, colour in COLOURS.items())
-    more = (f'<p class="note">First {MAX_CHARTS} of {len(groups)} charts.</p>'
-            if len(groups) > MAX_CHARTS else "")
+        f'<span><i class="swatch" style="background:{colour}"></i>{status.replace("_", " ")}</span>'
+        for status, colour in COLOURS.items()
+    )
+    more = (
+        f'<p class="note">First {MAX_CHARTS} of {len(groups)} charts.</p>'
+        if len(groups) > MAX_CHARTS
+        else ""
+    )
     return f'<p class="legend">{legend}</p><div id="charts">{"".join(charts)}</div>{more}'
 
 
-def render(results: Results, *, rejected: int = 0, rejections: Sequence[tuple] = (),
-           integrity: Sequence[str] = (), engine: str = "duckdb",
-           generated: datetime.datetime | None = None) -> str:
+def render(
+    results: Results,
+    *,
+    rejected: int = 0,
+    rejections: Sequence[tuple] = (),
+    integrity: Sequence[str] = (),
+    engine: str = "duckdb",
+    generated: datetime.datetime | None = None,
+) -> str:
     generated = generated or datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     total = sum(r["measurements"] for r in results.summary)
     days = sorted({r["day"] for r in results.summary})
@@ -170,30 +202,47 @@ def render(results: Results, *, rejected: int = 0, rejections: Sequence[tuple] =
     countries = len({r["probe_cc"] for r in results.summary})
     networks = len({(r["probe_cc"], r["probe_asn"]) for r in results.summary})
     summary_columns = [
-        ("probe_cc", "country"), ("probe_asn", "network"), ("service", "service"), ("day", "day"),
-        ("measurements", "measurements"), ("share_blocked", "blocked"),
-        ("share_partially_blocked", "partially blocked"), ("share_down", "down"),
-        ("share_inconclusive", "inconclusive"), ("methods", "dominant methods"),
+        ("probe_cc", "country"),
+        ("probe_asn", "network"),
+        ("service", "service"),
+        ("day", "day"),
+        ("measurements", "measurements"),
+        ("share_blocked", "blocked"),
+        ("share_partially_blocked", "partially blocked"),
+        ("share_down", "down"),
+        ("share_inconclusive", "inconclusive"),
+        ("methods", "dominant methods"),
     ]
     timeline_columns = [
-        ("probe_cc", "country"), ("probe_asn", "network"), ("service", "service"),
-        ("measurements", "measurements"), ("share_blocked", "blocked or partially"),
-        ("first_blocked", "first seen blocked"), ("last_blocked", "last seen blocked"),
+        ("probe_cc", "country"),
+        ("probe_asn", "network"),
+        ("service", "service"),
+        ("measurements", "measurements"),
+        ("share_blocked", "blocked or partially"),
+        ("first_blocked", "first seen blocked"),
+        ("last_blocked", "last seen blocked"),
         ("last_measured", "last measured"),
     ]
     endpoint_columns = [
-        ("probe_cc", "country"), ("probe_asn", "network"), ("service", "service"),
-        ("endpoint_id", "endpoint"), ("observations", "observations"),
-        ("share_blocked", "blocked"), ("a_method", "method"), ("first_blocked", "first blocked"),
+        ("probe_cc", "country"),
+        ("probe_asn", "network"),
+        ("service", "service"),
+        ("endpoint_id", "endpoint"),
+        ("observations", "observations"),
+        ("share_blocked", "blocked"),
+        ("a_method", "method"),
+        ("first_blocked", "first blocked"),
         ("last_blocked", "last blocked"),
     ]
     quality = ""
     if rejected or integrity:
         items = "".join(f"<li>{escape(f'{s}:{n}: {r}')}</li>" for s, n, r in rejections[:100])
         findings = "".join(f"<li>{escape(f)}</li>" for f in integrity[:100])
-        quality = (f'<h2 id="quality">Data quality</h2><p>{rejected} line(s) were rejected and '
-                   f"are not counted.</p><ul id=\"rejected\">{items}</ul>"
-                   f'<ul id="integrity">{findings}</ul>')
+        quality = (
+            f'<h2 id="quality">Data quality</h2><p>{rejected} line(s) were rejected and '
+            f'are not counted.</p><ul id="rejected">{items}</ul>'
+            f'<ul id="integrity">{findings}</ul>'
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

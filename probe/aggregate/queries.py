@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-BLOCKED = "('dns_blocked', 'tcp_blocked', 'tls_blocked', 'http_blocked', " \
-          "'protocol_blocked', 'throttled')"
+BLOCKED = (
+    "('dns_blocked', 'tcp_blocked', 'tls_blocked', 'http_blocked', 'protocol_blocked', 'throttled')"
+)
 STATUSES = ("blocked", "partially_blocked", "down", "inconclusive", "ok")
 TOP_METHODS = 3
 
@@ -129,7 +130,7 @@ class Results:
 
 
 def _dicts(names: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [dict(zip(names, row)) for row in rows]
+    return [dict(zip(names, row, strict=False)) for row in rows]
 
 
 def aggregate(engine: Engine) -> Results:
@@ -139,29 +140,57 @@ def aggregate(engine: Engine) -> Results:
     for cc, asn, service, day, method, count in raw["methods"]:
         methods.setdefault((cc, asn, service, day), []).append(f"{method} ({int(count)})")
     summary = []
-    for row in _dicts(["probe_cc", "probe_asn", "service", "day", "measurements", *STATUSES],
-                      raw["summary"]):
+    for row in _dicts(
+        ["probe_cc", "probe_asn", "service", "day", "measurements", *STATUSES], raw["summary"]
+    ):
         total = row["measurements"]
         for status in STATUSES:
             row[f"share_{status}"] = share(row[status], total)
-        row["methods"] = methods.get((row["probe_cc"], row["probe_asn"], row["service"],
-                                      row["day"]), [])
+        row["methods"] = methods.get(
+            (row["probe_cc"], row["probe_asn"], row["service"], row["day"]), []
+        )
         summary.append(row)
-    endpoints = _dicts(["probe_cc", "probe_asn", "service", "endpoint_id", "observations",
-                        "blocked", "down", "inconclusive", "ok", "first_blocked",
-                        "last_blocked", "a_method"], raw["endpoints"])
+    endpoints = _dicts(
+        [
+            "probe_cc",
+            "probe_asn",
+            "service",
+            "endpoint_id",
+            "observations",
+            "blocked",
+            "down",
+            "inconclusive",
+            "ok",
+            "first_blocked",
+            "last_blocked",
+            "a_method",
+        ],
+        raw["endpoints"],
+    )
     for row in endpoints:
         row["share_blocked"] = share(row["blocked"], row["observations"])
-    timeline = _dicts(["probe_cc", "probe_asn", "service", "measurements", "blocked",
-                       "first_blocked", "last_blocked", "first_measured", "last_measured"],
-                      raw["timeline"])
+    timeline = _dicts(
+        [
+            "probe_cc",
+            "probe_asn",
+            "service",
+            "measurements",
+            "blocked",
+            "first_blocked",
+            "last_blocked",
+            "first_measured",
+            "last_measured",
+        ],
+        raw["timeline"],
+    )
     for row in timeline:
         row["share_blocked"] = share(row["blocked"], row["measurements"])
-    matrix = _dicts(["probe_cc", "service", "measurements", "networks", "blocked",
-                     "partially_blocked", "ok"], raw["matrix"])
+    matrix = _dicts(
+        ["probe_cc", "service", "measurements", "networks", "blocked", "partially_blocked", "ok"],
+        raw["matrix"],
+    )
     for row in matrix:
-        row["share_blocked"] = share(row["blocked"] + row["partially_blocked"],
-                                     row["measurements"])
+        row["share_blocked"] = share(row["blocked"] + row["partially_blocked"], row["measurements"])
     return Results(summary, endpoints, timeline, matrix, raw)
 
 
@@ -204,10 +233,14 @@ def spark_session(master: str = "local[*]", app_name: str = "probe-aggregate"):
     builder = SparkSession.builder.master(master).appName(app_name)
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = (builder.config("spark.driver.host", "127.0.0.1")
-                   .config("spark.driver.bindAddress", "127.0.0.1")
-                   .config("spark.sql.shuffle.partitions", "8"))
-    return (builder.config("spark.ui.enabled", "false")
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.ui.showConsoleProgress", "false")
-            .getOrCreate())
+        builder = (
+            builder.config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.sql.shuffle.partitions", "8")
+        )
+    return (
+        builder.config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )

@@ -57,8 +57,14 @@ METHODS = {
     "inconclusive": (None, "generic_timeout_error", "connect"),
     "ok": (None, None, None),
 }
-BLOCKED = {"dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
-           "protocol_blocked", "throttled"}
+BLOCKED = {
+    "dns_blocked",
+    "tcp_blocked",
+    "tls_blocked",
+    "http_blocked",
+    "protocol_blocked",
+    "throttled",
+}
 
 
 def service_status(verdicts: Iterable[str]) -> str:
@@ -91,13 +97,21 @@ def measurement(
         verdict = verdicts.get(endpoint_id, "ok")
         method, failure, operation = METHODS.get(verdict, ("other", "unknown_failure", None))
         dns_failed = verdict == "dns_blocked"
-        rows.append({
-            "id": endpoint_id, "host": host,
-            "address": None if dns_failed else address, "port": None if dns_failed else port,
-            "role": None, "checks": ["dns", "tcp", "tls"], "verdict": verdict, "method": method,
-            "failure": failure, "failed_operation": operation,
-            "explanation": f"{endpoint_id} is {verdict}",
-        })
+        rows.append(
+            {
+                "id": endpoint_id,
+                "host": host,
+                "address": None if dns_failed else address,
+                "port": None if dns_failed else port,
+                "role": None,
+                "checks": ["dns", "tcp", "tls"],
+                "verdict": verdict,
+                "method": method,
+                "failure": failure,
+                "failed_operation": operation,
+                "explanation": f"{endpoint_id} is {verdict}",
+            }
+        )
     status = service_status(r["verdict"] for r in rows)
     moment = f"{started:%Y-%m-%d %H:%M:%S}"
     return {
@@ -132,8 +146,12 @@ def _dumps(record: Mapping[str, Any]) -> bytes:
 
 
 def sign_run(
-    key: SigningKey, measurements: Iterable[Mapping[str, Any]], run_id: str | None = None,
-    *, finish: bool = True, interrupted: bool = False,
+    key: SigningKey,
+    measurements: Iterable[Mapping[str, Any]],
+    run_id: str | None = None,
+    *,
+    finish: bool = True,
+    interrupted: bool = False,
 ) -> list[bytes]:
     """A run's report lines (each ending with a newline), as ReportSigner writes them."""
     run = run_id or new_run_id()
@@ -141,17 +159,28 @@ def sign_run(
     lines = []
     records = [dict(m) for m in measurements]
     if finish:
-        records.append({END_OF_RUN_FIELD: {"measurements": len(records),
-                                          "interrupted": interrupted}})
+        records.append(
+            {END_OF_RUN_FIELD: {"measurements": len(records), "interrupted": interrupted}}
+        )
     for seq, record in enumerate(records):
         signature = {
-            "version": FORMAT_VERSION, "alg": ALGORITHM, "key_id": key.key_id,
-            "public_key": key.public_key_b64, "run": run, "seq": seq, "prev": previous,
+            "version": FORMAT_VERSION,
+            "alg": ALGORITHM,
+            "key_id": key.key_id,
+            "public_key": key.public_key_b64,
+            "run": run,
+            "seq": seq,
+            "prev": previous,
         }
         record["signature"] = signature
-        signature["value"] = b64encode(key.sign(REPORT_LINE_CONTEXT + _dumps(
-            {**record, "signature": {k: v for k, v in signature.items() if k != "value"}}
-        )))
+        signature["value"] = b64encode(
+            key.sign(
+                REPORT_LINE_CONTEXT
+                + _dumps(
+                    {**record, "signature": {k: v for k, v in signature.items() if k != "value"}}
+                )
+            )
+        )
         line = _dumps(record)
         previous = hashlib.sha256(line).hexdigest()
         lines.append(line + b"\n")
@@ -168,21 +197,44 @@ class Network:
 
 # Blocking patterns per (country, network); the rest of the time every endpoint is ok.
 NETWORKS = (
-    Network("IR", "AS197207", {
-        "telegram": (0, 10**6, {"telegram-dc1": "tcp_blocked", "telegram-dc2": "tcp_blocked",
-                                "telegram-web": "dns_blocked"}),
-        "whatsapp": (2, 4, {"whatsapp-web": "tls_blocked"}),
-    }),
-    Network("IR", "AS44244", {
-        "telegram": (1, 10**6, {"telegram-web": "dns_blocked"}),
-        "signal": (0, 10**6, {"signal-chat": "tls_blocked", "signal-storage": "tls_blocked"}),
-    }),
-    Network("RU", "AS12389", {
-        "telegram": (3, 5, {"telegram-web": "http_blocked"}),
-    }),
-    Network("DE", "AS3320", {
-        "whatsapp": (1, 1, {"whatsapp-e1": "down", "whatsapp-web": "down"}),
-    }),
+    Network(
+        "IR",
+        "AS197207",
+        {
+            "telegram": (
+                0,
+                10**6,
+                {
+                    "telegram-dc1": "tcp_blocked",
+                    "telegram-dc2": "tcp_blocked",
+                    "telegram-web": "dns_blocked",
+                },
+            ),
+            "whatsapp": (2, 4, {"whatsapp-web": "tls_blocked"}),
+        },
+    ),
+    Network(
+        "IR",
+        "AS44244",
+        {
+            "telegram": (1, 10**6, {"telegram-web": "dns_blocked"}),
+            "signal": (0, 10**6, {"signal-chat": "tls_blocked", "signal-storage": "tls_blocked"}),
+        },
+    ),
+    Network(
+        "RU",
+        "AS12389",
+        {
+            "telegram": (3, 5, {"telegram-web": "http_blocked"}),
+        },
+    ),
+    Network(
+        "DE",
+        "AS3320",
+        {
+            "whatsapp": (1, 1, {"whatsapp-e1": "down", "whatsapp-web": "down"}),
+        },
+    ),
 )
 START = datetime.datetime(2026, 3, 1, tzinfo=datetime.UTC)
 
@@ -193,8 +245,11 @@ def verdicts_for(network: Network, service: str, day: int) -> dict[str, str]:
 
 
 def scenario(
-    days: int = 7, runs_per_day: int = 2, keys: list[SigningKey] | None = None,
-    seed: int = 7, networks: tuple[Network, ...] = NETWORKS,
+    days: int = 7,
+    runs_per_day: int = 2,
+    keys: list[SigningKey] | None = None,
+    seed: int = 7,
+    networks: tuple[Network, ...] = NETWORKS,
 ) -> Iterator[tuple[SigningKey, list[bytes]]]:
     """Runs over every network and day, each measuring every service: (key, lines)."""
     rng = random.Random(seed)
@@ -204,13 +259,18 @@ def scenario(
     for day in range(days):
         for number in range(runs_per_day):
             for index, network in enumerate(networks):
-                started = START + datetime.timedelta(days=day, hours=2 + 8 * number,
-                                                     minutes=index)
+                started = START + datetime.timedelta(days=day, hours=2 + 8 * number, minutes=index)
                 report_id = f"{started:%Y%m%dT%H%M%SZ}_probe_{rng.getrandbits(48):012x}"
                 run = [
-                    measurement(service, network.cc, network.asn, started,
-                                verdicts_for(network, service, day), report_id,
-                                f"{rng.getrandbits(64):016x}")
+                    measurement(
+                        service,
+                        network.cc,
+                        network.asn,
+                        started,
+                        verdicts_for(network, service, day),
+                        report_id,
+                        f"{rng.getrandbits(64):016x}",
+                    )
                     for service in SERVICES
                 ]
                 key = keys[index % len(keys)]

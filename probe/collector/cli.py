@@ -51,25 +51,115 @@ def collector() -> None:
 
 
 @collector.command("serve")
-@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="IP:PORT", help="Address to listen on; port 0 picks a free one.")
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Folder of the stored reports (created if missing).")
-@click.option("--trusted-keys", type=click.Path(dir_okay=False), help="Accept only lines signed by these probe keys (one base64 key or key id a line).")
-@click.option("--trusted-control-keys", type=click.Path(dir_okay=False), help="Control helpers whose attestations count; unattested control data is then refused.")
-@click.option("--max-concurrent", type=click.IntRange(1, 4096), default=DEFAULTS.max_concurrent_uploads, show_default=True, help="Uploads processed at once; more get 503.")
-@click.option("--max-connections", type=click.IntRange(1, 100_000), default=DEFAULTS.max_connections, show_default=True)
-@click.option("--address-rate", type=click.FloatRange(0.001), default=DEFAULTS.address_rate, show_default=True, help="Upload requests per second per address.")
-@click.option("--address-burst", type=click.FloatRange(1), default=DEFAULTS.address_burst, show_default=True)
-@click.option("--key-rate", type=click.FloatRange(0.001), default=DEFAULTS.key_rate, show_default=True, help="New lines per second per probe key.")
-@click.option("--key-burst", type=click.FloatRange(1), default=DEFAULTS.key_burst, show_default=True)
-@click.option("--max-body-mib", type=click.IntRange(1, 1024), default=DEFAULTS.max_body_bytes // MIB, show_default=True)
-@click.option("--body-timeout", type=click.FloatRange(0.1, 3600), default=DEFAULTS.body_timeout, show_default=True, help="Seconds to receive a request body.")
-@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=DEFAULTS.header_timeout, show_default=True, help="Seconds for a new connection to send its request.")
-@click.option("--check-workers", type=click.IntRange(0, 64), default=2, show_default=True, help="Processes checking signatures (0: a thread of the server).")
-@click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    metavar="IP:PORT",
+    help="Address to listen on; port 0 picks a free one.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder of the stored reports (created if missing).",
+)
+@click.option(
+    "--trusted-keys",
+    type=click.Path(dir_okay=False),
+    help="Accept only lines signed by these probe keys (one base64 key or key id a line).",
+)
+@click.option(
+    "--trusted-control-keys",
+    type=click.Path(dir_okay=False),
+    help="Control helpers whose attestations count; unattested control data is then refused.",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1, 4096),
+    default=DEFAULTS.max_concurrent_uploads,
+    show_default=True,
+    help="Uploads processed at once; more get 503.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 100_000),
+    default=DEFAULTS.max_connections,
+    show_default=True,
+)
+@click.option(
+    "--address-rate",
+    type=click.FloatRange(0.001),
+    default=DEFAULTS.address_rate,
+    show_default=True,
+    help="Upload requests per second per address.",
+)
+@click.option(
+    "--address-burst", type=click.FloatRange(1), default=DEFAULTS.address_burst, show_default=True
+)
+@click.option(
+    "--key-rate",
+    type=click.FloatRange(0.001),
+    default=DEFAULTS.key_rate,
+    show_default=True,
+    help="New lines per second per probe key.",
+)
+@click.option(
+    "--key-burst", type=click.FloatRange(1), default=DEFAULTS.key_burst, show_default=True
+)
+@click.option(
+    "--max-body-mib",
+    type=click.IntRange(1, 1024),
+    default=DEFAULTS.max_body_bytes // MIB,
+    show_default=True,
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULTS.body_timeout,
+    show_default=True,
+    help="Seconds to receive a request body.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULTS.header_timeout,
+    show_default=True,
+    help="Seconds for a new connection to send its request.",
+)
+@click.option(
+    "--check-workers",
+    type=click.IntRange(0, 64),
+    default=2,
+    show_default=True,
+    help="Processes checking signatures (0: a thread of the server).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Stop after this many seconds (0: never).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems, not every upload.")
-def serve(listen, data_dir, trusted_keys, trusted_control_keys, max_concurrent, max_connections,
-          address_rate, address_burst, key_rate, key_burst, max_body_mib, body_timeout,
-          header_timeout, check_workers, duration, quiet) -> None:
+def serve(
+    listen,
+    data_dir,
+    trusted_keys,
+    trusted_control_keys,
+    max_concurrent,
+    max_connections,
+    address_rate,
+    address_burst,
+    key_rate,
+    key_burst,
+    max_body_mib,
+    body_timeout,
+    header_timeout,
+    check_workers,
+    duration,
+    quiet,
+) -> None:
     """Serve POST /v1/measurements and GET /health (see docs/upload-protocol.md)."""
     from probe.collector.lines import LinePolicy
     from probe.collector.server import Collector
@@ -99,13 +189,16 @@ def serve(listen, data_dir, trusted_keys, trusted_control_keys, max_concurrent, 
     try:
         recovery = store.open()
     except OSError as error:
-        click.echo(f"probe collector: cannot use --data {data_dir}: {error.strerror or error}",
-                   err=True)
+        click.echo(
+            f"probe collector: cannot use --data {data_dir}: {error.strerror or error}", err=True
+        )
         sys.exit(2)
     message = f"store {data_dir}: {recovery.lines} line(s) in {recovery.files} run file(s)"
     if recovery.torn_files:
-        message += (f"; cut {recovery.torn_bytes} byte(s) of unacknowledged torn tail from "
-                    f"{', '.join(recovery.torn_files)}")
+        message += (
+            f"; cut {recovery.torn_bytes} byte(s) of unacknowledged torn tail from "
+            f"{', '.join(recovery.torn_files)}"
+        )
     if recovery.unreadable_lines:
         message += f"; {recovery.unreadable_lines} unreadable line(s) left in place"
     click.echo(message, err=True)
@@ -121,13 +214,17 @@ def serve(listen, data_dir, trusted_keys, trusted_control_keys, max_concurrent, 
         if duration:
             loop.call_later(duration, stop.set)
         await serve_collector(
-            app, host, port, stop=stop,
+            app,
+            host,
+            port,
+            stop=stop,
             ready=lambda url: click.echo(f"collector listening on {url}", err=True),
         )
 
     try:
         asyncio.run(go())
     except OSError as error:
-        click.echo(f"probe collector: cannot listen on {listen}: {error.strerror or error}",
-                   err=True)
+        click.echo(
+            f"probe collector: cannot listen on {listen}: {error.strerror or error}", err=True
+        )
         sys.exit(1)

@@ -229,7 +229,10 @@ def _parse(line: bytes) -> tuple[Any, bool] | str:
         return f"not valid UTF-8 (byte {error.start})"
     try:
         value = json.loads(
-            text, object_pairs_hook=pairs, parse_float=number, parse_int=integer,
+            text,
+            object_pairs_hook=pairs,
+            parse_float=number,
+            parse_int=integer,
             parse_constant=constant,
         )
     except _NotJson as error:
@@ -245,7 +248,10 @@ def _canonical(value: Any, safe: bool) -> bytes:
     if safe:
         try:
             return json.dumps(
-                value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                value,
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
                 allow_nan=False,
             ).encode("utf-8")
         except (UnicodeEncodeError, ValueError, RecursionError):

@@ -134,7 +134,7 @@ class GroupWriter:
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
-            for pending, result in zip(group, outcomes):
+            for pending, result in zip(group, outcomes, strict=False):
                 if not pending.future.done():
                     pending.future.set_result(result)
 
@@ -175,7 +175,9 @@ class Collector:
         self.address_buckets = TokenBuckets(
             limits.address_rate, limits.address_burst, limits.max_tracked, clock
         )
-        self.key_buckets = TokenBuckets(limits.key_rate, limits.key_burst, limits.max_tracked, clock)
+        self.key_buckets = TokenBuckets(
+            limits.key_rate, limits.key_burst, limits.max_tracked, clock
+        )
         self.writer = GroupWriter(store)
         self.uploads_in_flight = 0
         self._pool: concurrent.futures.Executor | None = None
@@ -187,11 +189,15 @@ class Collector:
             # forkserver: workers never inherit the event loop, threads or sockets.
             context = multiprocessing.get_context("forkserver")
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.check_workers, mp_context=context, initializer=_exit_with,
+                self.check_workers,
+                mp_context=context,
+                initializer=_exit_with,
                 initargs=(os.getpid(),),
             )
             # Start the workers now, so the first upload does not pay for it.
-            await asyncio.get_running_loop().run_in_executor(self._pool, check_lines, [], self.policy)
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, check_lines, [], self.policy
+            )
         else:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="check")
 
@@ -233,7 +239,10 @@ class Collector:
         self.totals.update(counts)
         log.info(
             "upload: %d line(s): %d stored, %d duplicate, %d rejected in %.0f ms",
-            len(results), counts[STORED], counts[DUPLICATE], counts[REJECTED],
+            len(results),
+            counts[STORED],
+            counts[DUPLICATE],
+            counts[REJECTED],
             (time.perf_counter() - started) * 1000,
         )
         return web.json_response({"results": results})
@@ -274,14 +283,17 @@ class Collector:
         self._charge_keys(new_by_key)
         accepted = [
             Accepted(c.dedupe_key, c.digest, c.key_id, c.run, line)
-            for c, line in zip(checked, lines) if c.ok
+            for c, line in zip(checked, lines, strict=False)
+            if c.ok
         ]
         try:
             outcomes = iter(await self.writer.submit(accepted))
         except StoreError:
             for key_id, count in new_by_key.items():
                 self.key_buckets.give_back(key_id, count)
-            raise RequestRefused(503, "the collector cannot store right now, retry later", 30)
+            raise RequestRefused(
+                503, "the collector cannot store right now, retry later", 30
+            ) from None
         results = []
         for number, item in enumerate(checked, start=1):
             if item.ok:
@@ -291,12 +303,14 @@ class Collector:
                 status, reason = REJECTED, item.reason
             if status == REJECTED:
                 log.info("rejected line %d (key %s): %s", number, item.key_id or "?", reason)
-            results.append({
-                "line": number,
-                "measurement_uid": item.measurement_uid,
-                "status": status,
-                "reason": reason,
-            })
+            results.append(
+                {
+                    "line": number,
+                    "measurement_uid": item.measurement_uid,
+                    "status": status,
+                    "reason": reason,
+                }
+            )
         return results
 
     def _charge_keys(self, new_by_key: Counter[str]) -> None:
@@ -343,12 +357,14 @@ class Collector:
 
     async def _check(self, lines: list[bytes]) -> list[CheckedLine]:
         loop = asyncio.get_running_loop()
-        chunks = [lines[i:i + CHUNK_LINES] for i in range(0, len(lines), CHUNK_LINES)]
+        chunks = [lines[i : i + CHUNK_LINES] for i in range(0, len(lines), CHUNK_LINES)]
         try:
-            done = await asyncio.gather(*(
-                loop.run_in_executor(self._pool, check_lines, chunk, self.policy)
-                for chunk in chunks
-            ))
+            done = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._pool, check_lines, chunk, self.policy)
+                    for chunk in chunks
+                )
+            )
         except concurrent.futures.BrokenExecutor:
             raise RequestRefused(503, "the collector is restarting its checkers", 5) from None
         return [item for chunk in done for item in chunk]
@@ -480,8 +496,9 @@ async def serve(
         bound = server.sockets[0].getsockname()
         url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         url = f"http://{url_host}:{bound[1]}"
-        log.info("collector %s listening on %s, storing in %s", __version__, url,
-                 collector.store.root)
+        log.info(
+            "collector %s listening on %s, storing in %s", __version__, url, collector.store.root
+        )
         if ready is not None:
             ready(url)
         await (stop or asyncio.Event()).wait()

@@ -100,7 +100,7 @@ class Store:
         return recovery
 
     def _recover_file(self, path: Path, recovery: Recovery) -> None:
-        run = path.name[:-len(".jsonl")]
+        run = path.name[: -len(".jsonl")]
         with open(path, "r+b") as stream:
             data = stream.read()
             end = data.rfind(b"\n") + 1
@@ -238,7 +238,8 @@ def run_files(root: str | os.PathLike[str]) -> list[Path]:
     """The run files of a collector's data folder (for the aggregation)."""
     base = Path(root)
     return sorted(
-        p for p in base.glob("*/*.jsonl")
+        p
+        for p in base.glob("*/*.jsonl")
         if _KEY_DIR.match(p.parent.name) and _RUN_FILE.match(p.name)
     )
 

@@ -13,7 +13,10 @@ DAYS, RUNS_PER_DAY = 7, 2
 def report_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("reports") / "scenario.jsonl"
     with open(path, "wb") as out:
-        out.writelines(b"".join(lines) for _key, lines in synthetic.scenario(days=DAYS, runs_per_day=RUNS_PER_DAY))
+        out.writelines(
+            b"".join(lines)
+            for _key, lines in synthetic.scenario(days=DAYS, runs_per_day=RUNS_PER_DAY)
+        )
     return path
 
 

@@ -14,8 +14,15 @@ from probe.aggregate import synthetic
 from probe.aggregate.html import render
 from probe.aggregate.queries import QUERIES, DuckDBEngine, aggregate
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def chromium() -> str:
@@ -43,7 +50,9 @@ class Dom(HTMLParser):
         self.text.append(data)
 
     def find(self, tag, **attrs):
-        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
+        return [
+            a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())
+        ]
 
 
 def test_chromium_shows_the_tables_charts_and_queries(loaded, tmp_path):
@@ -52,9 +61,11 @@ def test_chromium_shows_the_tables_charts_and_queries(loaded, tmp_path):
     page.write_text(render(results, rejected=1, rejections=[("x.jsonl", 3, "no signature")]))
     profile = tmp_path / "profile"
     completed = subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-         page.as_uri()],
-        capture_output=True, text=True, timeout=90, check=False,
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     dom = Dom()
@@ -88,9 +99,17 @@ def test_the_page_renders_to_pixels(loaded, tmp_path):
     page.write_text(render(aggregate(DuckDBEngine(loaded))))
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True, timeout=90, check=False,
+        [
+            chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=90,
+        check=False,
     )
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 20_000  # not a blank page

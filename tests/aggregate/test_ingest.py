@@ -15,8 +15,7 @@ from .conftest import DAYS, RUNS_PER_DAY
 
 def expected_status(network, service, day):
     verdicts = synthetic.verdicts_for(network, service, day)
-    return synthetic.service_status(
-        verdicts.get(e[0], "ok") for e in synthetic.SERVICES[service])
+    return synthetic.service_status(verdicts.get(e[0], "ok") for e in synthetic.SERVICES[service])
 
 
 def test_summary_matches_the_ground_truth(loaded):
@@ -37,7 +36,9 @@ def test_dominant_methods_first_and_last_seen(loaded):
     results = aggregate(DuckDBEngine(loaded))
     summary = {(r["probe_asn"], r["service"], r["day"]): r for r in results.summary}
     assert summary[("AS197207", "telegram", "2026-03-01")]["methods"] == [
-        "dns.nxdomain (2)", "tcp.timeout (2)"]
+        "dns.nxdomain (2)",
+        "tcp.timeout (2)",
+    ]
     assert summary[("AS197207", "whatsapp", "2026-03-03")]["methods"] == ["tls.reset (2)"]
     assert summary[("AS197207", "whatsapp", "2026-03-03")]["share_partially_blocked"] == 1.0
     assert summary[("AS197207", "whatsapp", "2026-03-02")]["methods"] == []
@@ -45,7 +46,9 @@ def test_dominant_methods_first_and_last_seen(loaded):
     whatsapp = timeline[("AS197207", "whatsapp")]
     # Blocked on days 2..4 (0-based), two runs a day at 02:00 and 10:00.
     assert (whatsapp["first_blocked"], whatsapp["last_blocked"]) == (
-        "2026-03-03 02:00:00", "2026-03-05 10:00:00")
+        "2026-03-03 02:00:00",
+        "2026-03-05 10:00:00",
+    )
     assert whatsapp["share_blocked"] == round(6 / 14, 4)
     assert timeline[("AS3320", "whatsapp")]["first_blocked"] is None  # down is not blocked
     endpoints = {(r["probe_asn"], r["endpoint_id"]): r for r in results.endpoints}
@@ -62,13 +65,15 @@ def test_bad_lines_are_rejected_and_listed_duplicates_counted_once(tmp_path, rep
     tampered = lines[0].replace(b'"probe_asn":"AS197207"', b'"probe_asn":"AS1"')
     reordered = json.dumps(json.loads(lines[1])).encode()  # same content, not canonical
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b"\n".join([tampered, reordered, b"garbage", b'{"unsigned":true}',
-                                lines[2]]) + b"\n")
+    bad.write_bytes(
+        b"\n".join([tampered, reordered, b"garbage", b'{"unsigned":true}', lines[2]]) + b"\n"
+    )
     con = database.connect()
     result = database.ingest(con, [report_file, bad, report_file])
     assert result.rejected == 4
-    reasons = {(source.rsplit("/", 1)[-1], line): reason
-               for source, line, reason in result.rejections}
+    reasons = {
+        (source.rsplit("/", 1)[-1], line): reason for source, line, reason in result.rejections
+    }
     assert reasons[("bad.jsonl", 1)] == "signature does not match (content changed after signing)"
     assert "not in canonical form" in reasons[("bad.jsonl", 2)]
     assert reasons[("bad.jsonl", 3)].startswith("not valid JSON")
@@ -95,17 +100,22 @@ def test_ingest_a_collector_store_and_check_its_chains(tmp_path):
     store = Store(tmp_path / "data")
     store.open()
     key = generate_ephemeral()
-    records = [synthetic.measurement(s, "IR", "AS1", synthetic.START, {}, "r", f"{n:016x}")
-               for n, s in enumerate(["telegram", "signal", "whatsapp", "telegram"])]
+    records = [
+        synthetic.measurement(s, "IR", "AS1", synthetic.START, {}, "r", f"{n:016x}")
+        for n, s in enumerate(["telegram", "signal", "whatsapp", "telegram"])
+    ]
     lines = [line.rstrip(b"\n") for line in synthetic.sign_run(key, records)]
-    others = [synthetic.measurement("signal", "IR", "AS1", synthetic.START, {}, "r", f"{n:016x}")
-              for n in (10, 11)]
+    others = [
+        synthetic.measurement("signal", "IR", "AS1", synthetic.START, {}, "r", f"{n:016x}")
+        for n in (10, 11)
+    ]
     cut = [line.rstrip(b"\n") for line in synthetic.sign_run(key, others, finish=False)]
     items = []
     for line in lines[:1] + lines[2:] + cut:  # run 1 lacks its seq 1; run 2 has no end
         checked = check_line(line)
-        items.append(Accepted(checked.dedupe_key, checked.digest, checked.key_id, checked.run,
-                              line))
+        items.append(
+            Accepted(checked.dedupe_key, checked.digest, checked.key_id, checked.run, line)
+        )
     store.commit([items[::-1]])  # any arrival order
     con = database.connect()
     result = database.ingest(con, [tmp_path / "data"])

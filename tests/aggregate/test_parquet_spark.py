@@ -22,8 +22,10 @@ def parquet(loaded, tmp_path_factory):
 
 
 def test_partitioned_by_day_and_country(parquet, loaded):
-    folders = sorted(p.relative_to(parquet / "measurements").as_posix()
-                     for p in (parquet / "measurements").glob("*/*"))
+    folders = sorted(
+        p.relative_to(parquet / "measurements").as_posix()
+        for p in (parquet / "measurements").glob("*/*")
+    )
     assert folders[0] == "day=2026-03-01/probe_cc=DE"
     assert len(folders) == 7 * 3
     dataset = ds.dataset(parquet / "endpoints", format="parquet", partitioning="hive")
@@ -64,9 +66,10 @@ def test_cli_engine_spark(spark, parquet, loaded, tmp_path):
     runner = CliRunner()
     duck = runner.invoke(aggregate_command, ["--db", database, "timeline"])
     assert duck.exit_code == 0, duck.output
-    sparked = runner.invoke(aggregate_command, ["--engine", "spark", "--spark-master",
-                                                "local[2]", "--parquet", str(parquet),
-                                                "timeline"])
+    sparked = runner.invoke(
+        aggregate_command,
+        ["--engine", "spark", "--spark-master", "local[2]", "--parquet", str(parquet), "timeline"],
+    )
     assert sparked.exit_code == 0, sparked.output
     assert sparked.output == duck.output
     missing = runner.invoke(aggregate_command, ["--engine", "spark", "timeline"])

@@ -1,4 +1,4 @@
-"""Shared by the collector tests: signed runs, a small blocking HTTP client, a collector subprocess."""
+"""Shared by the collector tests: signed runs, a blocking HTTP client, a collector subprocess."""
 
 from __future__ import annotations
 
@@ -19,8 +19,15 @@ from probe.report.keys import generate_ephemeral
 REPO = Path(__file__).resolve().parents[2]
 
 
-def signed_run(key=None, services=("telegram", "whatsapp", "signal"), cc="IR", asn="AS197207",
-               verdicts=None, day=0, finish=True):
+def signed_run(
+    key=None,
+    services=("telegram", "whatsapp", "signal"),
+    cc="IR",
+    asn="AS197207",
+    verdicts=None,
+    day=0,
+    finish=True,
+):
     """One run's signed lines (bytes ending with newline), and its key."""
     import datetime
     import secrets
@@ -28,21 +35,37 @@ def signed_run(key=None, services=("telegram", "whatsapp", "signal"), cc="IR", a
     key = key or generate_ephemeral()
     started = START + datetime.timedelta(days=day)
     records = [
-        measurement(service, cc, asn, started, verdicts or {}, "r" + secrets.token_hex(6),
-                    secrets.token_hex(8))
+        measurement(
+            service,
+            cc,
+            asn,
+            started,
+            verdicts or {},
+            "r" + secrets.token_hex(6),
+            secrets.token_hex(8),
+        )
         for service in services
     ]
     return key, sign_run(key, records, finish=finish)
 
 
-def post(url: str, body: bytes, *, gzip: bool = False, content_type="application/x-ndjson",
-         headers=None, timeout: float = 30.0, source_address=None):
+def post(
+    url: str,
+    body: bytes,
+    *,
+    gzip: bool = False,
+    content_type="application/x-ndjson",
+    headers=None,
+    timeout: float = 30.0,
+    source_address=None,
+):
     """POST body to url; (status, headers, parsed JSON or text)."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
-                                            source_address=source_address)
+    connection = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=timeout, source_address=source_address
+    )
     all_headers = {"Content-Type": content_type}
     if gzip:
         body = gzip_module.compress(body)
@@ -77,12 +100,23 @@ class CollectorProcess:
         self.stderr_path = data.parent / f"collector-{os.getpid()}-{time.monotonic_ns()}.log"
 
     def start(self, timeout: float = 30.0) -> str:
-        argv = [sys.executable, "-m", "probe.collector", "serve", "--listen", "127.0.0.1:0",
-                "--data", str(self.data), "--check-workers", str(self.check_workers),
-                "--duration", "300", *self.extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "probe.collector",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            str(self.data),
+            "--check-workers",
+            str(self.check_workers),
+            "--duration",
+            "300",
+            *self.extra,
+        ]
         self._log = open(self.stderr_path, "w+")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log,
-                                        cwd=REPO)
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log, cwd=REPO)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.stderr_path.read_text()

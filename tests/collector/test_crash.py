@@ -52,7 +52,7 @@ class Uploader(threading.Thread):
                 self.errors += 1
                 time.sleep(0.05)
                 continue
-            for line, result in zip(batch, payload["results"]):
+            for line, result in zip(batch, payload["results"], strict=False):
                 assert result["status"] in ("stored", "duplicate"), result
                 self.acknowledged.append(line)
             self.todo.pop(0)
@@ -64,7 +64,7 @@ def test_kill_9_mid_upload_loses_nothing_acknowledged(tmp_path):
     runs = [signed_run()[1] for _ in range(60)]
     every_line = [line for run in runs for line in run]
     # Batches of 6 lines that cut across runs, each uploader with its own share.
-    batches = [every_line[i:i + 6] for i in range(0, len(every_line), 6)]
+    batches = [every_line[i : i + 6] for i in range(0, len(every_line), 6)]
     url = [""]
     first = CollectorProcess(data)
     url[0] = first.start()

@@ -67,7 +67,8 @@ def _attested_run(control_key, tamper=False, attest=True):
     if tamper:
         attestation["response"]["endpoints"]["telegram-dc1"] = "blocked"
     measurement["test_keys"]["control"] = (
-        {"source": "https://control.example/", "attestation": [attestation]} if attest
+        {"source": "https://control.example/", "attestation": [attestation]}
+        if attest
         else {"source": "https://control.example/"}
     )
     return sign_lines(generate_ephemeral(), [measurement])
@@ -111,16 +112,21 @@ def test_agrees_with_probe_verify_line_by_line():
     variants.append(variants[1].replace(b"{", b"{ ", 1))
     for variant in variants:
         result = verify_bytes(variant + b"\n", "x")
-        line_problems = [p for p in result.problems if "chain" not in p.reason
-                         and "first" not in p.reason]
+        line_problems = [
+            p for p in result.problems if "chain" not in p.reason and "first" not in p.reason
+        ]
         assert check_line(variant).ok == (not line_problems), variant[:80]
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**60), 2**60)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=20,
 )
 

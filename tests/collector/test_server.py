@@ -40,7 +40,8 @@ def test_upload_store_duplicate_and_tampered(start_collector, tmp_path):
     assert status == 200
     assert statuses(payload) == ["duplicate", "rejected", "stored"]
     assert payload["results"][1]["reason"] == (
-        "signature does not match (content changed after signing)")
+        "signature does not match (content changed after signing)"
+    )
     assert payload["results"][1]["measurement_uid"] == json.loads(more[0])["measurement_uid"]
     assert stored.read_bytes() == b"".join(lines)  # the tampered one is nowhere
 
@@ -52,8 +53,9 @@ def test_gzip_and_a_single_measurement(start_collector):
     assert status == 200 and statuses(payload) == ["stored"] * 4
     _, other = signed_run()
     single = other[0].rstrip(b"\n")  # one JSON object, no trailing newline
-    status, _, payload = post(collector.url + "/v1/measurements", single,
-                              content_type="application/json")
+    status, _, payload = post(
+        collector.url + "/v1/measurements", single, content_type="application/json"
+    )
     assert status == 200 and statuses(payload) == ["stored"]
 
 
@@ -72,8 +74,9 @@ def test_whole_request_errors(start_collector):
     assert "only gzip" in error(400, lines[0], headers={"Content-Encoding": "br"})
     assert "not application/x-ndjson" in error(400, lines[0], content_type="text/plain")
     assert "not UTF-8" in error(400, b'{"a":"\xff"}\n')
-    assert "cut short" in error(400, gzip.compress(b"".join(lines))[:-10],
-                                headers={"Content-Encoding": "gzip"})
+    assert "cut short" in error(
+        400, gzip.compress(b"".join(lines))[:-10], headers={"Content-Encoding": "gzip"}
+    )
     assert "larger than 65536" in error(413, b"x" * 70_000)
     bomb = gzip.compress(b"\n" * (50 * 1024 * 1024))  # 50 MiB of newlines in ~50 KiB
     assert len(bomb) < 65536
@@ -134,8 +137,10 @@ def _raw_connection(url: str) -> socket.socket:
 
 def _partial_upload(url: str, body: bytes) -> socket.socket:
     sock = _raw_connection(url)
-    head = (f"POST /v1/measurements HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
-            f"Content-Length: {len(body) + 100}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/measurements HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+        f"Content-Length: {len(body) + 100}\r\n\r\n"
+    ).encode()
     sock.sendall(head + body)
     return sock
 
@@ -185,8 +190,9 @@ def test_health(start_collector):
     collector = start_collector()
     parts = urlsplit(collector.url)
     sock = _raw_connection(collector.url)
-    sock.sendall(f"GET /health HTTP/1.1\r\nHost: {parts.hostname}\r\nConnection: close\r\n\r\n"
-                 .encode())
+    sock.sendall(
+        f"GET /health HTTP/1.1\r\nHost: {parts.hostname}\r\nConnection: close\r\n\r\n".encode()
+    )
     data = b""
     while chunk := sock.recv(4096):
         data += chunk

@@ -103,8 +103,11 @@ def test_a_failed_write_stores_nothing_of_the_group(tmp_path, monkeypatch):
     sizes = sorted(p.stat().st_size for p in tmp_path.glob("*/*.jsonl"))
     assert sizes in ([0, len(first_run[0])], [len(first_run[0])])
     assert len(store) == 1
-    statuses = [o.status for group in store.commit([accepted(first_run), accepted(second_run)])
-                for o in group]
+    statuses = [
+        o.status
+        for group in store.commit([accepted(first_run), accepted(second_run)])
+        for o in group
+    ]
     assert statuses == [DUPLICATE] + [STORED] * 7
 
 
