@@ -403,11 +403,13 @@ def verify(files, trusted_keys, trusted_control_keys, require_complete) -> None:
 
 def _register_optional_groups() -> None:
     """Subcommands that live with their subsystem."""
+    from probe.aggregate.cli import aggregate
+    from probe.collector.cli import collector
     from probe.lab.cli import lab
     from probe.spool_cli import status, upload
     from probe.trace_cli import replay
 
-    for command in (lab, replay, upload, status):
+    for command in (lab, replay, upload, status, collector, aggregate):
         main.add_command(command)
 
 
