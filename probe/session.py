@@ -62,7 +62,6 @@ class RunOutcome:
     complete: bool
     runtime: float
     resolver: str | None
-    lines: list[dict[str, Any]] = field(default_factory=list)
 
 
 def new_report_id(started_at: datetime.datetime) -> str:

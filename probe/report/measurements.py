@@ -7,6 +7,7 @@ hands the lines to the atomic writer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,13 @@ class RunContext:
         )
 
 
-def build_lines(
-    outcome: RunOutcome, targets: Targets, context: RunContext | None = None
-) -> list[dict[str, Any]]:
-    context = context or RunContext()
+def run_metadata(outcome: RunOutcome, context: RunContext) -> ooni.RunMetadata:
     annotations = {"complete": "true" if outcome.complete else "false"}
     if not outcome.control.available and outcome.control.problems:
         annotations["control_problem"] = "; ".join(outcome.control.problems)[:500]
     if outcome.network_down:
         annotations["network"] = "down"
-    meta = ooni.RunMetadata(
+    return ooni.RunMetadata(
         report_id=outcome.report_id,
         started_at=outcome.started_at,
         resolver_ip=outcome.resolver,
@@ -85,35 +83,53 @@ def build_lines(
         if outcome.control.available else None,
         annotations=annotations,
     )
-    observations = list(outcome.observations.values())
-    verdicts = [v for rows in outcome.verdicts.values() for v in rows]
-    lines = []
+
+
+def iter_lines(
+    outcome: RunOutcome, targets: Targets, context: RunContext | None = None
+) -> Iterator[dict[str, Any]]:
+    """One OONI measurement per service, built one at a time (a large run never
+    holds all its report lines in memory at once)."""
+    context = context or RunContext()
+    meta = run_metadata(outcome, context)
     for service in targets.services:
-        ids = {e.id for e in service.endpoints}
-        lines.append(
-            ooni.build_measurement(
-                meta, service, observations, verdicts, outcome.services[service.id],
-                control_summary(outcome, ids), outcome.runtime,
-            )
+        ids = [e.id for e in service.endpoints]
+        observations = [outcome.observations[i] for i in ids if i in outcome.observations]
+        verdicts = [v for i in ids for v in outcome.verdicts.get(i, [])]
+        yield ooni.build_measurement(
+            meta, service, observations, verdicts, outcome.services[service.id],
+            control_summary(outcome, set(ids)), outcome.runtime,
         )
-    return lines
 
 
-def sign_lines(lines: list[dict[str, Any]], key, complete: bool) -> list[bytes]:
+def build_lines(
+    outcome: RunOutcome, targets: Targets, context: RunContext | None = None
+) -> list[dict[str, Any]]:
+    return list(iter_lines(outcome, targets, context))
+
+
+def sign_lines(lines: Iterable[dict[str, Any]], key, complete: bool) -> Iterator[bytes]:
     """Each measurement signed and chained, then the end-of-run record."""
     signer = ReportSigner(key)
-    signed = [signer.sign(line).line for line in lines]
-    signed.append(signer.finish(interrupted=not complete).line)
-    return signed
+    for line in lines:
+        yield signer.sign(line).line
+    yield signer.finish(interrupted=not complete).line
 
 
 def write_run_report(
     outcome: RunOutcome, targets: Targets, out_dir: Path, key, context: RunContext | None = None
 ) -> tuple[Path, list[tuple[str, str]]]:
-    """Build, scrub, sign, write. Returns the path and the measurements that were
-    not written because the volunteer's address could not be removed from them."""
+    """Build, scrub, sign and write each line in turn. Returns the path and the
+    measurements not written because the volunteer's address could not be removed
+    from them (each reason says which service; none contains the address)."""
     context = context or RunContext()
-    lines, dropped = scrub_lines(build_lines(outcome, targets, context), context.addresses)
-    outcome.lines = lines
+    dropped: list[tuple[str, str]] = []
+
+    def scrubbed() -> Iterator[dict[str, Any]]:
+        for line in iter_lines(outcome, targets, context):
+            clean, lost = scrub_lines([line], context.addresses)
+            dropped.extend(lost)
+            yield from clean
+
     path = report_path(out_dir, outcome.started_at, outcome.report_id)
-    return write_report_atomic(path, sign_lines(lines, key, outcome.complete)), dropped
+    return write_report_atomic(path, sign_lines(scrubbed(), key, outcome.complete)), dropped
