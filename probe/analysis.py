@@ -63,7 +63,6 @@ from probe.observations import (
     TLS_BLOCKED,
     EndpointObservation,
     PortObservation,
-    ServiceVerdict,
     Verdict,
 )
 

@@ -102,12 +102,12 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     from probe.display import Display
     from probe.net.dns import system_nameserver
     from probe.net.live import LiveNetwork
+    from probe.report import scrub
+    from probe.report.measurements import RunContext, write_run_report
     from probe.report.writer import ReportWriteError
     from probe.runner import RunOptions
     from probe.session import ControlConfig
     from probe.session import run as run_session
-    from probe.report import scrub
-    from probe.report.measurements import RunContext, write_run_report
     from probe.targets import TargetsError
 
     local_addresses = scrub.interface_addresses()

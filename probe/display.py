@@ -27,7 +27,7 @@ class Display:
         self.progress = None
         self.task = None
 
-    def __enter__(self) -> "Display":
+    def __enter__(self) -> Display:
         if self.enabled:
             self.progress = Progress(
                 TextColumn("measuring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -13,7 +13,6 @@ import ipaddress
 import socket
 
 import pytest
-
 from servers import *  # noqa: F403  (loopback server fixtures: lab_pki, https_server, ...)
 
 ALLOWED = tuple(

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from servers import make_pki, start_dns, start_https, start_mtproto, start_tcp
 
 PROBE = [sys.executable, "-m", "probe"]

@@ -13,7 +13,7 @@ import base64
 import ssl
 
 from probe.net import failures
-from probe.net.network import TlsRequest, TlsResult, Timing
+from probe.net.network import Timing, TlsRequest, TlsResult
 from probe.net.tcp import close_stream, open_stream
 
 MAX_CHAIN = 10

@@ -15,8 +15,7 @@ import copy
 import ipaddress
 
 import dns.message
-import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probe import analysis

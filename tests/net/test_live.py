@@ -12,12 +12,6 @@ import base64
 import datetime
 
 import pytest
-
-from probe import mtproto
-from probe.certificates import verify_chain
-from probe.net import failures as F
-from probe.net.live import LiveNetwork
-from probe.net.network import DnsQuery, HttpRequest, MtprotoRequest, TlsRequest
 from servers import (
     LOOPBACK,
     refused_port,
@@ -27,6 +21,12 @@ from servers import (
     start_mtproto,
     start_tcp,
 )
+
+from probe import mtproto
+from probe.certificates import verify_chain
+from probe.net import failures as F
+from probe.net.live import LiveNetwork
+from probe.net.network import DnsQuery, HttpRequest, MtprotoRequest, TlsRequest
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
