@@ -19,6 +19,21 @@ from probe.lab.scenarios import get
 
 pytestmark = pytest.mark.lab
 
+
+def _load_independent_verifier():
+    """The second verifier lives with the report tests; load it by path (no shared code)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "report" / "independent_verifier.py"
+    spec = importlib.util.spec_from_file_location("independent_verifier", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+independent_verifier = _load_independent_verifier()
+
 COLLECTOR = f"{plan.CONTROL_V4}:8781"  # in the control namespace, reached through the censor
 PROBE = [sys.executable, "-m", "probe"]
 
@@ -86,10 +101,17 @@ def test_lab_run_uploads_and_aggregates_to_the_ground_truth(clean_lab, collector
     stored = stored_lines(collector)
     assert sorted(stored) == sorted(sent)  # exactly the signed bytes, each once
 
-    # the store verifies as it is
-    files = sorted(str(p) for p in collector.rglob("*.jsonl"))
-    verify = subprocess.run([*PROBE, "verify", *files], capture_output=True, text=True)
+    # the report verifies with probe verify and with the independent verifier written
+    # from docs/signing.md alone (control attestations included, the helper's key pinned)
+    verify = subprocess.run([*PROBE, "verify", "--require-complete", str(report)],
+                            capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    attested = [json.loads(line)["test_keys"]["control"]["attestation"][0]["signature"]
+                for line in sent if b'"attestation"' in line]
+    assert attested, "the lab's control helper attested nothing"
+    helper_keys = {attested[0]["public_key"]}
+    second = independent_verifier.verify(report.read_bytes(), None, helper_keys)
+    assert second.ok, second.problems
 
     # a duplicate upload is acknowledged, not stored again
     again = post(sent[0] + b"\n")
