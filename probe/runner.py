@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import ipaddress
 import logging
@@ -222,19 +223,34 @@ class Measurer:
                 http.append(await self.http_check(endpoint, address, port, "http"))
             if "https" in checks and tls_ok:
                 http.append(await self.http_check(endpoint, address, port, "https"))
-            if "download" in checks and (tls_ok or not uses_tls):
-                scheme = "https" if uses_tls else "http"
-                request = HttpRequest(
-                    _url(scheme, host, port, endpoint.path), address,
-                    headers=(("User-Agent", USER_AGENT),),
-                    # a transfer measures speed: its content is not evidence, keep little
-                    max_body=min(o.body_bytes, 16 << 10), measure_throughput=True,
-                    transfer_bytes=o.download_bytes, transfer_seconds=o.timeout,
-                )
-                http.append(await self._step(self.network.http_request, request, o.timeout * 3))
         return PortObservation(
             address, port, connect, tls, verification, tuple(mtproto_checks), tuple(http)
         )
+
+    async def download(self, endpoint: Endpoint, port: PortObservation) -> PortObservation:
+        """The throughput transfer of one address and port, when its steps passed.
+
+        Transfers run after every other step of the run, one at a time
+        (``run_endpoints``): a transfer saturates the link for its duration, and on
+        a slow home link it would starve the handshakes and requests of other
+        endpoints into timeouts that would read as blocking.
+        """
+        o = self.options
+        uses_tls = port.tls is not None
+        if port.connect is None or port.connect.failure is not None:
+            return port
+        if uses_tls and (port.tls.failure is not None or port.tls_verification is not None):
+            return port
+        scheme = "https" if uses_tls else "http"
+        request = HttpRequest(
+            _url(scheme, endpoint.host, port.port, endpoint.path), port.address,
+            headers=(("User-Agent", USER_AGENT),),
+            # a transfer measures speed: its content is not evidence, keep little
+            max_body=min(o.body_bytes, 16 << 10), measure_throughput=True,
+            transfer_bytes=o.download_bytes, transfer_seconds=o.timeout,
+        )
+        result = await self._step(self.network.http_request, request, o.timeout * 3)
+        return dataclasses.replace(port, http=(*port.http, result))
 
     async def http_check(self, endpoint: Endpoint, address: str, port: int, scheme: str):
         method, body = "GET", ""
@@ -308,13 +324,26 @@ async def run_endpoints(
                 interrupted=True,
             )
         results[endpoint.id] = observation
-        if on_result is not None:
-            on_result(observation)
+        if on_result is not None and "download" not in endpoint.checks:
+            on_result(observation)  # the others are reported after their transfer
 
+    async def transfers() -> None:
+        for endpoint in downloading:
+            observation = results.get(endpoint.id)
+            if observation is not None and not observation.interrupted:
+                ports = []
+                for port in observation.ports:
+                    ports.append(await measurer.download(endpoint, port))
+                results[endpoint.id] = dataclasses.replace(observation, ports=tuple(ports))
+            if on_result is not None and endpoint.id in results:
+                on_result(results[endpoint.id])
+
+    downloading = [e for e in endpoints if "download" in e.checks]
     try:
         async with asyncio.TaskGroup() as group:
             for endpoint in endpoints:
                 group.create_task(one(endpoint))
+        await transfers()
     except asyncio.CancelledError:
         for endpoint in endpoints:
             if endpoint.id not in results:

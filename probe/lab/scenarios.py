@@ -97,6 +97,10 @@ TELEGRAM_DC = tuple(f"203.0.113.{10 + dc}" for dc in range(1, 6))
 FACEBOOK = _addrs("facebook")
 NEWS = _addrs("news")
 TWITTER = _addrs("twitter")
+ALL_SERVICE_ADDRESSES = tuple(
+    a for service in ("baseline", "telegram", "whatsapp", "signal", "facebook", "twitter", "news")
+    for a in _addrs(service)
+)
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -360,6 +364,20 @@ SCENARIOS: tuple[Scenario, ...] = (
             download("203.0.113.52", "media.twitter.lab.test", "kbit<300"),
             download("203.0.113.52", "media.twitter.lab.test", "kbit>5000", vantage="control"),
             download("203.0.113.100", "www.baseline.lab.test", "kbit>5000"),
+        ),
+    ),
+    Scenario(
+        name="slow-link",
+        title="The volunteer's whole link is slow, nothing is censored",
+        description="A slow home connection (1.2 Mbit/s with a deep buffer, as on congested "
+        "mobile or rural links) makes every transfer slow, the baseline's included. A slow "
+        "transfer is throttling only when the volunteer's own baseline transfer is fast.",
+        sources=("issue 4: throttling is judged against the control and the baseline",),
+        actions=(Throttle(ALL_SERVICE_ADDRESSES, kbit=1200, queue_bytes=100_000),),
+        truth=(),
+        checks=(
+            download("203.0.113.100", "www.baseline.lab.test", "kbit<2000"),
+            download("203.0.113.52", "media.twitter.lab.test", "kbit>5000", vantage="control"),
         ),
     ),
     Scenario(
