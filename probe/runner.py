@@ -217,7 +217,6 @@ class Measurer:
         elif "tcp" in checks or checks & {"http", "download"}:
             connect = await self._step(self.network.tcp_connect, address, port, o.timeout)
         if connect is not None and connect.failure is None:
-            host = endpoint.host
             tls_ok = tls is not None and tls.failure is None and verification is None
             if "http" in checks and not uses_tls and port != 443:
                 http.append(await self.http_check(endpoint, address, port, "http"))
