@@ -2,10 +2,11 @@
 
 Builds a network namespace whose only way out is a veth link to a second,
 "sink" namespace that silently drops every packet sent to 203.0.113.0/24 and
-2001:db8::/32 (a blackhole: SYNs vanish, connects time out). A DNS server on the namespace's loopback answers every
-name with 203.0.113.77. The bundled targets.yaml is rewritten into that
-world: the same services, endpoints, ports and checks, its literal addresses
-moved into 203.0.113.0/24 / 2001:db8::/32. Nothing can leave the namespace.
+2001:db8::/32 (a blackhole: SYNs vanish, connects time out). A DNS server on
+the namespace's loopback answers every name with 203.0.113.77. The bundled
+targets.yaml is rewritten into that world: the same services, endpoints, ports
+and checks, its literal addresses moved into 203.0.113.0/24 / 2001:db8::/32.
+Nothing can leave the namespace.
 
 For each per-step timeout it runs `probe run` and reports the wall time, the
 endpoints measured, and the probe's peak memory (max RSS).

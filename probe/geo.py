@@ -61,7 +61,9 @@ class GeoDatabase:
         try:
             import maxminddb
         except ImportError as error:  # pragma: no cover - a declared dependency
-            raise GeoDatabaseError("the maxminddb package is missing: pip install maxminddb") from error
+            raise GeoDatabaseError(
+                "the maxminddb package is missing: pip install maxminddb"
+            ) from error
         readers, paths = [], []
         try:
             for each in (path, *more):

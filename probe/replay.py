@@ -2,8 +2,9 @@
 
 :class:`ReplayNetwork` implements the network seam without opening a socket:
 every operation is looked up in the trace and answered at once with the
-recorded result (recorded timings included). Under :class:`VirtualTimeLoop` each answer also takes its
-recorded duration on a virtual clock that jumps instead of waiting, so
+recorded result (recorded timings included). Under :class:`VirtualTimeLoop`
+each answer also takes its recorded duration on a virtual clock that jumps
+instead of waiting, so
 operations complete in the recorded order (what finished first live finishes
 first in replay) while a run that spent minutes in timeouts replays in
 milliseconds. Operations are matched by a key that leaves
@@ -157,7 +158,9 @@ class ReplayNetwork:
         try:
             result = decode_result(op, record["result"])
         except (KeyError, TypeError, ValueError) as exc:
-            self.problems.append(f"operation {record.get('seq')} ({op}): unreadable result: {exc}"[:300])
+            self.problems.append(
+                f"operation {record.get('seq')} ({op}): unreadable result: {exc}"[:300]
+            )
             self.missing.append(key)
             return None
         self._now = max(self._now, float(record.get("t", 0.0)), result.timing.t)

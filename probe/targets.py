@@ -393,7 +393,9 @@ class _Parser:
                 try:
                     routable.append(str(ipaddress.ip_network(text, strict=False)))
                 except ValueError:
-                    raise self.error(node, field, f"{text!r} is not a network like 198.51.100.0/24")
+                    raise self.error(
+                        node, field, f"{text!r} is not a network like 198.51.100.0/24"
+                    ) from None
 
         services_node = entries["services"][1]
         service_nodes = self.sequence(services_node, "services")

@@ -234,7 +234,9 @@ class TraceWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike, scrub: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self,
+        path: str | os.PathLike,
+        scrub: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.scrub = scrub
@@ -334,7 +336,9 @@ class RecordingNetwork:
     an operation cancelled mid-way (Ctrl-C) leaves no line.
     """
 
-    def __init__(self, inner: Network, writer: TraceWriter, run_info: RunInfo | None = None) -> None:
+    def __init__(
+        self, inner: Network, writer: TraceWriter, run_info: RunInfo | None = None
+    ) -> None:
         self.inner = inner
         self.writer = writer
         self.run_info = run_info
@@ -426,7 +430,9 @@ def start_recording(
     elif isinstance(inner, type) or not hasattr(inner, "tls_handshake"):
         inner = inner()  # a factory (or the class itself)
     if not run_info.report_id:
-        run_info = dataclasses.replace(run_info, report_id=new_report_id(run_info.options.started_at))
+        run_info = dataclasses.replace(
+            run_info, report_id=new_report_id(run_info.options.started_at)
+        )
     try:
         writer = TraceWriter(path)  # scrubbed when finished: scrub_trace_file
     except OSError as exc:

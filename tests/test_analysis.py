@@ -121,7 +121,9 @@ def test_success_is_ok_without_control():
 def test_injected_dns_is_conclusive_without_control():
     # the Great Firewall: a forged answer wins the race, the real one arrives later
     dns = (exchange(reply("203.0.113.99", t=0.01), reply("203.0.113.1", t=0.08)),)
-    observation = observe([tls_port("203.0.113.1"), tls_port("203.0.113.99", handshake=F.GENERIC_TIMEOUT)], dns)
+    observation = observe(
+        [tls_port("203.0.113.1"), tls_port("203.0.113.99", handshake=F.GENERIC_TIMEOUT)], dns
+    )
     assert one(observation, context(None)) == ("dns_blocked", "dns.injected")
 
 

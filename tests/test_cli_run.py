@@ -28,9 +28,12 @@ services:
   - id: telegram
     test_name: telegram
     endpoints:
-      - {{id: tg-dc1, host: 127.0.0.1, ports: [{mtproto}], checks: [tcp, mtproto], role: datacenter}}
-      - {{id: tg-dead, host: 127.0.0.1, ports: [{silent}], checks: [tcp, mtproto], role: datacenter}}
-      - {{id: tg-web, host: www.example.org, port: {https}, checks: [dns, tcp, tls, https], role: web}}
+      - {{id: tg-dc1, host: 127.0.0.1, ports: [{mtproto}], checks: [tcp, mtproto],
+          role: datacenter}}
+      - {{id: tg-dead, host: 127.0.0.1, ports: [{silent}], checks: [tcp, mtproto],
+          role: datacenter}}
+      - {{id: tg-web, host: www.example.org, port: {https}, checks: [dns, tcp, tls, https],
+          role: web}}
   - id: web
     endpoints:
       - {{id: web-nx, host: blocked.example, port: {https}, checks: [dns, tcp, tls]}}

@@ -42,7 +42,8 @@ def asn_db(tmp_path):
     return write_mmdb(tmp_path / "asn.mmdb", "GeoLite2-ASN", [
         (LAB_ISP, {"autonomous_system_number": 64500, "autonomous_system_organization": "Lab ISP"}),
         (LAB_NET, {"autonomous_system_number": 64496, "autonomous_system_organization": "Lab Net"}),
-        (LAB_V6, {"autonomous_system_number": 64501, "autonomous_system_organization": "Lab ISP v6"}),
+        (LAB_V6, {"autonomous_system_number": 64501,
+                  "autonomous_system_organization": "Lab ISP v6"}),
     ])
 
 

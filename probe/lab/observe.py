@@ -263,7 +263,7 @@ def main() -> int:
     checks = [Check(**item) for item in json.load(sys.stdin)]
     with ThreadPoolExecutor(max_workers=max(1, len(checks))) as pool:
         results = list(pool.map(observe, checks))
-    json.dump([{"check": asdict(c), **r} for c, r in zip(checks, results)], sys.stdout)
+    json.dump([{"check": asdict(c), **r} for c, r in zip(checks, results, strict=True)], sys.stdout)
     return 0
 
 

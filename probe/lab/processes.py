@@ -31,7 +31,9 @@ class Started:
     log: Path
 
 
-def run(argv: list[str], check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], check: bool = True, timeout: float = 30, **kw
+) -> subprocess.CompletedProcess:
     """Run a short command; raise LabError with its stderr when it fails."""
     try:
         proc = subprocess.run(
@@ -205,5 +207,7 @@ def wait_for_listeners(
             tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
             raise LabError(f"{name} exited while starting in {namespace}; its log ends:\n{tail}")
         if time.monotonic() > deadline:
-            raise LabError(f"{name or namespace}: not listening after {timeout}s on {sorted(missing)}")
+            raise LabError(
+                f"{name or namespace}: not listening after {timeout}s on {sorted(missing)}"
+            )
         time.sleep(0.1)

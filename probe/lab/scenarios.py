@@ -78,7 +78,9 @@ def tls(address: str, sni: str, expect: str, vantage: str = "client") -> Check:
     return Check("tls", address, expect, port=443, sni=sni, vantage=vantage)
 
 
-def http(address: str, host: str, expect: str, contains: str = "", vantage: str = "client") -> Check:
+def http(
+    address: str, host: str, expect: str, contains: str = "", vantage: str = "client"
+) -> Check:
     return Check("http", address, expect, port=80, host=host, contains=contains, vantage=vantage)
 
 

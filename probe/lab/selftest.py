@@ -61,7 +61,7 @@ def run_checks(checks: tuple[Check, ...] | list[Check]) -> list[CheckResult]:
     observed = observe_from(by_vantage)
     results: list[CheckResult] = []
     for vantage, mine in by_vantage.items():
-        for check, result in zip(mine, observed[vantage]):
+        for check, result in zip(mine, observed[vantage], strict=False):
             results.append(CheckResult(check, result["outcome"], matches(check, result)))
     return results
 

@@ -67,7 +67,8 @@ def build() -> None:
         etc = NETNS_ETC / namespace
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(
-            f"# probe lab: {namespace}\nnameserver {RESOLV_CONF[namespace]}\noptions timeout:2 attempts:1\n"
+            f"# probe lab: {namespace}\nnameserver {RESOLV_CONF[namespace]}\n"
+            "options timeout:2 attempts:1\n"
         )
         (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
     for link in plan.LINKS:

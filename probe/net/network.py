@@ -75,7 +75,7 @@ def _convert(tp: Any, data: Any) -> Any:
             return tuple(_convert(args[0], v) for v in data)
         if len(args) != len(data):
             raise ValueError(f"expected {len(args)} items, got {len(data)}")
-        return tuple(_convert(a, v) for a, v in zip(args, data))
+        return tuple(_convert(a, v) for a, v in zip(args, data, strict=True))
     if origin is list:
         (arg,) = typing.get_args(tp)
         if not isinstance(data, list):

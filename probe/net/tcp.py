@@ -102,7 +102,9 @@ async def mtproto_exchange(request: MtprotoRequest, timeout: float, clock) -> Mt
     failure = None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    connect_result, reader, writer = await open_stream(request.address, request.port, timeout, clock)
+    connect_result, reader, writer = await open_stream(
+        request.address, request.port, timeout, clock
+    )
     if connect_result.failure is None:
         try:
             async with asyncio.timeout_at(deadline):

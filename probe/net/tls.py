@@ -52,7 +52,9 @@ async def handshake(request: TlsRequest, timeout: float, clock) -> TlsResult:
     deadline = loop.time() + timeout
     connect, reader, writer = await open_stream(request.address, request.port, timeout, clock)
     if connect.failure is not None:
-        return TlsResult(request, connect, connect.failure, None, None, None, (), Timing(t0, clock()))
+        return TlsResult(
+            request, connect, connect.failure, None, None, None, (), Timing(t0, clock())
+        )
     failure = version = cipher = protocol = None
     chain: tuple[str, ...] = ()
     try:

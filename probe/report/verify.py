@@ -273,7 +273,10 @@ def _check_attestations(
             continue
         reason = object_signature_problem(attestation, trusted_control)
         if reason.startswith("signature does not match"):
-            reason = "signature does not match (control response changed after the helper signed it)"
+            reason = (
+                "signature does not match"
+                " (control response changed after the helper signed it)"
+            )
         elif reason.startswith("key ") and reason.endswith("trusted keys"):
             reason = reason.replace("trusted keys", "trusted control keys")
         if reason:

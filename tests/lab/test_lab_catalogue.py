@@ -130,7 +130,9 @@ def test_truth_comparison_reports_each_difference():
     assert [m.key for m in wrong] == ["telegram-dc1 203.0.113.11:443", "whatsapp-e1 -"]
     # Claiming blocking where the truth says ok is a bug with or without a control.
     assert wrong[0].needs_control and not wrong[1].needs_control
-    local = compare((), [{"id": "news-http", "verdict": "http_blocked", "method": "http.blockpage"}])
+    local = compare(
+        (), [{"id": "news-http", "verdict": "http_blocked", "method": "http.blockpage"}]
+    )
     assert local[0].expected == "ok" and not local[0].needs_control
     services = compare((), [], {"telegram": "blocked"}, [{"id": "telegram", "status": "ok"},
                                                           {"id": "news", "status": "ok"}])

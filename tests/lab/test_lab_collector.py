@@ -74,7 +74,8 @@ def post(lines: bytes) -> dict:
     """POST report lines to the collector from the client namespace."""
     script = (
         "import sys, urllib.request, urllib.error\n"
-        f"r = urllib.request.Request('http://{COLLECTOR}/v1/measurements', data=sys.stdin.buffer.read(),"
+        f"r = urllib.request.Request('http://{COLLECTOR}/v1/measurements',"
+        " data=sys.stdin.buffer.read(),"
         " headers={'Content-Type': 'application/x-ndjson'})\n"
         "try:\n    print(urllib.request.urlopen(r, timeout=20).read().decode())\n"
         "except urllib.error.HTTPError as e:\n    print(e.read().decode())\n"

@@ -524,9 +524,11 @@ def test_mitm_forges_a_censor_certificate_and_relays(lab_pki: PkiPaths) -> None:
 
 def test_mitm_without_an_upstream_closes_after_the_handshake(lab_pki: PkiPaths) -> None:
     # original_destination without netfilter state has nowhere to go: no loop, no hang.
-    factory = lambda: MitmProxy(
-        [(LOOPBACK, 0)], lab_pki.censor_root, original_destination=True, limits=TEST_LIMITS
-    )
+    def factory() -> MitmProxy:
+        return MitmProxy(
+            [(LOOPBACK, 0)], lab_pki.censor_root, original_destination=True, limits=TEST_LIMITS
+        )
+
     with running(factory) as proxy:
         leaf, body = tls_client(proxy.port, "chat.example", request=get("chat.example"))
         assert body == b"" and "chat.example" in leaf.subject.rfc4514_string()
@@ -571,7 +573,8 @@ def test_endpoints_and_config_errors(tmp_path: Path, lab_pki: PkiPaths) -> None:
         with pytest.raises(ConfigError, match=message):
             Fleet.from_config(config)
     relative = {"servers": [{"kind": "https", "listen": ["127.0.0.1:0"],
-                             "certificates": {"a": {"cert": "leaves/a.pem", "key": "a.key"}}}]}  # fmt: skip
+                             "certificates": {"a": {"cert": "leaves/a.pem",
+                                                    "key": "a.key"}}}]}  # fmt: skip
     with pytest.raises(ConfigError, match="does not exist"):
         Fleet.from_config(relative, base=tmp_path)
 

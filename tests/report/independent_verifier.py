@@ -242,7 +242,9 @@ def verify(
             result.problems.append((number, f"same as line {seen_lines[line]}"))
             continue
         seen_lines[line] = number
-        runs.setdefault(signature["run"], []).append((number, record, hashlib.sha256(line).hexdigest()))
+        runs.setdefault(signature["run"], []).append(
+            (number, record, hashlib.sha256(line).hexdigest())
+        )
     for records in runs.values():
         _check_chain(records, result)
     result.problems.sort()

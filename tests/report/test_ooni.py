@@ -93,12 +93,18 @@ SIGNAL = Service("signal", "Signal", "signal", False, "", (
     endpoint("signal-storage", "signal", "storage.signal.org", (443,), WEB, "storage", ca="PEM"),
 ))
 FACEBOOK = Service("facebook_messenger", "Facebook Messenger", "facebook_messenger", False, "", (
-    endpoint("fb-b-api", "facebook_messenger", "b-api.facebook.com", (443,), ("dns", "tcp", "tls"), "b_api"),
-    endpoint("fb-b-graph", "facebook_messenger", "b-graph.facebook.com", (443,), ("dns", "tcp", "tls"), "b_graph"),
-    endpoint("fb-edge", "facebook_messenger", "edge-mqtt.facebook.com", (443,), ("dns", "tcp", "tls"), "edge"),
-    endpoint("fb-external", "facebook_messenger", "external.xx.fbcdn.net", (443,), ("dns", "tcp", "tls"), "external_cdn"),
-    endpoint("fb-scontent", "facebook_messenger", "scontent.xx.fbcdn.net", (443,), ("dns", "tcp", "tls"), "scontent_cdn"),
-    endpoint("fb-star", "facebook_messenger", "star.c10r.facebook.com", (443,), ("dns", "tcp", "tls"), "star"),
+    endpoint("fb-b-api", "facebook_messenger", "b-api.facebook.com", (443,),
+             ("dns", "tcp", "tls"), "b_api"),
+    endpoint("fb-b-graph", "facebook_messenger", "b-graph.facebook.com", (443,),
+             ("dns", "tcp", "tls"), "b_graph"),
+    endpoint("fb-edge", "facebook_messenger", "edge-mqtt.facebook.com", (443,),
+             ("dns", "tcp", "tls"), "edge"),
+    endpoint("fb-external", "facebook_messenger", "external.xx.fbcdn.net", (443,),
+             ("dns", "tcp", "tls"), "external_cdn"),
+    endpoint("fb-scontent", "facebook_messenger", "scontent.xx.fbcdn.net", (443,),
+             ("dns", "tcp", "tls"), "scontent_cdn"),
+    endpoint("fb-star", "facebook_messenger", "star.c10r.facebook.com", (443,),
+             ("dns", "tcp", "tls"), "star"),
     endpoint("fb-stun", "facebook_messenger", "stun.fbsbx.com", (3478,), ("dns",), "stun"),
 ))
 THREEMA = Service("threema", "Threema", "threema", False, "", (
@@ -157,7 +163,9 @@ def dns_exchange(host: str, *answer_sets: tuple[str, ...], failure=None, rcode="
 
 
 def connect(address, port, failure=None, t0=1.0):
-    return ConnectResult(address, port, failure, timing(t0, 5.0 if failure == failures.GENERIC_TIMEOUT else 0.05))
+    return ConnectResult(
+        address, port, failure, timing(t0, 5.0 if failure == failures.GENERIC_TIMEOUT else 0.05)
+    )
 
 
 def port_observation(ep: Endpoint, address: str, port: int, step=None, failure=None):
@@ -208,10 +216,13 @@ def port_observation(ep: Endpoint, address: str, port: int, step=None, failure=N
             HttpRequest(f"{scheme}://{ep.host}/", address, method,
                         (("User-Agent", "probe/test"),), body),
             None if ok else failure, 200 if ok else None,
-            (("Content-Type", "text/html"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")) if ok else (),
+            (("Content-Type", "text/html"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"))
+            if ok else (),
             b64(page), len(page), False, (), None, timing(1.2, 0.2),
         ))
-    return PortObservation(address, port, tcp, tls_result, verification, mtproto_checks, tuple(http))
+    return PortObservation(
+        address, port, tcp, tls_result, verification, mtproto_checks, tuple(http)
+    )
 
 
 def observe(ep: Endpoint, step=None, failure=None, *, dns=None, addresses=None, bogons=()):
@@ -312,7 +323,9 @@ def _matches(value, hint, path: str) -> None:
     elif hint is int:
         assert isinstance(value, int) and not isinstance(value, bool), f"{path}: not an int"
     elif hint is float:
-        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{path}: not a number"
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (
+            f"{path}: not a number"
+        )
     elif hint is str:
         assert isinstance(value, str), f"{path}: expected a string, got {value!r:.60}"
     else:
@@ -414,7 +427,9 @@ def test_bad_metadata_is_refused(changes, message):
 
 def test_ooni_time_is_utc():
     tokyo = datetime.timezone(datetime.timedelta(hours=9))
-    assert ooni_time(datetime.datetime(2026, 11, 28, 11, 15, 0, tzinfo=tokyo)) == "2026-11-28 02:15:00"
+    assert (
+        ooni_time(datetime.datetime(2026, 11, 28, 11, 15, 0, tzinfo=tokyo)) == "2026-11-28 02:15:00"
+    )
 
 
 def test_times_are_relative_to_the_measurement_start():
@@ -496,7 +511,8 @@ def test_binary_bodies_are_base64_objects_and_failed_requests_have_code_zero():
     failed = dataclasses.replace(port80.http[0], failure=failures.CONNECTION_RESET,
                                  status=None, headers=(), body="")
     observation = dataclasses.replace(
-        observation, ports=(dataclasses.replace(port80, http=(binary, failed)),) + observation.ports[1:]
+        observation,
+        ports=(dataclasses.replace(port80, http=(binary, failed)),) + observation.ports[1:],
     )
     m, _, _ = measure(TELEGRAM, [observation] + [observe(e) for e in TELEGRAM.endpoints[1:]])
     first, second = [r for r in m["test_keys"]["requests"] if r["address"] == "149.154.175.50:80"]
@@ -668,8 +684,10 @@ def test_telegram_without_control_is_inconclusive_not_blocked():
 
 
 def test_telegram_down_for_everyone_is_not_blocking():
-    observations = [observe(ep, "connect", failures.CONNECTION_REFUSED) for ep in TELEGRAM.endpoints]
-    control = {ep.id: observe(ep, "connect", failures.CONNECTION_REFUSED) for ep in TELEGRAM.endpoints}
+    observations = [observe(ep, "connect", failures.CONNECTION_REFUSED)
+                    for ep in TELEGRAM.endpoints]
+    control = {ep.id: observe(ep, "connect", failures.CONNECTION_REFUSED)
+               for ep in TELEGRAM.endpoints}
     m, _rows, status = measure(TELEGRAM, observations, control=control)
     assert status.status == "down"
     assert ooni_keys(m, "telegram_") == {
@@ -724,7 +742,9 @@ def test_whatsapp_inconclusive():
 def test_signal_ok():
     m, _, status = measure(SIGNAL, [observe(ep) for ep in SIGNAL.endpoints])
     assert status.status == "ok"
-    assert ooni_keys(m, "signal_") == {"signal_backend_status": "ok", "signal_backend_failure": None}
+    assert ooni_keys(m, "signal_") == {
+        "signal_backend_status": "ok", "signal_backend_failure": None
+    }
 
 
 def test_signal_interception_is_blocked_without_control():
@@ -741,7 +761,9 @@ def test_signal_inconclusive():
     m, _, status = measure(SIGNAL, [observe(ep, "tls", failures.GENERIC_TIMEOUT)
                                     for ep in SIGNAL.endpoints])
     assert status.status == "inconclusive"
-    assert ooni_keys(m, "signal_") == {"signal_backend_status": None, "signal_backend_failure": None}
+    assert ooni_keys(m, "signal_") == {
+        "signal_backend_status": None, "signal_backend_failure": None
+    }
 
 
 def test_facebook_ok():

@@ -73,7 +73,9 @@ def measurement(index: int, control_key: SigningKey = CONTROL_KEY) -> dict:
                             "headers": {"User-Agent": "Mozilla/5.0"}},
                 "response": {"code": 200, "body": {
                     "format": "base64",
-                    "data": base64.b64encode(b"<html>\x00\xff blocked \xe2\x80\x94</html>").decode(),
+                    "data": base64.b64encode(
+                        b"<html>\x00\xff blocked \xe2\x80\x94</html>"
+                    ).decode(),
                 }, "headers": {"X-Note": 'quote " backslash \\ tab \t newline \n \u2028'}},
             }],
             "blockpage_title": "Доступ ограничен — 访问受限 🚫",

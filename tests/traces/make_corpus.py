@@ -90,7 +90,9 @@ IRAN_BLOCKPAGE = (
 
 
 class IranWorld(World):
-    poisoned: ClassVar[dict[str, str]] = {"www.facebook.com": "10.10.34.35", "www.instagram.com": "10.10.34.36"}
+    poisoned: ClassVar[dict[str, str]] = {
+        "www.facebook.com": "10.10.34.35", "www.instagram.com": "10.10.34.36"
+    }
 
     def dns(self, query: DnsQuery) -> list[Reply]:
         if query.qname in self.poisoned:
@@ -158,7 +160,8 @@ services:
 
 
 class GreatFirewallWorld(World):
-    injected: ClassVar[dict[str, str]] = {"www.google.com": "31.13.94.37"}  # an unrelated public address, as observed
+    # an unrelated public address, as observed
+    injected: ClassVar[dict[str, str]] = {"www.google.com": "31.13.94.37"}
     sni_reset: ClassVar[set[str]] = {"www.bbc.com"}
 
     def dns(self, query: DnsQuery) -> list[Reply]:
@@ -270,13 +273,15 @@ services:
   - id: twitter
     name: Twitter
     endpoints:
-      - {id: twitter-media, host: abs.twimg.com, port: 443, path: /responsive-web/client-web/main.js, checks: [dns, tcp, tls, download]}
+      - {id: twitter-media, host: abs.twimg.com, port: 443,
+         path: /responsive-web/client-web/main.js, checks: [dns, tcp, tls, download]}
   - id: baseline
     name: Baseline
     test_name: baseline
     baseline: true
     endpoints:
-      - {id: baseline-media, host: upload.wikimedia.org, port: 443, path: /wikipedia/commons/a/a9/Example.jpg, checks: [dns, tcp, tls, download]}
+      - {id: baseline-media, host: upload.wikimedia.org, port: 443,
+         path: /wikipedia/commons/a/a9/Example.jpg, checks: [dns, tcp, tls, download]}
 """,
     probe_world=RussiaThrottleWorld,
     zone={"abs.twimg.com": ("152.199.21.141",), "upload.wikimedia.org": ("185.15.59.240",)},
@@ -470,8 +475,10 @@ services:
 """ + "".join(
         f"      - {{id: telegram-dc{i}, host: {a}, ports: [80, 443], checks: [tcp, mtproto, http],"
         " role: datacenter}\n" for i, a in enumerate(TELEGRAM_DCS, 1)
-    ) + """      - {id: telegram-web, host: web.telegram.org, port: 443, checks: [dns, tcp, tls, https]}
-""" + BASELINE,
+    ) + (
+        "      - {id: telegram-web, host: web.telegram.org, port: 443,"
+        " checks: [dns, tcp, tls, https]}\n"
+    ) + BASELINE,
     probe_world=TelegramBlackholeWorld,
     zone={"web.telegram.org": ("149.154.167.99",), **BASELINE_ZONE},
     expected=[
