@@ -299,6 +299,9 @@ def dns_verdict(
     failure = resolver_failure(observation)
     if failure is not None:
         method = _DNS_METHOD.get(failure, "dns.failure")
+        if failure in failures.LOCAL or failure.startswith(failures.UNKNOWN_PREFIX):
+            return (INCONCLUSIVE, method, failure,
+                    "The probe itself failed to resolve the name, not the network.")
         if context.network_down:
             return (INCONCLUSIVE, method, failure,
                     "Name resolution failed, but your network seems to be down.")
@@ -415,6 +418,9 @@ def blockpage_evidence(
 def _down_or_inconclusive(
     step: str, failure: str, address: str, control_port: PortObservation | None, context: Context
 ) -> tuple[str, str]:
+    if failure in failures.LOCAL or failure.startswith(failures.UNKNOWN_PREFIX):
+        # the probe's own trouble (out of file descriptors, a bug): not evidence
+        return INCONCLUSIVE, f"The probe itself failed here ({failure[:80]}), not the network."
     if context.network_down:
         return INCONCLUSIVE, "Your network seems to be down (the baseline and the control fail)."
     if is_ipv6(address) and not context.probe_has_ipv6:

@@ -143,6 +143,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         if not url.startswith(("http://", "https://")):
             fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
+    concurrency = fit_concurrency_to_descriptors(concurrency)
     if no_system_resolver and resolver_address is None:
         fail_usage("--no-system-resolver needs --resolver (there would be no DNS at all)")
     options = RunOptions(
@@ -224,12 +225,38 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
             click.echo(f"probe: upload incomplete ({summary.problem}); `probe upload` retries",
                        err=True)
     if as_json:
-        click.echo(json.dumps(summary_json(outcome, path), indent=None))
+        # one row per line: terminal scrubbing works line by line, a single huge line
+        # of a 10,000-endpoint run would be scrubbed in one piece
+        click.echo(json.dumps(summary_json(outcome, path), indent=1))
     else:
         display.print_summary(outcome, path)
     if interrupted or not outcome.complete:
         click.echo(f"probe: interrupted; the partial report is marked incomplete: {path}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def fit_concurrency_to_descriptors(concurrency: int) -> int:
+    """Raise the soft file-descriptor limit as far as allowed, and keep the
+    operations in flight (connections plus DNS queries, two budgets) under it:
+    running out of descriptors would fail measurements for a local reason."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 2 * concurrency + 128
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ImportError, ValueError, OSError):
+        return concurrency  # not POSIX, or not allowed: keep the user's choice
+    if soft == resource.RLIM_INFINITY:
+        return concurrency
+    fitted = max(1, min(concurrency, (soft - 128) // 2))
+    if fitted < concurrency:
+        click.echo(f"probe: --concurrency {concurrency} lowered to {fitted} to stay within "
+                   f"the open-file limit ({soft})", err=True)
+    return fitted
 
 
 def open_geo_or_exit(paths):

@@ -137,12 +137,17 @@ class Measurer:
         self.network = network
         self.options = options
         self._slots = asyncio.Semaphore(options.concurrency)
+        # DNS queries keep listening for a second after the answer (injected second
+        # replies): they get slots of their own so that wait never holds up connections
+        self._dns_slots = asyncio.Semaphore(options.concurrency)
         self._rate = RateLimiter(options.rate)
 
     async def _step(self, operation, *args):
+        if operation in (self.network.dns_exchange, self.network.getaddrinfo):
+            async with self._dns_slots:
+                return await operation(*args)
         async with self._slots:
-            if operation not in (self.network.dns_exchange, self.network.getaddrinfo):
-                await self._rate.wait()
+            await self._rate.wait()
             return await operation(*args)
 
     async def resolve(self, endpoint: Endpoint):

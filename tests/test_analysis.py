@@ -380,3 +380,12 @@ def test_redirect_to_another_host_that_the_control_does_not_get_is_a_blockpage()
     # the site itself redirects everyone the same way: not blocking
     same = observe([tls_port("203.0.113.1", http=(redirect("https://www.x.test/"),))], GOOD_DNS)
     assert one(same, context({"ep": same})) == ("ok", None)
+
+
+def test_the_probes_own_failures_are_never_blocking():
+    # out of file descriptors (EMFILE), or a bug: the control succeeding proves nothing
+    for failure in (F.LOCAL_RESOURCE_ERROR, F.UNKNOWN_PREFIX + "OSError: [Errno 24]"):
+        probe = observe([tls_port("203.0.113.1", connect_failure=failure)], GOOD_DNS)
+        assert one(probe, context({"ep": GOOD}))[0] == "inconclusive"
+    probe = observe([], (exchange(failure=F.LOCAL_RESOURCE_ERROR),), addresses=())
+    assert one(probe, context({"ep": GOOD}))[0] == "inconclusive"

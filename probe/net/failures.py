@@ -47,10 +47,15 @@ JSON_PARSE_ERROR = "json_parse_error"
 CONTROL_RESPONSE_TOO_LARGE = "control_response_too_large"
 DNS_BOGON = "dns_bogon_error"  # OONI's: an answer no public host can have
 REPLAY_MISSING_OPERATION = "replay_missing_operation"  # ours: a trace lacks this operation
-INTERRUPTED = "interrupted"  # the run was cancelled (Ctrl-C) during the operation
+INTERRUPTED = "interrupted"
+# ours: the probe's own machine ran out of something (file descriptors, memory):
+# says nothing about the network, so analysis never reads it as blocking
+LOCAL_RESOURCE_ERROR = "local_resource_error"  # the run was cancelled (Ctrl-C) during the operation
 UNKNOWN_PREFIX = "unknown_failure: "
 
 TIMEOUTS = frozenset({GENERIC_TIMEOUT})
+# failures that come from the probe itself, never from the network
+LOCAL = frozenset({LOCAL_RESOURCE_ERROR, INTERRUPTED, REPLAY_MISSING_OPERATION})
 RESETS = frozenset({CONNECTION_RESET, CONNECTION_ABORTED})
 UNREACHABLE = frozenset({HOST_UNREACHABLE, NETWORK_UNREACHABLE, ADDRESS_FAMILY_NOT_SUPPORTED})
 
@@ -64,6 +69,10 @@ _ERRNO = {
     errno.ENETUNREACH: NETWORK_UNREACHABLE,  # no route: typical of IPv6 on v4-only homes
     errno.EADDRNOTAVAIL: NETWORK_UNREACHABLE,  # no source address of that family
     errno.EAFNOSUPPORT: ADDRESS_FAMILY_NOT_SUPPORTED,
+    errno.EMFILE: LOCAL_RESOURCE_ERROR,  # too many open files (--concurrency too high)
+    errno.ENFILE: LOCAL_RESOURCE_ERROR,
+    errno.ENOBUFS: LOCAL_RESOURCE_ERROR,
+    errno.ENOMEM: LOCAL_RESOURCE_ERROR,
 }
 
 _GAI = {
@@ -97,6 +106,8 @@ def classify(exc: BaseException) -> str:
     """Map an exception raised by a network operation to a failure string."""
     if isinstance(exc, asyncio.CancelledError):
         return INTERRUPTED
+    if isinstance(exc, MemoryError):
+        return LOCAL_RESOURCE_ERROR
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, socket.timeout)):
         return GENERIC_TIMEOUT
     if isinstance(exc, ssl.SSLCertVerificationError):

@@ -292,3 +292,33 @@ def test_mtproto_silent_is_timeout():
         request = MtprotoRequest(LOOPBACK, server.port, base64.b64encode(framed).decode())
         result = run(LiveNetwork().mtproto_exchange(request, 0.5))
     assert result.failure == F.GENERIC_TIMEOUT
+
+
+def test_out_of_file_descriptors_is_a_local_failure(tmp_path):
+    """EMFILE for real, in a child process with a tiny open-file limit: the probe's own
+    machine ran out of descriptors, which must not read as a network failure."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, resource, socket
+from probe.net.live import LiveNetwork
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(8)
+port = listener.getsockname()[1]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+async def main():  # the event loop exists first: then every descriptor is taken
+    held = []
+    try:
+        while True:
+            held.append(socket.socket())
+    except OSError:
+        pass
+    print((await LiveNetwork().tcp_connect("127.0.0.1", port, 1)).failure)
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30)
+    assert done.stdout.strip() == F.LOCAL_RESOURCE_ERROR, done.stdout + done.stderr
