@@ -164,6 +164,8 @@ def analyse(
     for service in targets.services:
         rows = [v for e in service.endpoints for v in verdicts.get(e.id, [])]
         status, explanation = analysis.service_status(rows)
+        if down and status == "inconclusive":
+            explanation = "Your network seems down: nothing, not even the baseline, answered."
         services[service.id] = ServiceVerdict(service.id, status, explanation)
     return verdicts, services, down
 

@@ -279,6 +279,7 @@ def test_no_network_at_all_is_quick_and_inconclusive(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "No network" in result.stdout
+    assert "network seems down" in result.stdout  # said per service too, in plain words
     assert elapsed < 15  # unreachable fails at once; nothing waits for the 5 s timeouts
     report = next((tmp_path / "r").glob("*.jsonl"))
     for line in report.read_text().splitlines():
