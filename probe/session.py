@@ -76,7 +76,7 @@ async def ask_control(
     step_timeout: float,
     trust_pem: str | None = None,
 ) -> ControlOutcome:
-    """Query every helper in parallel; the first good answer wins."""
+    """Query every helper in parallel, batch by batch; the first good answer wins."""
     outcome = ControlOutcome()
     if config.file is not None:
         try:
@@ -97,6 +97,27 @@ async def ask_control(
     if not items:
         outcome.problems.append("nothing was measured")
         return outcome
+    # Large runs ask in batches: a helper accepts at most protocol.MAX_ENDPOINTS per
+    # request, and smaller answers keep the probe's memory and the helper's deadline low.
+    for first in range(0, len(items), CONTROL_BATCH):
+        batch = items[first:first + CONTROL_BATCH]
+        answer = await _ask_batch(network, batch, config, step_timeout, trust_pem, outcome)
+        if answer is None:
+            continue
+        url, parsed = answer
+        if outcome.observations is None:
+            outcome.observations, outcome.entries, outcome.source = {}, {}, url
+            outcome.probe_address = parsed.probe_address
+        outcome.observations.update(parsed.observations)
+        outcome.entries.update(parsed.entries)
+    return outcome
+
+
+CONTROL_BATCH = 500  # endpoints per control request
+
+
+async def _ask_batch(network, items, config, step_timeout, trust_pem, outcome):
+    """Query every helper in parallel for one batch; the first good answer wins."""
     body = protocol.build_request(items, step_timeout, trust_pem)
 
     async def one(url: str):
@@ -114,17 +135,13 @@ async def ask_control(
     try:
         for next_done in asyncio.as_completed(tasks):
             try:
-                url, parsed = await next_done
+                return await next_done
             except (RuntimeError, ValueError) as exc:
                 outcome.problems.append(str(exc)[:300])
-                continue
-            outcome.observations, outcome.source = parsed.observations, url
-            outcome.probe_address, outcome.entries = parsed.probe_address, parsed.entries
-            break
     finally:
         for task in tasks:
             task.cancel()
-    return outcome
+    return None
 
 
 def analyse(
