@@ -539,19 +539,32 @@ def endpoint_verdicts(
 def has_ipv6(observations: Iterable[EndpointObservation]) -> bool:
     """False when the vantage clearly has no IPv6: no IPv6 connect ever worked and at
     least one failed as unreachable, or every one failed."""
-    worked = failed = unreachable = 0
-    for observation in observations:
-        for port in observation.ports:
-            if port.connect is None or not is_ipv6(port.address):
-                continue
-            if port.connect.failure is None:
-                worked += 1
-            else:
-                failed += 1
-                unreachable += port.connect.failure in failures.UNREACHABLE
-    if worked:
-        return True
-    return not (unreachable or failed)
+    evidence = Ipv6Evidence()
+    evidence.add(observations)
+    return evidence.has_ipv6
+
+
+@dataclass
+class Ipv6Evidence:
+    """IPv6 connects seen so far: a run analysed in batches keeps counting across them
+    without holding the observations."""
+
+    worked: int = 0
+    failed: int = 0
+
+    def add(self, observations: Iterable[EndpointObservation]) -> None:
+        for observation in observations:
+            for port in observation.ports:
+                if port.connect is None or not is_ipv6(port.address):
+                    continue
+                if port.connect.failure is None:
+                    self.worked += 1
+                else:
+                    self.failed += 1
+
+    @property
+    def has_ipv6(self) -> bool:
+        return bool(self.worked) or not self.failed
 
 
 def service_status(verdicts: Iterable[Verdict]) -> tuple[str, str]:

@@ -104,10 +104,10 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     from probe.net.live import LiveNetwork
     from probe.report import scrub
     from probe.report.measurements import RunContext, write_run_report
+    from probe.report.staging import StagedResults
     from probe.report.writer import ReportWriteError
     from probe.runner import RunOptions
-    from probe.session import ControlConfig
-    from probe.session import run as run_session
+    from probe.session import ControlConfig, stream
     from probe.targets import TargetsError
 
     local_addresses = scrub.interface_addresses()
@@ -161,6 +161,11 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
                             control_timeout)
     display = Display(targets, enabled=not as_json and sys.stderr.isatty())
     holder = {}
+    try:
+        # each service's result waits on disk for the run's end, not in memory
+        staged = StagedResults(Path(out_dir))
+    except ReportWriteError as exc:
+        fail_usage(f"--out {out_dir}: {exc.reason}")
     recording = None
     if record_path:
         from probe.trace import RunInfo, TraceError, start_recording
@@ -173,37 +178,42 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     async def go():
         network = recording if recording is not None else LiveNetwork()
         try:
-            holder["outcome"] = await run_session(
-                network, targets, options, control, on_endpoint=display.advance,
+            holder["outcome"] = await stream(
+                network, targets, options, control, staged.add, on_endpoint=display.advance,
                 report_id=recording.run_info.report_id if recording is not None else None,
             )
         finally:
             await network.aclose()
 
     interrupted = False
-    with display:
+    with staged, display:
         try:
             asyncio.run(go())
         except KeyboardInterrupt:
             interrupted = True
-    outcome = holder.get("outcome")
-    if outcome is None:
-        click.echo("probe: interrupted before anything was measured; no report written", err=True)
-        sys.exit(EXIT_FAILED)
-    addresses = scrub.volunteer_addresses(
-        outcome.control.probe_address, local_addresses, options.routable
-    )
-    if log_filter is not None:
-        log_filter.set_addresses(addresses)
-    context = RunContext.build(outcome, addresses, geo)
-    if not addresses:
-        click.echo("probe: warning: your public address is unknown (no control answered), so "
-                   "reports could not be checked for it; see docs/privacy.md", err=True)
-    try:
-        path, dropped = write_run_report(outcome, targets, Path(out_dir), key, context)
-    except ReportWriteError as exc:
-        click.echo(f"probe: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+        except ReportWriteError as exc:
+            click.echo(f"probe: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        outcome = holder.get("outcome")
+        if outcome is None:
+            click.echo("probe: interrupted before anything was measured; no report written",
+                       err=True)
+            sys.exit(EXIT_FAILED)
+        addresses = scrub.volunteer_addresses(
+            outcome.control.probe_address, local_addresses, options.routable
+        )
+        if log_filter is not None:
+            log_filter.set_addresses(addresses)
+        context = RunContext.build(outcome, addresses, geo)
+        if not addresses:
+            click.echo("probe: warning: your public address is unknown (no control answered), "
+                       "so reports could not be checked for it; see docs/privacy.md", err=True)
+        try:
+            results = staged.in_order(s.id for s in targets.services)
+            path, dropped = write_run_report(outcome, targets, Path(out_dir), key, context, results)
+        except ReportWriteError as exc:
+            click.echo(f"probe: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
     for service, reason in dropped:
         click.echo(f"probe: the {service} measurement was not written: {reason}", err=True)
     if recording is not None:

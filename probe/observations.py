@@ -8,6 +8,7 @@ Verdicts are analysis output. Both serialise with ``probe.net.network.to_json``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from probe.net.network import (
     ConnectResult,
@@ -103,3 +104,17 @@ class ServiceVerdict:
     service: str
     status: str
     explanation: str
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    """Everything a report line says about one service: what was measured, what we
+    concluded, and which control it was compared with."""
+
+    service: str
+    observations: tuple[EndpointObservation, ...]
+    verdicts: tuple[Verdict, ...]
+    status: ServiceVerdict
+    control: dict[str, Any] | None  # the report's test_keys.control; None: no control
+    control_problems: tuple[str, ...] = ()  # why there was no control
+    network_down: bool = False

@@ -1,4 +1,4 @@
-"""A run's outcome -> its report: one OONI measurement per service, written atomically.
+"""A run's results -> its report: one OONI measurement per service, written atomically.
 
 The measurement shapes live in ``probe.report.ooni``; this module only decides
 what goes into each line of a run (which control data, which annotations) and
@@ -12,26 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from probe.observations import ServiceResult
 from probe.report import ooni
 from probe.report.scrub import scrub_lines
 from probe.report.signing import ReportSigner
 from probe.report.writer import report_path, write_report_atomic
 from probe.session import RunOutcome
 from probe.targets import Targets
-
-
-def control_summary(outcome: RunOutcome, endpoint_ids: set[str]) -> dict[str, Any] | None:
-    """What the report says about the control for one service (None: no control)."""
-    control = outcome.control
-    if not control.available:
-        return None
-    ids = sorted(endpoint_ids & set(control.observations or {}))
-    entries = control.entries or {}
-    attested = [entries[i] for i in ids if i in entries and "signature" in entries[i]]
-    summary: dict[str, Any] = {"source": control.source, "endpoints": ids}
-    if attested:
-        summary["attestation"] = attested  # the helper's own signed words, untouched
-    return summary
 
 
 @dataclass(frozen=True)
@@ -62,11 +49,14 @@ class RunContext:
         )
 
 
-def run_metadata(outcome: RunOutcome, context: RunContext) -> ooni.RunMetadata:
+def run_metadata(
+    outcome: RunOutcome, context: RunContext, result: ServiceResult
+) -> ooni.RunMetadata:
+    """The run's metadata as one service's line states it (its batch's control)."""
     annotations = {"complete": "true" if outcome.complete else "false"}
-    if not outcome.control.available and outcome.control.problems:
-        annotations["control_problem"] = "; ".join(outcome.control.problems)[:500]
-    if outcome.network_down:
+    if result.control is None and result.control_problems:
+        annotations["control_problem"] = "; ".join(result.control_problems)[:500]
+    if result.network_down:
         annotations["network"] = "down"
     return ooni.RunMetadata(
         report_id=outcome.report_id,
@@ -79,26 +69,28 @@ def run_metadata(outcome: RunOutcome, context: RunContext) -> ooni.RunMetadata:
         resolver_cc=context.resolver_cc,
         resolver_network_name=context.resolver_network_name,
         interrupted=not outcome.complete,
-        test_helpers={"control": [{"address": outcome.control.source}]}
-        if outcome.control.available else None,
+        test_helpers={"control": [{"address": result.control.get("source")}]}
+        if result.control is not None else None,
         annotations=annotations,
     )
 
 
 def iter_lines(
-    outcome: RunOutcome, targets: Targets, context: RunContext | None = None
+    outcome: RunOutcome,
+    targets: Targets,
+    context: RunContext | None = None,
+    results: Iterable[ServiceResult] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One OONI measurement per service, built one at a time (a large run never
-    holds all its report lines in memory at once)."""
+    """One OONI measurement per service result, built one at a time (a large run
+    never holds its report lines in memory). ``results``: a streamed run's staged
+    results; by default those ``session.run`` kept in the outcome."""
     context = context or RunContext()
-    meta = run_metadata(outcome, context)
-    for service in targets.services:
-        ids = [e.id for e in service.endpoints]
-        observations = [outcome.observations[i] for i in ids if i in outcome.observations]
-        verdicts = [v for i in ids for v in outcome.verdicts.get(i, [])]
+    services = {s.id: s for s in targets.services}
+    for result in outcome.results if results is None else results:
         yield ooni.build_measurement(
-            meta, service, observations, verdicts, outcome.services[service.id],
-            control_summary(outcome, set(ids)), outcome.runtime,
+            run_metadata(outcome, context, result), services[result.service],
+            result.observations, result.verdicts, result.status, result.control,
+            outcome.runtime,
         )
 
 
@@ -117,7 +109,12 @@ def sign_lines(lines: Iterable[dict[str, Any]], key, complete: bool) -> Iterator
 
 
 def write_run_report(
-    outcome: RunOutcome, targets: Targets, out_dir: Path, key, context: RunContext | None = None
+    outcome: RunOutcome,
+    targets: Targets,
+    out_dir: Path,
+    key,
+    context: RunContext | None = None,
+    results: Iterable[ServiceResult] | None = None,
 ) -> tuple[Path, list[tuple[str, str]]]:
     """Build, scrub, sign and write each line in turn. Returns the path and the
     measurements not written because the volunteer's address could not be removed
@@ -126,7 +123,7 @@ def write_run_report(
     dropped: list[tuple[str, str]] = []
 
     def scrubbed() -> Iterator[dict[str, Any]]:
-        for line in iter_lines(outcome, targets, context):
+        for line in iter_lines(outcome, targets, context, results):
             clean, lost = scrub_lines([line], context.addresses)
             dropped.extend(lost)
             yield from clean

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["ReportWriteError", "report_path", "write_report_atomic"]
+__all__ = ["ReportWriteError", "describe_os_error", "report_path", "write_report_atomic"]
 
 _ADVICE = {
     errno.ENOSPC: "the disk is full; free some space or pass --out with a folder on another disk",
@@ -49,7 +49,7 @@ class ReportWriteError(Exception):
         super().__init__(f"cannot write the report {self.path}: {reason}")
 
 
-def _reason(error: OSError) -> str:
+def describe_os_error(error: OSError) -> str:
     text = error.strerror or str(error)
     advice = _ADVICE.get(error.errno or -1)
     return f"{text} ({advice})" if advice else text
@@ -121,7 +121,7 @@ def write_report_atomic(path: Path, lines: Iterable[dict | bytes]) -> Path:
         temporary = None
         _fsync_directory(directory)
     except OSError as error:
-        raise ReportWriteError(path, _reason(error)) from error
+        raise ReportWriteError(path, describe_os_error(error)) from error
     finally:
         if temporary is not None:
             try:
