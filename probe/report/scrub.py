@@ -1134,7 +1134,9 @@ class ScrubbingStream:
         self._pending += text
         if "\n" in self._pending:
             complete, _, self._pending = self._pending.rpartition("\n")
-            self._stream.write(self._scrub(complete + "\n"))
+            # one line at a time: scrubbing a 3 MB summary in one piece takes 235 MiB
+            for line in complete.split("\n"):
+                self._stream.write(self._scrub(line + "\n"))
         return len(text)
 
     def _scrub(self, text: str) -> str:
