@@ -112,6 +112,7 @@ _FAILURE_SUFFIX = {
     failures.HOST_UNREACHABLE: "unreachable",
     failures.NETWORK_UNREACHABLE: "unreachable",
     failures.ADDRESS_FAMILY_NOT_SUPPORTED: "unreachable",
+    failures.ADMINISTRATIVELY_PROHIBITED: "prohibited",
     failures.SSL_FAILED_HANDSHAKE: "alert",
     failures.SSL_UNKNOWN_AUTHORITY: "mitm",
     failures.SSL_INVALID_HOSTNAME: "invalid_hostname",
@@ -130,6 +131,7 @@ _DNS_METHOD = {
     failures.DNS_TEMPORARY: "dns.timeout",
     failures.NETWORK_UNREACHABLE: "dns.unreachable",
     failures.HOST_UNREACHABLE: "dns.unreachable",
+    failures.ADMINISTRATIVELY_PROHIBITED: "dns.prohibited",
     failures.CONNECTION_REFUSED: "dns.connection_refused",
     failures.CONNECTION_RESET: "dns.reset",
 }
@@ -333,13 +335,44 @@ def dns_verdict(
             and all(p.connect.failure is not None for p in probe_side)
             and any(p.connect.failure is None for p in own_side)
         )
-        if not validated and (checkable or unreachable_forgery):
+        if not validated and (
+            checkable or unreachable_forgery
+            or _serves_another_page(observation.ports, own_side)
+        ):
             return (
                 DNS_BLOCKED, "dns.inconsistent", None,
                 "Your resolver's addresses share nothing with the control's and none of them "
                 "proved to be the real service.",
             )
     return None
+
+
+def _serves_another_page(
+    probe_ports: Iterable[PortObservation], control_own: Iterable[PortObservation]
+) -> bool:
+    """Plain-HTTP evidence for a forged answer: the page your resolver's address
+    serves you is a blockpage next to the one the control gets from its own
+    resolver's addresses (a known fingerprint, another status class, a redirect
+    elsewhere, a third of the size with another title).
+
+    Indonesia's and Turkey's resolvers answer with their blockpage server's public
+    address, or a CNAME to it; that server also answers the control (which is
+    asked to measure your addresses too), so only the control's *own* addresses
+    tell. A CDN answering other addresses serves the same page: no evidence."""
+    control_pages = [
+        http for port in control_own for http in port.http
+        if http.failure is None and http.status is not None
+        and not http.request.measure_throughput
+    ]
+    if not control_pages:
+        return False
+    for port in probe_ports:
+        for http in port.http:
+            if http.failure is not None or http.status is None or http.request.measure_throughput:
+                continue
+            if all(blockpage_evidence(http, page) is not None for page in control_pages):
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------- #
