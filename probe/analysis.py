@@ -441,10 +441,16 @@ def blockpage_evidence(
     if probe_target is not None and probe_target != _redirect_host(control_http):
         return f"You were redirected to {probe_target}; the control was not."
     control_body = _body(control_http)
-    if http.status == control_http.status and control_body and not control_http.body_truncated:
-        ratio = len(body) / max(len(control_body), 1)
+    if (
+        http.status == control_http.status and control_body and body
+        and not control_http.body_truncated and not http.body_truncated
+    ):
+        # Symmetric, as OONI's body proportion (min/max): a blockpage can be larger
+        # than the real page as well as smaller. With the title it must differ too.
+        ratio = min(len(body), len(control_body)) / max(len(body), len(control_body))
         if ratio < 0.3 and page_title(body) != page_title(control_body):
-            return "The page differs from the control's: a different title and a third of its size."
+            return ("The page differs from the control's: another title, and under a third "
+                    "(or over three times) its size.")
     return None
 
 
@@ -524,7 +530,8 @@ def port_verdict(
 def throttling(
     port: PortObservation, control_port: PortObservation | None, context: Context
 ) -> str | None:
-    probe_rates = [h.throughput_bps for h in port.http if h.throughput_bps]
+    # 0 is a measurement (a frozen flow: nothing arrived in the whole window), None is not
+    probe_rates = [h.throughput_bps for h in port.http if h.throughput_bps is not None]
     if not probe_rates or control_port is None:
         return None
     control_rates = [h.throughput_bps for h in control_port.http if h.throughput_bps]

@@ -426,3 +426,17 @@ def test_cdn_address_serving_the_same_page_is_not_dns_blocking():
     failing = observe([http_port("203.0.113.61", http_result(failure=F.GENERIC_TIMEOUT))],
                       (exchange(reply("203.0.113.61")),), endpoint="news")
     assert one(probe, context({"news": failing}, tls_checked=frozenset())) == ("ok", None)
+
+
+def test_a_frozen_transfer_is_throttled_and_a_frozen_server_is_not():
+    # Russia's TSPU freezes flows inside their first TLS record: not one body byte in
+    # the whole window (rate 0) while the control downloads fast
+    def port(rate):
+        return tls_port("203.0.113.1", http=(http_result(throughput=rate),))
+
+    ctx = context({"ep": observe([port(50_000_000.0)], GOOD_DNS)},
+                  baseline_throughput_bps=50_000_000.0)
+    assert one(observe([port(0.0)], GOOD_DNS), ctx) == ("throttled", "throttle")
+    # the server freezes everyone's transfers: the control's rate is 0 too
+    frozen = context({"ep": observe([port(0.0)], GOOD_DNS)})
+    assert one(observe([port(0.0)], GOOD_DNS), frozen) == ("ok", None)

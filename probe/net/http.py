@@ -94,10 +94,15 @@ class _Transfer:
         self.received = 0
         self.truncated = False
         self.last = started
+        self.window_over = False  # the transfer's window ended before the body did
 
     def throughput(self) -> float | None:
         elapsed = self.last - self.started
-        return self.received / elapsed if self.received and elapsed > 0 else None
+        if not self.received:
+            # A whole window without one byte of body (a flow frozen inside the first
+            # TLS record) is a rate of zero; an empty body measures nothing.
+            return 0.0 if self.window_over else None
+        return self.received / elapsed if elapsed > 0 else None
 
 
 async def _read_body(response: aiohttp.ClientResponse, req: HttpRequest, clock,
@@ -122,6 +127,7 @@ async def _read_body(response: aiohttp.ClientResponse, req: HttpRequest, clock,
         if not deadline.expired():
             raise
         transfer.truncated = True
+        transfer.window_over = True
         transfer.last = clock()
 
 
