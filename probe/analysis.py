@@ -112,6 +112,7 @@ _FAILURE_SUFFIX = {
     failures.HOST_UNREACHABLE: "unreachable",
     failures.NETWORK_UNREACHABLE: "unreachable",
     failures.ADDRESS_FAMILY_NOT_SUPPORTED: "unreachable",
+    failures.ADMINISTRATIVELY_PROHIBITED: "prohibited",
     failures.SSL_FAILED_HANDSHAKE: "alert",
     failures.SSL_UNKNOWN_AUTHORITY: "mitm",
     failures.SSL_INVALID_HOSTNAME: "invalid_hostname",
@@ -130,6 +131,7 @@ _DNS_METHOD = {
     failures.DNS_TEMPORARY: "dns.timeout",
     failures.NETWORK_UNREACHABLE: "dns.unreachable",
     failures.HOST_UNREACHABLE: "dns.unreachable",
+    failures.ADMINISTRATIVELY_PROHIBITED: "dns.prohibited",
     failures.CONNECTION_REFUSED: "dns.connection_refused",
     failures.CONNECTION_RESET: "dns.reset",
 }
@@ -333,13 +335,44 @@ def dns_verdict(
             and all(p.connect.failure is not None for p in probe_side)
             and any(p.connect.failure is None for p in own_side)
         )
-        if not validated and (checkable or unreachable_forgery):
+        if not validated and (
+            checkable or unreachable_forgery
+            or _serves_another_page(observation.ports, own_side)
+        ):
             return (
                 DNS_BLOCKED, "dns.inconsistent", None,
                 "Your resolver's addresses share nothing with the control's and none of them "
                 "proved to be the real service.",
             )
     return None
+
+
+def _serves_another_page(
+    probe_ports: Iterable[PortObservation], control_own: Iterable[PortObservation]
+) -> bool:
+    """Plain-HTTP evidence for a forged answer: the page your resolver's address
+    serves you is a blockpage next to the one the control gets from its own
+    resolver's addresses (a known fingerprint, another status class, a redirect
+    elsewhere, a third of the size with another title).
+
+    Indonesia's and Turkey's resolvers answer with their blockpage server's public
+    address, or a CNAME to it; that server also answers the control (which is
+    asked to measure your addresses too), so only the control's *own* addresses
+    tell. A CDN answering other addresses serves the same page: no evidence."""
+    control_pages = [
+        http for port in control_own for http in port.http
+        if http.failure is None and http.status is not None
+        and not http.request.measure_throughput
+    ]
+    if not control_pages:
+        return False
+    for port in probe_ports:
+        for http in port.http:
+            if http.failure is not None or http.status is None or http.request.measure_throughput:
+                continue
+            if all(blockpage_evidence(http, page) is not None for page in control_pages):
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------- #
@@ -408,10 +441,16 @@ def blockpage_evidence(
     if probe_target is not None and probe_target != _redirect_host(control_http):
         return f"You were redirected to {probe_target}; the control was not."
     control_body = _body(control_http)
-    if http.status == control_http.status and control_body and not control_http.body_truncated:
-        ratio = len(body) / max(len(control_body), 1)
+    if (
+        http.status == control_http.status and control_body and body
+        and not control_http.body_truncated and not http.body_truncated
+    ):
+        # Symmetric, as OONI's body proportion (min/max): a blockpage can be larger
+        # than the real page as well as smaller. With the title it must differ too.
+        ratio = min(len(body), len(control_body)) / max(len(body), len(control_body))
         if ratio < 0.3 and page_title(body) != page_title(control_body):
-            return "The page differs from the control's: a different title and a third of its size."
+            return ("The page differs from the control's: another title, and under a third "
+                    "(or over three times) its size.")
     return None
 
 
@@ -491,7 +530,8 @@ def port_verdict(
 def throttling(
     port: PortObservation, control_port: PortObservation | None, context: Context
 ) -> str | None:
-    probe_rates = [h.throughput_bps for h in port.http if h.throughput_bps]
+    # 0 is a measurement (a frozen flow: nothing arrived in the whole window), None is not
+    probe_rates = [h.throughput_bps for h in port.http if h.throughput_bps is not None]
     if not probe_rates or control_port is None:
         return None
     control_rates = [h.throughput_bps for h in control_port.http if h.throughput_bps]

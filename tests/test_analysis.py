@@ -192,7 +192,9 @@ def test_getaddrinfo_used_when_no_direct_resolver():
 @pytest.mark.parametrize(
     "failure,method",
     [(F.GENERIC_TIMEOUT, "tcp.timeout"), (F.CONNECTION_RESET, "tcp.reset"),
-     (F.CONNECTION_REFUSED, "tcp.refused")],
+     (F.CONNECTION_REFUSED, "tcp.refused"),
+     # a router's REJECT with ICMP "administratively prohibited" (lab: icmp-prohibited)
+     (F.ADMINISTRATIVELY_PROHIBITED, "tcp.prohibited")],
 )
 def test_connect_failures(failure, method):
     probe = observe([tls_port("203.0.113.1", connect_failure=failure)], GOOD_DNS)
@@ -389,3 +391,52 @@ def test_the_probes_own_failures_are_never_blocking():
         assert one(probe, context({"ep": GOOD}))[0] == "inconclusive"
     probe = observe([], (exchange(failure=F.LOCAL_RESOURCE_ERROR),), addresses=())
     assert one(probe, context({"ep": GOOD}))[0] == "inconclusive"
+
+
+def http_port(address: str, response: HttpResult, port: int = 80) -> PortObservation:
+    return PortObservation(address, port, connect(address, port), None, None, (), (response,))
+
+
+BLOCKPAGE_200 = b"<title>Access denied</title>This site is blocked."
+
+
+def test_resolver_address_serving_a_blockpage_is_dns_inconsistent():
+    # Indonesia / Turkey: the resolver answers (or CNAMEs to) its blockpage server's
+    # public address. The server answers the control too when asked at that address,
+    # so only the control's own addresses tell: another page there.
+    probe = observe([http_port("203.0.113.250", http_result(body=BLOCKPAGE_200))],
+                    (exchange(reply("203.0.113.250")),), endpoint="news")
+    control = observe([http_port("203.0.113.61", http_result()),
+                       http_port("203.0.113.250", http_result(body=BLOCKPAGE_200))],
+                      (exchange(reply("203.0.113.61")),), endpoint="news")
+    ctx = context({"news": control}, tls_checked=frozenset())
+    assert one(probe, ctx) == ("dns_blocked", "dns.inconsistent")
+    # without a control the unknown page proves nothing
+    assert one(probe, context(None, tls_checked=frozenset())) == ("ok", None)
+
+
+def test_cdn_address_serving_the_same_page_is_not_dns_blocking():
+    probe = observe([http_port("203.0.113.99", http_result())],
+                    (exchange(reply("203.0.113.99")),), endpoint="news")
+    control = observe([http_port("203.0.113.61", http_result()),
+                       http_port("203.0.113.99", http_result())],
+                      (exchange(reply("203.0.113.61")),), endpoint="news")
+    assert one(probe, context({"news": control}, tls_checked=frozenset())) == ("ok", None)
+    # the control's own page failing gives no evidence either way
+    failing = observe([http_port("203.0.113.61", http_result(failure=F.GENERIC_TIMEOUT))],
+                      (exchange(reply("203.0.113.61")),), endpoint="news")
+    assert one(probe, context({"news": failing}, tls_checked=frozenset())) == ("ok", None)
+
+
+def test_a_frozen_transfer_is_throttled_and_a_frozen_server_is_not():
+    # Russia's TSPU freezes flows inside their first TLS record: not one body byte in
+    # the whole window (rate 0) while the control downloads fast
+    def port(rate):
+        return tls_port("203.0.113.1", http=(http_result(throughput=rate),))
+
+    ctx = context({"ep": observe([port(50_000_000.0)], GOOD_DNS)},
+                  baseline_throughput_bps=50_000_000.0)
+    assert one(observe([port(0.0)], GOOD_DNS), ctx) == ("throttled", "throttle")
+    # the server freezes everyone's transfers: the control's rate is 0 too
+    frozen = context({"ep": observe([port(0.0)], GOOD_DNS)})
+    assert one(observe([port(0.0)], GOOD_DNS), frozen) == ("ok", None)

@@ -35,6 +35,25 @@ ECHO_HEADER = "X-Client-Address"
 WARNING_URL = "http://warning.isp.lab.test/?blocked=1"
 
 
+# A blockpage no fingerprint knows: a plain 200 page with its own title, as many
+# ISPs serve (Indonesia's ISPs each run their own; OONI's web_connectivity tells
+# them from the real site by title and body length against its control).
+UNKNOWN_BLOCKPAGE = (
+    "<!DOCTYPE html><html><head><title>Akses ditolak / Access denied</title></head><body>"
+    "<h1>This site cannot be reached from this network</h1>"
+    + "<p>Access to this site has been restricted under the regulations in force. "
+    "If you believe this is a mistake, contact your provider.</p>" * 8
+    + "</body></html>\r\n"
+)
+
+
+def unknown_response() -> bytes:
+    body = UNKNOWN_BLOCKPAGE.encode()
+    head = ["HTTP/1.1 200 OK", "Content-Type: text/html; charset=utf-8",
+            f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
 def redirect_response() -> bytes:
     body = b"<html><body>Access restricted</body></html>"
     head = ["HTTP/1.1 302 Found", f"Location: {WARNING_URL}", "Content-Type: text/html",
@@ -54,22 +73,27 @@ def response(client_address: str | None) -> bytes:
     return ("\r\n".join(headers) + "\r\n\r\n").encode() + encoded
 
 
-async def _serve(port: int, echo_client: bool, duration: float, redirect: bool = False) -> None:
+async def _serve(port: int, echo_client: bool, duration: float, redirect: bool = False,
+                 page: str = "iran", host: str | None = None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(5):
                 await reader.readuntil(b"\r\n\r\n")
             peer = writer.get_extra_info("peername")[0]
             peer = peer.removeprefix("::ffff:")
-            writer.write(redirect_response() if redirect else
-                         response(peer if echo_client else None))
+            if redirect:
+                writer.write(redirect_response())
+            elif page == "unknown":
+                writer.write(unknown_response())
+            else:
+                writer.write(response(peer if echo_client else None))
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, host=None, port=port, limit=16 * 1024)
+    server = await asyncio.start_server(handle, host=host, port=port, limit=16 * 1024)
     async with server:
         print(f"blockpage: listening on {port}", file=sys.stderr, flush=True)
         await asyncio.sleep(duration)
@@ -81,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo-client", action="store_true")
     parser.add_argument("--redirect", action="store_true",
                         help="answer a 302 to a warning page instead (Russian ISPs)")
+    parser.add_argument("--page", choices=("iran", "unknown"), default="iran",
+                        help="Iran's 403 page, or a 200 page no fingerprint matches")
+    parser.add_argument("--host", default=None, help="listen on this address only")
     parser.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.port, args.echo_client, args.duration, args.redirect))
+    asyncio.run(_serve(args.port, args.echo_client, args.duration, args.redirect, args.page,
+                       args.host))
     return 0
 
 

@@ -159,22 +159,47 @@ class SniDrop:
 @dataclass(frozen=True)
 class ResolverAnswers:
     """The ISP resolver lies for ``names``: ``behaviour`` is nxdomain, drop,
-    servfail, or address (answer ``values`` instead of the real addresses)."""
+    servfail, refused, nodata, or address (answer ``values`` instead of the real
+    addresses, behind a CNAME to ``cname`` when given)."""
 
     names: tuple[str, ...]
     behaviour: str
     values: tuple[str, ...] = ()
+    cname: str | None = None  # address only: a CNAME to this name first
+
+    def behaviours(self) -> dict[str, str | dict]:
+        # The format of probe.lab.servers.dns behaviours: "nxdomain", {"forge": [...]}.
+        spec: str | dict = self.behaviour
+        if self.behaviour == "address":
+            spec = {"forge": list(self.values)}
+            if self.cname is not None:
+                spec["cname"] = self.cname
+        return {name: spec for name in self.names}
 
     def apply(self, lab: Runtime) -> None:
-        # The format of probe.lab.servers.dns behaviours: "nxdomain", {"forge": [...]}.
-        spec: str | dict = {"forge": list(self.values)} if self.behaviour == "address" else (
-            self.behaviour
-        )
-        lab.set_resolver_behaviours({name: spec for name in self.names})
+        lab.set_resolver_behaviours(self.behaviours())
 
     def describe(self) -> str:
         what = f"{self.behaviour} {' '.join(self.values)}".strip()
+        if self.cname is not None:
+            what = f"a CNAME to {self.cname} then {' '.join(self.values)}"
         return f"ISP resolver answers {what} for {', '.join(self.names)}"
+
+
+@dataclass(frozen=True)
+class ResolverLies:
+    """Several ``ResolverAnswers`` at once (the resolver's behaviour file is one)."""
+
+    answers: tuple[ResolverAnswers, ...]
+
+    def apply(self, lab: Runtime) -> None:
+        merged: dict[str, str | dict] = {}
+        for answer in self.answers:
+            merged.update(answer.behaviours())
+        lab.set_resolver_behaviours(merged)
+
+    def describe(self) -> str:
+        return "; ".join(answer.describe() for answer in self.answers)
 
 
 @dataclass(frozen=True)
@@ -220,6 +245,7 @@ class HttpBlockpage:
     echo_client: bool = False
     port: int = 80
     redirect: bool = False  # a 302 to the ISP's warning page instead (Russia)
+    page: str = "iran"  # or "unknown": a 200 page that matches no known fingerprint
 
     def apply(self, lab: Runtime) -> None:
         for address in self.addresses:
@@ -233,6 +259,7 @@ class HttpBlockpage:
             argv.append("--echo-client")
         if self.redirect:
             argv.append("--redirect")
+        argv += ["--page", self.page]
         lab.start_scenario_process("blockpage", plan.CENSOR, argv)
 
     def describe(self) -> str:
@@ -268,6 +295,23 @@ class TlsInterception:
         return f"TLS to {', '.join(self.addresses)} intercepted with the censor's root"
 
 
+def _shaper(lab: Runtime, kbit: int, queue_bytes: int) -> None:
+    """An HTB class 1:20 of ``kbit`` on the censor's client link; packets put in it
+    (iptables CLASSIFY --set-class 1:20) are shaped, the rest pass at line rate."""
+    dev = plan.CENSOR_CLIENT_DEV
+    lab.censor_command(["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
+                        "default", "10"])
+    lab.censor_command(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10",
+                        "htb", "rate", "10gbit", "quantum", "60000"])
+    lab.censor_command(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20",
+                        "htb", "rate", f"{kbit}kbit", "ceil", f"{kbit}kbit",
+                        "burst", "2k", "cburst", "2k", "quantum", "1514"])
+    # A short queue: excess packets are dropped (a policer, as the TSPU's was)
+    # instead of queueing for seconds, which would also starve new handshakes.
+    lab.censor_command(["tc", "qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:",
+                        "bfifo", "limit", str(queue_bytes)])
+
+
 @dataclass(frozen=True)
 class Throttle:
     """Traffic from ``addresses`` to the client is shaped to ``kbit`` kbit/s
@@ -281,17 +325,7 @@ class Throttle:
 
     def apply(self, lab: Runtime) -> None:
         dev = plan.CENSOR_CLIENT_DEV
-        lab.censor_command(["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
-                            "default", "10"])
-        lab.censor_command(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10",
-                            "htb", "rate", "10gbit", "quantum", "60000"])
-        lab.censor_command(["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20",
-                            "htb", "rate", f"{self.kbit}kbit", "ceil", f"{self.kbit}kbit",
-                            "burst", "2k", "cburst", "2k", "quantum", "1514"])
-        # A short queue: excess packets are dropped (a policer, as the TSPU's was)
-        # instead of queueing for seconds, which would also starve new handshakes.
-        lab.censor_command(["tc", "qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:",
-                            "bfifo", "limit", str(self.queue_bytes)])
+        _shaper(lab, self.kbit, self.queue_bytes)
         for address in self.addresses:
             lab.firewall(
                 _family(address),
@@ -351,3 +385,130 @@ class ClientOffline:
 
     def describe(self) -> str:
         return "the client's link is down"
+
+
+@dataclass(frozen=True)
+class PayloadDrop:
+    """DPI on a connection's payload: once a packet to ``addresses`` carries one of
+    ``hex_strings`` (iptables --hex-string), that packet and the rest of its flow
+    are dropped; the TCP handshake itself passes. Telegram's unobfuscated MTProto
+    was identified this way by Iranian and Russian DPI in 2018 (TelegramMessenger/
+    MTProxy issues #35 and #138); here the marker is req_pq_multi's constructor."""
+
+    addresses: tuple[str, ...]
+    hex_strings: tuple[str, ...]
+    mark: int = 0x5E
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            lab.firewall(
+                family,
+                ["-A", "FORWARD", "-m", "connmark", "--mark", hex(self.mark), "-j", "DROP"],
+            )
+        for address in self.addresses:
+            for needle in self.hex_strings:
+                hit = ["-A", "FORWARD", "-d", address, "-p", "tcp", "-m", "string", "--algo",
+                       "bm", "--hex-string", needle]
+                lab.firewall(_family(address), [*hit, "-j", "CONNMARK", "--set-mark",
+                                                hex(self.mark)])
+                lab.firewall(_family(address), [*hit, "-j", "DROP"])
+
+    def describe(self) -> str:
+        return (f"drop flows to {', '.join(self.addresses)} once their payload carries "
+                f"{' or '.join(self.hex_strings)}")
+
+
+@dataclass(frozen=True)
+class IcmpReject:
+    """A router's REJECT rule: SYNs to ``addresses`` are answered with an ICMP
+    "communication administratively prohibited" (IPv4 type 3 code 13, RFC 1812;
+    ICMPv6 type 1 code 1, RFC 4443) instead of being dropped silently."""
+
+    addresses: tuple[str, ...]
+
+    def apply(self, lab: Runtime) -> None:
+        for address in self.addresses:
+            kind = "icmp-admin-prohibited" if _family(address) == 4 else "adm-prohibited"
+            lab.firewall(_family(address), ["-A", "FORWARD", "-d", address, "-p", "tcp",
+                                            "-j", "REJECT", "--reject-with", kind])
+
+    def describe(self) -> str:
+        return f"ICMP administratively prohibited for TCP to {', '.join(self.addresses)}"
+
+
+@dataclass(frozen=True)
+class KeywordReset:
+    """Keyword filtering of plain HTTP: a packet to port ``port`` carrying
+    ``keyword`` (here a Host header) is answered with an RST, after the TCP
+    handshake, when the request goes out (the Great Firewall: Clayton et al.,
+    "Ignoring the Great Firewall of China", PET 2006)."""
+
+    keyword: str
+    port: int = 80
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-p", "tcp", "--dport", str(self.port),
+                                  "-m", "string", "--algo", "bm", "--string", self.keyword,
+                                  "-j", "REJECT", "--reject-with", "tcp-reset"])
+
+    def describe(self) -> str:
+        return f"RST when a packet to port {self.port} carries {self.keyword!r}"
+
+
+@dataclass(frozen=True)
+class SniFlowLimit:
+    """Per-flow limits keyed on the ClientHello's SNI, after the flow's first
+    ``after_bytes`` (server to client): ``kbit`` None freezes the flow (every later
+    packet dropped: Russia's TSPU since 2024, sites behind Cloudflare, Hetzner,
+    DigitalOcean hang after ~16 KB, net4people/bbs #417 and #490), a number shapes it
+    (Russia 2021 throttled Twitter's flows matched by SNI: Xue et al., IMC 2021).
+    iptables CONNMARKs the flow whose ClientHello names one of ``names``; connbytes
+    counts the reply direction (it turns on conntrack accounting by itself)."""
+
+    names: tuple[str, ...]
+    after_bytes: int = 16_000
+    kbit: int | None = None
+    mark: int = 0x5F
+
+    def apply(self, lab: Runtime) -> None:
+        dev = plan.CENSOR_CLIENT_DEV
+        if self.kbit is not None:
+            _shaper(lab, self.kbit, 6000)
+        for family in (4, 6):
+            for name in self.names:
+                lab.firewall(family, ["-A", "FORWARD", "-p", "tcp", "--dport", "443", "-m",
+                                      "string", "--algo", "bm", "--string", name, "-j",
+                                      "CONNMARK", "--set-mark", hex(self.mark)])
+            over = ["-m", "connmark", "--mark", hex(self.mark), "-m", "connbytes",
+                    "--connbytes", f"{self.after_bytes}:", "--connbytes-dir", "reply",
+                    "--connbytes-mode", "bytes"]
+            if self.kbit is None:
+                lab.firewall(family, ["-A", "FORWARD", "-o", dev, *over, "-j", "DROP"])
+            else:
+                lab.firewall(family, ["-t", "mangle", "-A", "POSTROUTING", "-o", dev, *over,
+                                      "-j", "CLASSIFY", "--set-class", "1:20"])
+
+    def describe(self) -> str:
+        what = "frozen" if self.kbit is None else f"shaped to {self.kbit} kbit/s"
+        return (f"TLS flows naming {', '.join(self.names)} {what} after their first "
+                f"{self.after_bytes} bytes")
+
+
+@dataclass(frozen=True)
+class IspBlockpageServer:
+    """The ISP's own blockpage server, a public host anyone can reach (the
+    resolver's lies point here): a 200 page matching no known fingerprint."""
+
+    address: str = plan.ISP_RESOLVER
+    port: int = 80
+
+    def apply(self, lab: Runtime) -> None:
+        lab.start_scenario_process(
+            "isp-blockpage", plan.ISP,
+            ["-m", "probe.lab.blockpage", "--host", self.address, "--port", str(self.port),
+             "--page", "unknown"],
+        )
+
+    def describe(self) -> str:
+        return f"the ISP's blockpage server answers on {self.address}:{self.port}"

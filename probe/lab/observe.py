@@ -33,8 +33,8 @@ class Check:
 
     kind: dns (``target`` is a name, ``qtype`` A/AAAA, asked to ``resolver``),
     connect, tls (``sni``), http (GET ``path`` with Host ``host``), download
-    (over TLS, measured for ``seconds``). ``expect`` is compared with the
-    outcome: an exact string, or for "kbit" outcomes ``kbit<N`` / ``kbit>N``.
+    (over TLS, measured for ``seconds``), mtproto (one req_pq_multi). ``expect``
+    is compared with the outcome: an exact string, or for "kbit" outcomes ``kbit<N`` / ``kbit>N``.
     ``contains`` must also appear in an http response (head or body).
     """
 
@@ -73,6 +73,8 @@ def _socket_error(exc: OSError) -> str:
         return "eof"
     if getattr(exc, "errno", None) in (101, 113, 99):
         return "unreachable"
+    if getattr(exc, "errno", None) == 13:  # EACCES: ICMPv6 administratively prohibited
+        return "prohibited"
     return f"error {exc}"
 
 
@@ -169,6 +171,25 @@ def observe_tls(check: Check) -> str:
     return "issuer " + (str(names[0].value) if names else issuer.rfc4514_string())
 
 
+def observe_mtproto(check: Check) -> str:
+    """Send one req_pq_multi in the intermediate transport, built here by hand from
+    the MTProto documentation (auth_key_id 0, message id, length, constructor
+    0xbe7e8ef1, a 16-byte nonce): "answer" when anything comes back."""
+    import os
+    import struct
+
+    message = struct.pack("<qqi", 0, int(time.time()) << 32, 20) + struct.pack(
+        "<I", 0xBE7E8EF1) + os.urandom(16)
+    payload = b"\xee\xee\xee\xee" + struct.pack("<I", len(message)) + message
+    try:
+        with _connect(check.target, check.port, check.timeout) as sock:
+            sock.sendall(payload)
+            data = sock.recv(4096)
+    except OSError as exc:
+        return _socket_error(exc)
+    return "answer" if data else "eof"
+
+
 def _read_all(sock: socket.socket, limit: int = 1 << 16) -> bytes:
     data = b""
     while len(data) < limit:
@@ -242,6 +263,8 @@ def observe(check: Check) -> dict:
         outcome, detail = observe_http(check)
     elif check.kind == "download":
         outcome = observe_download(check)
+    elif check.kind == "mtproto":
+        outcome = observe_mtproto(check)
     else:
         outcome = f"unknown check kind {check.kind}"
     return {"outcome": outcome, "detail": detail[:4096], "seconds": time.monotonic() - started}

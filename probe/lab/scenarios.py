@@ -23,10 +23,16 @@ from probe.lab.censor import (
     DnsInjection,
     DropTraffic,
     HttpBlockpage,
+    IcmpReject,
+    IspBlockpageServer,
+    KeywordReset,
+    PayloadDrop,
     RemoveAddresses,
     ResetConnections,
     ResolverAnswers,
+    ResolverLies,
     SniDrop,
+    SniFlowLimit,
     SniReset,
     StopService,
     Throttle,
@@ -84,6 +90,10 @@ def http(
     return Check("http", address, expect, port=80, host=host, contains=contains, vantage=vantage)
 
 
+def mtproto(address: str, port: int, expect: str, vantage: str = "client") -> Check:
+    return Check("mtproto", address, expect, port=port, vantage=vantage)
+
+
 def download(address: str, sni: str, expect: str, vantage: str = "client") -> Check:
     return Check("download", address, expect, port=443, sni=sni, path="/download",
                  vantage=vantage, timeout=2.0, seconds=2.0)
@@ -99,6 +109,9 @@ TELEGRAM_DC = tuple(f"203.0.113.{10 + dc}" for dc in range(1, 6))
 FACEBOOK = _addrs("facebook")
 NEWS = _addrs("news")
 TWITTER = _addrs("twitter")
+WHATSAPP_CHAT = ("203.0.113.21", "2001:db8:113::21", "203.0.113.22", "2001:db8:113::22")
+REQ_PQ_MULTI_HEX = "|f18e7ebe|"  # req_pq_multi#be7e8ef1, little-endian on the wire
+ISP_BLOCKPAGE_HOST = "blocked.isp.lab.test"
 ALL_SERVICE_ADDRESSES = tuple(
     a for service in ("baseline", "telegram", "whatsapp", "signal", "facebook", "twitter", "news")
     for a in _addrs(service)
@@ -475,6 +488,182 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
         client_address_must_not_leak=True,
         issue=5,
+    ),
+    # --- censors the first catalogue did not cover (red team, issue 6) -------------
+    Scenario(
+        name="mtproto-dpi",
+        title="Telegram's MTProto recognised by DPI and dropped (Iran, Russia 2018)",
+        description="DPI recognises Telegram's unobfuscated MTProto in the first payload of "
+        "a connection to the datacenters and drops it and the rest of the flow; the TCP "
+        "handshake passes and plain HTTP to the same addresses still works. Only the MTProto "
+        "exchange fails: protocol_blocked, not tcp_blocked.",
+        sources=("TelegramMessenger/MTProxy issue #35 (2018): Iran's DPI identifies MTProto "
+                 "and blocks it while the servers stay reachable",
+                 "TelegramMessenger/MTProxy issue #138 (2018): MTProto's fixed packet sizes "
+                 "matched by a DPI rule; tested by Rostelecom"),
+        actions=(PayloadDrop(TELEGRAM_DC, (REQ_PQ_MULTI_HEX,)),),
+        truth=(Expect("telegram-dc*", "protocol_blocked", "protocol.timeout"),),
+        services={"telegram": "partially_blocked"},
+        checks=(
+            connect("203.0.113.11", 443, "ok"),
+            mtproto("203.0.113.11", 443, "timeout"),
+            mtproto("203.0.113.14", 80, "timeout"),
+            http("203.0.113.14", "203.0.113.14", "200"),
+            mtproto("203.0.113.11", 443, "answer", vantage="control"),
+        ),
+        issue=6,
+    ),
+    Scenario(
+        name="tls-freeze-16k",
+        title="TLS flows frozen after their first 16 KB (Russia's TSPU, 2024-2025)",
+        description="Connections to some hosts (Cloudflare, Hetzner, DigitalOcean) complete "
+        "their TLS handshake and the first ~16 KB, then hang for good: every later packet is "
+        "dropped. Small pages load; a transfer stops. Over the transfer's window the rate is "
+        "near zero while the control's is fast: throttled.",
+        sources=("net4people/bbs issue #417 (2025): sites behind Cloudflare, Hetzner and "
+                 "DigitalOcean hang after about 16 KB of transferred data",
+                 "net4people/bbs issue #490 (2025): Russia's new method, connections frozen "
+                 "after 16-20 KB"),
+        actions=(SniFlowLimit(("media.twitter.lab.test",), after_bytes=16_000),),
+        truth=(Expect("twitter-media", "throttled", "throttle"),),
+        services={"twitter": "partially_blocked"},
+        checks=(
+            tls("203.0.113.52", "media.twitter.lab.test", LAB_ROOT),
+            download("203.0.113.52", "media.twitter.lab.test", "kbit<300"),
+            download("203.0.113.52", "media.twitter.lab.test", "kbit>5000", vantage="control"),
+            download("203.0.113.100", "www.baseline.lab.test", "kbit>5000"),
+        ),
+        issue=6,
+    ),
+    Scenario(
+        name="throttle-sni-late",
+        title="Per-flow throttling by SNI after a first burst (Russia 2021 style)",
+        description="Flows whose ClientHello names Twitter's media host are shaped to 150 "
+        "kbit/s once their first 100 KB have passed at full speed, so a short test looks "
+        "fast at first. The other Twitter host and every other flow are untouched.",
+        sources=(("Xue et al., 'Throttling Twitter: an emerging censorship technique in "
+                  "Russia', IMC 2021 (throttling keyed on the SNI, per flow); the initial "
+                  "allowance is our variation, to catch probes that measure only the start"),),
+        actions=(SniFlowLimit(("media.twitter.lab.test",), after_bytes=100_000, kbit=150),),
+        truth=(Expect("twitter-media", "throttled", "throttle"),),
+        services={"twitter": "partially_blocked"},
+        checks=(
+            download("203.0.113.52", "media.twitter.lab.test", "kbit<1500"),
+            download("203.0.113.52", "media.twitter.lab.test", "kbit>5000", vantage="control"),
+            download("203.0.113.100", "www.baseline.lab.test", "kbit>5000"),
+        ),
+        issue=6,
+    ),
+    Scenario(
+        name="icmp-prohibited",
+        title="Connections rejected with ICMP 'administratively prohibited'",
+        description="Instead of dropping SYNs silently, the filtering router rejects them "
+        "with an ICMP destination unreachable, 'communication administratively prohibited' "
+        "(a REJECT rule, as firewalld configures by default). Connects fail at once; the "
+        "method must say so, not 'timeout' nor a local error.",
+        sources=("RFC 1812 5.2.7.1 and RFC 4443 3.1 (the ICMP codes a filter answers with)",
+                 "firewalld/firewalld issue #1204: a filtering router answering 'unreachable "
+                 "- admin prohibited filter'"),
+        actions=(IcmpReject(WHATSAPP_CHAT),),
+        truth=(Expect("whatsapp-e[12]", "tcp_blocked", "tcp.prohibited"),),
+        services={"whatsapp": "partially_blocked"},
+        checks=(
+            connect("203.0.113.21", 443, "unreachable"),
+            connect("2001:db8:113::22", 5222, "prohibited"),
+            connect("203.0.113.21", 443, "ok", vantage="control"),
+            connect("203.0.113.23", 443, "ok"),
+        ),
+        issue=6,
+    ),
+    Scenario(
+        name="dns-error-codes",
+        title="Resolver errors only for blocked names: SERVFAIL, REFUSED, NODATA",
+        description="Several ISPs' resolvers fail instead of lying: SERVFAIL for Signal, "
+        "REFUSED for WhatsApp, an empty NOERROR answer (NODATA) for Facebook, while every "
+        "other name resolves and the control resolves these. Each must be dns_blocked with "
+        "its own method.",
+        sources=("OONI's failure vocabulary (data format df-007): dns_server_failure, "
+                 "dns_refused_error, dns_no_answer are recorded for blocked names",
+                 "RFC 2308 section 2.2 (NODATA: NOERROR with no answer)"),
+        actions=(ResolverLies((
+            ResolverAnswers(_names("signal"), "servfail"),
+            ResolverAnswers(_names("whatsapp"), "refused"),
+            ResolverAnswers(_names("facebook"), "nodata"),
+        )),),
+        truth=(Expect("signal-*", "dns_blocked", "dns.servfail"),
+               Expect("whatsapp-*", "dns_blocked", "dns.refused"),
+               Expect("facebook-*", "dns_blocked", "dns.no_answer")),
+        services={"signal": "blocked", "whatsapp": "blocked", "facebook": "blocked"},
+        checks=(
+            dns("chat.signal.lab.test", "servfail"),
+            dns("e1.whatsapp.lab.test", "refused"),
+            dns("www.facebook.lab.test", "empty"),
+            dns("www.facebook.lab.test", "answer 203.0.113.41", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+        issue=6,
+    ),
+    Scenario(
+        name="dns-cname-blockpage",
+        title="Resolver CNAMEs blocked names to the ISP's blockpage host (Indonesia, Turkey)",
+        description="The ISP's resolver answers the news site's names with a CNAME to its "
+        "own blockpage host, whose public address serves a 200 page no fingerprint knows, "
+        "to anyone (the control too, when asked at that address). Only the page the "
+        "control gets from its own resolver's address tells the lie.",
+        sources=("OONI, 'Indonesia: Internet Positif' reports (DNS-based blocking redirecting "
+                 "to the ISPs' blockpages)",
+                 "Internet Positif / TrustPositif: ISP resolvers redirect blocked domains to "
+                 "their blockpage (e.g. IndiHome's block address)"),
+        actions=(ResolverAnswers(_names("news"), "address", (plan.ISP_RESOLVER,),
+                                 cname=ISP_BLOCKPAGE_HOST),
+                 IspBlockpageServer()),
+        truth=(Expect("news-*", "dns_blocked", "dns.inconsistent"),),
+        services={"news": "blocked"},
+        checks=(
+            dns("www.news.lab.test", f"answer {plan.ISP_RESOLVER}"),
+            http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied"),
+            http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied",
+                 vantage="control"),
+            http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
+        ),
+        issue=6,
+    ),
+    Scenario(
+        name="http-host-reset",
+        title="Plain HTTP reset when the request names a blocked host (Great Firewall)",
+        description="A keyword filter sees 'Host: www.news.lab.test' in a request to port 80 "
+        "and answers with an RST after the TCP handshake; HTTPS to the same site works. "
+        "The request is cut: http_blocked, http.reset.",
+        sources=("Clayton, Murdoch, Watson, 'Ignoring the Great Firewall of China', PET 2006 "
+                 "(RSTs after a request carrying a blocked keyword)",),
+        actions=(KeywordReset("Host: www.news.lab.test"),),
+        truth=(Expect("news-http", "http_blocked", "http.reset"),),
+        services={"news": "partially_blocked"},
+        checks=(
+            connect("203.0.113.61", 80, "ok"),
+            http("203.0.113.61", "www.news.lab.test", "reset"),
+            http("203.0.113.100", "www.baseline.lab.test", "200"),
+            http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
+        ),
+        issue=6,
+    ),
+    Scenario(
+        name="http-unknown-blockpage",
+        title="HTTP answered with a blockpage no fingerprint knows",
+        description="Port-80 requests for the news site get a 200 page of the ISP's own, "
+        "matching no known fingerprint. Against the control's page (another title, several "
+        "times the size) it is http_blocked; without a control nothing could tell it from the "
+        "site, so the rule needs the control.",
+        sources=("OONI web_connectivity (spec ts-017): HTTP diff by body length proportion and "
+                 "title against the control",),
+        actions=(HttpBlockpage(NEWS, page="unknown"),),
+        truth=(Expect("news-http", "http_blocked", "http.blockpage", needs_control=True),),
+        services={"news": "partially_blocked"},
+        checks=(
+            http("203.0.113.61", "www.news.lab.test", "200", contains="Access denied"),
+            http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
+        ),
+        issue=6,
     ),
 )
 

@@ -21,6 +21,12 @@ CONNECTION_ABORTED = "connection_aborted"
 GENERIC_TIMEOUT = "generic_timeout_error"  # nothing came back in time (blackholes)
 EOF_ERROR = "eof_error"  # the peer closed cleanly mid-exchange
 HOST_UNREACHABLE = "host_unreachable"
+# ours: an ICMP "communication administratively prohibited" answered our SYN (a
+# router's REJECT rule: iptables icmp-admin-prohibited / icmp-host-prohibited,
+# firewalld's default). Linux reports it as EHOSTUNREACH for IPv4 and EACCES for
+# IPv6; the ICMP code itself is read from the socket's error queue (tcp.py).
+# Test: lab scenario icmp-prohibited (tests/lab).
+ADMINISTRATIVELY_PROHIBITED = "administratively_prohibited"
 NETWORK_UNREACHABLE = "network_unreachable"  # no route (e.g. no IPv6 connectivity)
 ADDRESS_FAMILY_NOT_SUPPORTED = "address_family_not_supported"
 DNS_NXDOMAIN = "dns_nxdomain_error"
@@ -65,7 +71,8 @@ _ERRNO = {
     errno.EPIPE: CONNECTION_RESET,  # write after the peer reset us
     errno.ECONNABORTED: CONNECTION_ABORTED,
     errno.ETIMEDOUT: GENERIC_TIMEOUT,
-    errno.EHOSTUNREACH: HOST_UNREACHABLE,  # ICMP host unreachable / prohibited
+    errno.EHOSTUNREACH: HOST_UNREACHABLE,  # ICMP host unreachable (prohibited: icmp_failure)
+    errno.EACCES: ADMINISTRATIVELY_PROHIBITED,  # ICMPv6 administratively prohibited (Linux)
     errno.ENETUNREACH: NETWORK_UNREACHABLE,  # no route: typical of IPv6 on v4-only homes
     errno.EADDRNOTAVAIL: NETWORK_UNREACHABLE,  # no source address of that family
     errno.EAFNOSUPPORT: ADDRESS_FAMILY_NOT_SUPPORTED,
@@ -94,6 +101,20 @@ _X509_CODES = {
     9: SSL_INVALID_CERTIFICATE,  # not yet valid
     10: SSL_INVALID_CERTIFICATE,  # expired (https://expired.badssl.com/)
 }
+
+# ICMP "destination unreachable" codes meaning a filter refused the packet:
+# RFC 1812 5.2.7.1 (IPv4 type 3: 9 network, 10 host, 13 communication administratively
+# prohibited) and RFC 4443 3.1 (ICMPv6 type 1: 1 administratively prohibited, 5 source
+# address failed ingress/egress policy, 6 reject route to destination).
+_ICMP_PROHIBITED = {(4, 3): frozenset({9, 10, 13}), (6, 1): frozenset({1, 5, 6})}
+
+
+def icmp_failure(version: int, icmp_type: int, code: int) -> str | None:
+    """The failure an ICMP error names more precisely than errno does (None: errno's)."""
+    if code in _ICMP_PROHIBITED.get((version, icmp_type), ()):
+        return ADMINISTRATIVELY_PROHIBITED
+    return None
+
 
 DNS_RCODES = {
     "NXDOMAIN": DNS_NXDOMAIN,

@@ -94,10 +94,15 @@ class _Transfer:
         self.received = 0
         self.truncated = False
         self.last = started
+        self.window_over = False  # the transfer's window ended before the body did
 
     def throughput(self) -> float | None:
         elapsed = self.last - self.started
-        return self.received / elapsed if self.received and elapsed > 0 else None
+        if not self.received:
+            # A whole window without one byte of body (a flow frozen inside the first
+            # TLS record) is a rate of zero; an empty body measures nothing.
+            return 0.0 if self.window_over else None
+        return self.received / elapsed if elapsed > 0 else None
 
 
 async def _read_body(response: aiohttp.ClientResponse, req: HttpRequest, clock,
@@ -108,6 +113,27 @@ async def _read_body(response: aiohttp.ClientResponse, req: HttpRequest, clock,
     transfer_cap = max(req.transfer_bytes, cap) if measure else cap
     window = req.transfer_seconds if measure else 0.0
     decoder = _decoder(response.headers.get("Content-Encoding", ""))
+    if not window:
+        await _read_chunks(response, req, clock, transfer, decoder, cap, transfer_cap, 0.0)
+        return
+    # The window is a deadline, not a check made when a chunk arrives: a flow the
+    # censor freezes after its first kilobytes (Russia's TSPU since 2024, net4people/bbs
+    # #490) sends nothing more, and its rate is what arrived over the whole window.
+    deadline = asyncio.timeout(window)
+    try:
+        async with deadline:
+            await _read_chunks(response, req, clock, transfer, decoder, cap, transfer_cap, window)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        transfer.truncated = True
+        transfer.window_over = True
+        transfer.last = clock()
+
+
+async def _read_chunks(response, req, clock, transfer: _Transfer, decoder, cap: int,
+                       transfer_cap: int, window: float) -> None:
+    measure = req.measure_throughput
     async for chunk in response.content.iter_chunked(16384):
         transfer.last = clock()
         transfer.received += len(chunk)
@@ -180,8 +206,10 @@ async def request(req: HttpRequest, timeout: float, clock) -> HttpResult:
         ):
             # A throughput transfer cut by its deadline after data flowed is a
             # measurement of a slow link, not a failure (throttling looks like this).
+            # Its rate counts the time waited for nothing, up to now.
             failure = None
             transfer.truncated = True
+            transfer.last = clock()
     finally:
         await connector.close()
     transfer = transfer or _Transfer(t0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import struct
 
 from probe import mtproto
@@ -17,12 +18,84 @@ EVIDENCE_GRACE = 0.2
 EVIDENCE_BYTES = 4096
 
 
+# Linux's extended socket errors (ip(7), ipv6(7)): with IP_RECVERR set, an ICMP error
+# answering our SYN is queued on the socket with its type and code, which errno alone
+# loses (EHOSTUNREACH is a dead host and a censor's "administratively prohibited" alike).
+_RECVERR = {
+    socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
+    socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25)),
+}
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+_ICMP_ORIGIN = {2: 4, 3: 6}  # SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6
+_UNREACHABLE_LIKE = failures.UNREACHABLE | {failures.ADMINISTRATIVELY_PROHIBITED}
+
+
+def _icmp_reason(sock: socket.socket) -> str | None:
+    """What the queued ICMP error says, when it is more precise than errno."""
+    try:
+        _, ancillary, _, _ = sock.recvmsg(1, 512, _MSG_ERRQUEUE)
+    except OSError:  # nothing queued, or no extended errors on this platform
+        return None
+    for level, kind, data in ancillary:
+        if (level, kind) in _RECVERR.values() and len(data) >= 16:
+            _errno, origin, icmp_type, code = struct.unpack_from("=IBBB", data)
+            version = _ICMP_ORIGIN.get(origin)
+            if version is not None:
+                return failures.icmp_failure(version, icmp_type, code)
+    return None
+
+
+async def _open(address: str, port: int):
+    """asyncio.open_connection on a socket that records ICMP errors while connecting."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )[0]
+    except socket.gaierror:  # not a literal address: let asyncio resolve it
+        return await asyncio.open_connection(address, port)
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        level_option = _RECVERR.get(family)
+        if level_option is not None:
+            try:
+                sock.setsockopt(*level_option, 1)
+            except OSError:
+                level_option = None
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, sockaddr)
+        except OSError as exc:
+            failure = failures.classify(exc)
+            if level_option is not None and failure in _UNREACHABLE_LIKE:
+                precise = _icmp_reason(sock)
+                if precise is not None:
+                    raise IcmpError(precise) from exc
+            raise
+        if level_option is not None:
+            # Once connected, ICMP errors go back to being soft errors as usual.
+            sock.setsockopt(*level_option, 0)
+        return await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class IcmpError(OSError):
+    """A connect refused by an ICMP error whose code names the failure precisely."""
+
+    def __init__(self, failure: str) -> None:
+        super().__init__(failure)
+        self.failure = failure
+
+
 async def open_stream(address: str, port: int, timeout: float, clock):
     """Connect; returns (ConnectResult, reader, writer) with reader/writer None on failure."""
     t0 = clock()
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(address, port)
+            reader, writer = await _open(address, port)
+    except IcmpError as exc:
+        return ConnectResult(address, port, exc.failure, Timing(t0, clock())), None, None
     except Exception as exc:
         return ConnectResult(address, port, failures.classify(exc), Timing(t0, clock())), None, None
     return ConnectResult(address, port, None, Timing(t0, clock())), reader, writer

@@ -26,7 +26,9 @@ VERDICTS = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
 METHODS = {"dns.nxdomain", "dns.bogon", "dns.injected", "dns.inconsistent", "dns.timeout",
            "dns.servfail", "tcp.timeout", "tcp.reset", "tcp.refused", "tls.reset", "tls.timeout",
            "tls.eof", "tls.mitm", "http.blockpage", "http.reset", "http.timeout",
-           "protocol.timeout", "protocol.invalid", "throttle"}
+           "protocol.timeout", "protocol.invalid", "throttle",
+           # issue 6: the red team's censors
+           "tcp.prohibited", "dns.refused", "dns.no_answer", "tls.alert"}
 SERVICE_STATUSES = {"ok", "blocked", "partially_blocked", "down", "inconclusive", ANY}
 
 

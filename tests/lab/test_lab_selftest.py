@@ -32,7 +32,8 @@ def test_scenario_selftest(clean_lab, name):
 def test_reset_reverts_every_scenario_completely(clean_lab):
     """Apply the scenarios that leave the most state, reset, and look for any trace."""
     for name in ("tls-mitm", "throttle", "service-down", "endpoint-down", "client-offline",
-                 "ipv6-no-route", "http-blockpage", "dns-nxdomain"):
+                 "ipv6-no-route", "http-blockpage", "dns-nxdomain", "throttle-sni-late",
+                 "dns-cname-blockpage", "mtproto-dpi"):
         clean_lab.apply(name)
     clean_lab.reset()
     assert clean_lab.censor_rules() == ""

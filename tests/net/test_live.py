@@ -239,6 +239,37 @@ def test_https_request_and_download_throughput(lab_pki):
     assert result.throughput_bps and result.throughput_bps > 0
 
 
+def test_a_transfer_that_freezes_is_measured_over_its_whole_window():
+    """Russia's TSPU freezes some flows after their first ~16 KB (net4people/bbs #490):
+    the first kilobytes arrive at once, then nothing. The rate is what arrived over
+    the window, not over the few milliseconds before the freeze."""
+
+    async def scenario(sent):
+        async def frozen(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\n\r\n" + b"x" * sent)
+            await writer.drain()
+            await asyncio.sleep(5)  # frozen: nothing more, the connection stays open
+            writer.close()
+
+        server = await asyncio.start_server(frozen, LOOPBACK, 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            url = f"http://example.org:{port}/download"
+            return await LiveNetwork().http_request(
+                HttpRequest(url, LOOPBACK, max_body=1 << 16, measure_throughput=True,
+                            transfer_bytes=1 << 22, transfer_seconds=1.0), 3)
+
+    result = run(scenario(16384))
+    assert result.failure is None and result.body_truncated
+    assert result.body_length == 16384
+    assert result.throughput_bps is not None and result.throughput_bps < 20_000  # ~16 KB/s
+    assert result.timing.t - result.timing.t0 < 2.5  # the window ends it, not the timeout
+    # frozen inside the first TLS record: the head came, not one byte of body
+    nothing = run(scenario(0))
+    assert nothing.failure is None and nothing.status == 200 and nothing.throughput_bps == 0.0
+
+
 @pytest.mark.parametrize(
     "mode,failure",
     [("reset", F.CONNECTION_RESET), ("silent", F.GENERIC_TIMEOUT), ("eof", F.EOF_ERROR)],

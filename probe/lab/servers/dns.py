@@ -2,9 +2,11 @@
 
 One server answers UDP and TCP on the same port from a zone of A, AAAA and
 CNAME records. Per-name behaviours make it the ISP resolver of a censorship
-scenario: ``answer`` normally, ``nxdomain``, ``servfail``, ``refused``, ``drop``
-(never answer, as resolvers that silently discard blocked names do), or
-``forge`` a fixed address (Iran's 10.10.34.34-style block pages, or 127.0.0.1).
+scenario: ``answer`` normally, ``nxdomain``, ``servfail``, ``refused``, ``nodata`` (NOERROR
+with an empty answer), ``drop`` (never answer, as resolvers that silently discard
+blocked names do), or ``forge`` a fixed address (Iran's 10.10.34.34-style block
+pages, or 127.0.0.1), optionally behind a ``cname`` (Indonesia's and Turkey's
+resolvers CNAME blocked names to their blockpage host).
 Names match exactly, then by ``*.parent`` wildcard (closest first), then the
 ``"*"`` default.
 
@@ -41,7 +43,7 @@ import dns.rrset
 from probe.lab.servers.config import ConfigError
 from probe.lab.servers.stream import Connection, Endpoint, Limits, StreamServer, bind_socket
 
-ACTIONS = ("answer", "nxdomain", "servfail", "refused", "drop", "forge")
+ACTIONS = ("answer", "nxdomain", "servfail", "refused", "nodata", "drop", "forge")
 RECORD_TYPES = ("A", "AAAA", "CNAME")
 MAX_CNAME_CHAIN = 8
 MAX_TCP_QUERIES = 100
@@ -56,6 +58,7 @@ class DnsBehaviour:
     action: str = "answer"
     addresses: tuple[str, ...] = ()
     ttl: int | None = None
+    cname: str | None = None  # forge only: answer a CNAME to this name, then the addresses
 
 
 ANSWER = DnsBehaviour()
@@ -69,9 +72,13 @@ def parse_behaviour(value: Any, where: str) -> DnsBehaviour:
             raise ConfigError(f"{where}: {value!r} is not a behaviour (use {actions} or {{forge}})")
         return DnsBehaviour(value)
     if isinstance(value, dict) and "forge" in value:
-        unknown = set(value) - {"forge", "ttl"}
+        unknown = set(value) - {"forge", "ttl", "cname"}
         if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (allowed: forge, ttl)")
+            raise ConfigError(
+                f"{where}: unknown keys {sorted(unknown)} (allowed: forge, ttl, cname)")
+        cname = value.get("cname")
+        if cname is not None and (not isinstance(cname, str) or not cname.strip(".")):
+            raise ConfigError(f"{where}.cname: {cname!r} is not a name")
         addresses = value["forge"]
         addresses = [addresses] if isinstance(addresses, str) else addresses
         if not isinstance(addresses, list) or not addresses:
@@ -81,7 +88,8 @@ def parse_behaviour(value: Any, where: str) -> DnsBehaviour:
         ttl = value.get("ttl")
         if ttl is not None and (not isinstance(ttl, int) or ttl < 0):
             raise ConfigError(f"{where}.ttl: {ttl!r} is not a non-negative integer")
-        return DnsBehaviour("forge", tuple(addresses), ttl)
+        return DnsBehaviour("forge", tuple(addresses), ttl,
+                            _normal(cname) if cname is not None else None)
     raise ConfigError(f"{where}: {value!r:.60} is not a behaviour (a string or {{'forge': ...}})")
 
 
@@ -189,12 +197,18 @@ def answer_query(
     if question.rdclass != dns.rdataclass.IN:
         response.set_rcode(dns.rcode.REFUSED)
         return response
+    if behaviour.action == "nodata":
+        return response
     if behaviour.action == "forge":
         version = {"A": 4, "AAAA": 6}.get(qtype)
         matching = [a for a in behaviour.addresses if ipaddress.ip_address(a).version == version]
+        forged_ttl = ttl if behaviour.ttl is None else behaviour.ttl
+        owner = name
+        if behaviour.cname is not None:
+            response.answer.append(_rrset(name, forged_ttl, "CNAME", [behaviour.cname]))
+            owner = behaviour.cname
         if matching:
-            forged_ttl = ttl if behaviour.ttl is None else behaviour.ttl
-            response.answer.append(_rrset(name, forged_ttl, qtype, matching))
+            response.answer.append(_rrset(owner, forged_ttl, qtype, matching))
         return response
     response.flags |= dns.flags.AA
     current = name
