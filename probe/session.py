@@ -384,12 +384,13 @@ class _Pipeline:
             self.analysed[number].set()
         await self._transfers()
         down = self._network_down(self.results.values(), self.held_control.available)
+        # 0 is a measurement (the volunteer's own baseline froze), None is not
         bps = [
             h.throughput_bps
             for o in self.baseline.values()
             for p in o.ports
             for h in p.http
-            if h.throughput_bps
+            if h.throughput_bps is not None
         ]
         for service in self.held:
             self._conclude(service, self.held_control, down, max(bps) if bps else None)

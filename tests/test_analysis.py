@@ -276,6 +276,9 @@ def test_throttled_needs_both_ratio_and_floor():
     assert one(slow, context({"ep": slow})) == ("ok", None)
     # the volunteer's whole link is this slow: not throttling of the service
     assert one(slow, context({"ep": fast}, baseline_throughput_bps=20_000)) == ("ok", None)
+    # the volunteer's own baseline transfer froze (0 bytes in its window): the link,
+    # not the service, is what is slow
+    assert one(slow, context({"ep": fast}, baseline_throughput_bps=0.0)) == ("ok", None)
 
 
 # --- IPv6, network down, control failures --------------------------------------

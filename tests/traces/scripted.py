@@ -317,7 +317,7 @@ class ScriptedNetwork:
         items, step_timeout = query.items, query.timeout
         helper = ScriptedNetwork(self.control)
         base = self.control_options
-        options = RunOptions(resolver=("9.9.9.9", 53), timeout=step_timeout,
+        options = RunOptions(resolver=("9.9.9.9", 53), timeout=step_timeout, rate=None,
                              routable=base.routable, trust_pem=base.trust_pem,
                              started_at=base.started_at)
         observations = await run_endpoints(
