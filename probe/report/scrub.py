@@ -737,10 +737,13 @@ def scrub_bytes(
                 return gzip.compress(cleaned, mtime=0)
     encodings = ["latin-1"] + (["utf-8"] if _is_utf8_text(data) else [])
     for encoding in encodings:
-        text = data.decode(encoding)
+        # surrogateescape: the Latin-1 pass may have cut a UTF-8 sequence in two
+        # ("\xc2" + "[scrubbed]" from a superscript "\xc2\xb9" that began the
+        # address); the UTF-8 view must still be scrubbed, and the bytes kept.
+        text = data.decode(encoding, "surrogateescape")
         cleaned = scrub_text(text, targets, depth=depth)
         if cleaned != text:
-            data = cleaned.encode(encoding)
+            data = cleaned.encode(encoding, "surrogateescape")
     return _scrub_utf16_runs(data, targets, depth)
 
 
