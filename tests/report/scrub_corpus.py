@@ -95,6 +95,9 @@ def results() -> dict[str, Any]:
     hostile["measurement_uid"] = "20261128021500.000000_ZZ_svc_0123456789abcdef"
     _fixed_dns_ids(hostile)
     document = {text: text for text in texts}
+    certificates = {"test_keys": {f"seen by {ADDRESSES[0]}": {
+        scrub.CERTIFICATES_KEY: [{"format": "base64", "data": text} for text in texts[::7]],
+    }}}
     return {
         "texts": texts,
         "scrub_text": [scrub.scrub_text(t, ADDRESSES) for t in texts],
@@ -108,6 +111,10 @@ def results() -> dict[str, Any]:
         "hostile_leaks": _leaks(hostile),
         "hostile": _measurement(hostile),
         "lines": scrub.scrub_lines([hostile, {"test_name": "x", "k": texts}], ADDRESSES),
+        # Certificates are never altered: one holding the address fails its measurement,
+        # and the error names each place (the key's own address scrubbed) and form.
+        "certificate": _measurement(certificates),
+        "certificate_leaks": _leaks(certificates),
     }
 
 
