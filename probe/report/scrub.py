@@ -845,7 +845,7 @@ def _scrub_value(value: Any, targets: _Targets) -> Any:
             else:
                 result[new_key] = _scrub_value(item, targets)
         return result
-    return value
+    return copy.deepcopy(value)  # a type JSON does not have: kept, as a copy
 
 
 def _withhold_attestations(measurement: dict[str, Any], targets: _Targets) -> None:
@@ -886,13 +886,14 @@ def scrub_measurement(
     to scrub and the copy is returned unchanged: the caller must say so.
     """
     targets = _Targets.of(addresses, ipv6_prefix)
-    result = copy.deepcopy(measurement)
     if not targets:
-        return result
-    attestation = _pop_path(result, ATTESTATION_PATH)
-    result = _scrub_value(result, targets)
+        return copy.deepcopy(measurement)
+    # _scrub_value builds a new measurement: only the attestation's path is copied
+    # here, to take the attestation out without touching the caller's dict.
+    without, attestation = _pop_path_copy(measurement, ATTESTATION_PATH)
+    result = _scrub_value(without, targets)
     if attestation is not _MISSING:
-        _put_path(result, ATTESTATION_PATH, attestation)
+        _put_path(result, ATTESTATION_PATH, copy.deepcopy(attestation))
         _withhold_attestations(result, targets)
     assert_clean(result, targets)
     return result
@@ -922,13 +923,22 @@ def scrub_lines(
 _MISSING = object()
 
 
-def _pop_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _pop_path_copy(data: dict[str, Any], path: tuple[str, ...]) -> tuple[Any, Any]:
+    """(``data`` without the value at ``path``, that value or _MISSING); ``data``
+    itself is left as it was (the dicts along the path are copied)."""
     node: Any = data
     for name in path[:-1]:
         if not isinstance(node, dict) or not isinstance(node.get(name), dict):
-            return _MISSING
+            return data, _MISSING
         node = node[name]
-    return node.pop(path[-1], _MISSING)
+    if not isinstance(node, dict) or path[-1] not in node:
+        return data, _MISSING
+    top = dict(data)
+    node = top
+    for name in path[:-1]:
+        node[name] = dict(node[name])
+        node = node[name]
+    return top, node.pop(path[-1])
 
 
 def _put_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

@@ -4,6 +4,7 @@ a fixed hostile corpus, and caches that cannot hand back a stale or foreign answ
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
 import json
 from pathlib import Path
@@ -118,3 +119,21 @@ def test_a_utf8_sequence_cut_by_the_latin1_pass_does_not_crash_the_scrubber():
     cleaned = scrub_text(f"seen={planted}", ADDRESSES)
     assert base64.b64decode(cleaned.removeprefix("seen=")) == b"\xc2" + SCRUBBED.encode()
     assert find_leaks({"cookie": cleaned}, ADDRESSES) == []
+
+
+def test_the_scrubbed_copy_shares_nothing_mutable_with_the_measurement():
+    attestation = {"response": {"endpoint_id": "web"}, "signature": {"value": "x"}}
+    measurement = {"test_keys": {
+        "control": {"attestation": [attestation]},
+        CERTIFICATES_KEY: [{"data": "AAAA"}],
+        "queries": [{"answers": [V4, "203.0.113.5"]}],
+        "odd": {"bytes": bytearray(b"ab")},
+    }}
+    before = copy.deepcopy(measurement)
+    cleaned = scrub_measurement(measurement, ADDRESSES)
+    assert measurement == before
+    assert cleaned["test_keys"]["queries"][0]["answers"] == [SCRUBBED, "203.0.113.5"]
+    cleaned["test_keys"]["control"]["attestation"][0]["response"]["endpoint_id"] = "changed"
+    cleaned["test_keys"][CERTIFICATES_KEY][0]["data"] = "changed"
+    cleaned["test_keys"]["odd"]["bytes"].append(1)
+    assert measurement == before
