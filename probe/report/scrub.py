@@ -56,6 +56,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import gzip
 import html
 import ipaddress
@@ -126,6 +127,40 @@ class Leak:
 # --------------------------------------------------------------------------- #
 
 
+class _Memo:
+    """Results of a pure function of a text, emptied whenever it holds too much.
+
+    Reports repeat most of their strings (keys, failure strings, above all the
+    peer certificate chain, the same for thousands of endpoints), so scrubbing
+    and checking remember their results per :class:`_Targets`. Only texts up to
+    :data:`MEMO_TEXT` characters are kept, and at most :data:`MEMO_BUDGET`
+    characters of keys and results in all (plus a small charge per entry).
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, int], Any] = {}
+        self._size = 0
+
+    def get(self, key: tuple[str, int]) -> Any:
+        return self._results.get(key)
+
+    def put(self, key: tuple[str, int], result: Any) -> None:
+        size = len(key[0]) + (len(result) if isinstance(result, str) else 0) + 64
+        if len(key[0]) > MEMO_TEXT:
+            return
+        if self._size + size > MEMO_BUDGET:
+            self._results.clear()
+            self._size = 0
+        self._results[key] = result
+        self._size += size
+
+
+#: Texts longer than this are never memoised (pages, large payloads).
+MEMO_TEXT = 64 << 10
+#: Characters (keys and results) one memo holds before it is emptied.
+MEMO_BUDGET = 4 << 20
+
+
 @dataclass(frozen=True)
 class _Targets:
     v4: frozenset[int]
@@ -137,6 +172,10 @@ class _Targets:
     first_octets: frozenset[int] = field(default=frozenset())
     b64_fragments: tuple[str, ...] = field(default=())
     anchor: re.Pattern[str] = field(default=re.compile(r"(?!)"))
+    # What scrub_text returned, and which texts the checker found clean, for these
+    # targets only. Two memos, so the re-check never trusts the scrubber's work.
+    scrubbed: _Memo = field(default_factory=_Memo, compare=False, repr=False)
+    checked_clean: _Memo = field(default_factory=_Memo, compare=False, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.v4 or self.v6)
@@ -147,6 +186,14 @@ class _Targets:
             return addresses
         if isinstance(addresses, str):
             addresses = [addresses]
+        addresses = tuple(addresses)
+        try:
+            return _targets_of(addresses, ipv6_prefix)
+        except TypeError:  # an unhashable address: build it without remembering
+            return cls._build(addresses, ipv6_prefix)
+
+    @classmethod
+    def _build(cls, addresses: tuple[Any, ...], ipv6_prefix: int) -> _Targets:
         if not 0 < ipv6_prefix <= 128 or ipv6_prefix % 8:
             raise ValueError("ipv6_prefix must be a multiple of 8 between 8 and 128")
         v4: set[int] = set()
@@ -191,6 +238,13 @@ class _Targets:
         if value >> 96 == 0x20010000 and (~value) & 0xFFFFFFFF in self.v4:
             return "IPv4 address inside a Teredo address"
         return None
+
+
+@functools.lru_cache(maxsize=8)
+def _targets_of(addresses: tuple[Any, ...], ipv6_prefix: int) -> _Targets:
+    # One _Targets, hence one pair of memos, for each set of addresses: a run
+    # scrubs each of its lines with the same addresses.
+    return _Targets._build(addresses, ipv6_prefix)
 
 
 def _parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -668,9 +722,13 @@ def scrub_text(
     targets = _Targets.of(addresses, ipv6_prefix)
     if not targets or not text:
         return text
-    if depth > 0:
-        text = _scrub_base64_runs(text, targets, depth)
-    return _scrub_tokens(text, targets)
+    key = (text, depth)
+    cleaned = targets.scrubbed.get(key)
+    if cleaned is None:
+        cleaned = _scrub_tokens(_scrub_base64_runs(text, targets, depth) if depth > 0 else text,
+                                targets)
+        targets.scrubbed.put(key, cleaned)
+    return cleaned
 
 
 # Runs of ASCII text in UTF-16 (a page served as UTF-16, or text inside binary).
@@ -737,10 +795,13 @@ def scrub_bytes(
                 return gzip.compress(cleaned, mtime=0)
     encodings = ["latin-1"] + (["utf-8"] if _is_utf8_text(data) else [])
     for encoding in encodings:
-        text = data.decode(encoding)
+        # surrogateescape: the Latin-1 pass may have cut a UTF-8 sequence in two
+        # ("\xc2" + "[scrubbed]" from a superscript "\xc2\xb9" that began the
+        # address); the UTF-8 view must still be scrubbed, and the bytes kept.
+        text = data.decode(encoding, "surrogateescape")
         cleaned = scrub_text(text, targets, depth=depth)
         if cleaned != text:
-            data = cleaned.encode(encoding)
+            data = cleaned.encode(encoding, "surrogateescape")
     return _scrub_utf16_runs(data, targets, depth)
 
 
@@ -784,7 +845,7 @@ def _scrub_value(value: Any, targets: _Targets) -> Any:
             else:
                 result[new_key] = _scrub_value(item, targets)
         return result
-    return value
+    return copy.deepcopy(value)  # a type JSON does not have: kept, as a copy
 
 
 def _withhold_attestations(measurement: dict[str, Any], targets: _Targets) -> None:
@@ -825,13 +886,14 @@ def scrub_measurement(
     to scrub and the copy is returned unchanged: the caller must say so.
     """
     targets = _Targets.of(addresses, ipv6_prefix)
-    result = copy.deepcopy(measurement)
     if not targets:
-        return result
-    attestation = _pop_path(result, ATTESTATION_PATH)
-    result = _scrub_value(result, targets)
+        return copy.deepcopy(measurement)
+    # _scrub_value builds a new measurement: only the attestation's path is copied
+    # here, to take the attestation out without touching the caller's dict.
+    without, attestation = _pop_path_copy(measurement, ATTESTATION_PATH)
+    result = _scrub_value(without, targets)
     if attestation is not _MISSING:
-        _put_path(result, ATTESTATION_PATH, attestation)
+        _put_path(result, ATTESTATION_PATH, copy.deepcopy(attestation))
         _withhold_attestations(result, targets)
     assert_clean(result, targets)
     return result
@@ -846,7 +908,7 @@ def scrub_lines(
     signed or written, and the user must be told (the reason never contains
     the address).
     """
-    targets = _Targets.of(list(addresses), ipv6_prefix)
+    targets = _Targets.of(addresses, ipv6_prefix)
     clean: list[dict[str, Any]] = []
     dropped: list[tuple[str, str]] = []
     for number, line in enumerate(lines, 1):
@@ -861,13 +923,22 @@ def scrub_lines(
 _MISSING = object()
 
 
-def _pop_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _pop_path_copy(data: dict[str, Any], path: tuple[str, ...]) -> tuple[Any, Any]:
+    """(``data`` without the value at ``path``, that value or _MISSING); ``data``
+    itself is left as it was (the dicts along the path are copied)."""
     node: Any = data
     for name in path[:-1]:
         if not isinstance(node, dict) or not isinstance(node.get(name), dict):
-            return _MISSING
+            return data, _MISSING
         node = node[name]
-    return node.pop(path[-1], _MISSING)
+    if not isinstance(node, dict) or path[-1] not in node:
+        return data, _MISSING
+    top = dict(data)
+    node = top
+    for name in path[:-1]:
+        node[name] = dict(node[name])
+        node = node[name]
+    return top, node.pop(path[-1])
 
 
 def _put_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -920,57 +991,90 @@ def _normalised(text: str) -> Iterator[str]:
 
 
 class _Checker:
-    """Collects :class:`Leak` s; remembers what it decoded so repeated words cost once."""
+    """Collects :class:`Leak` s; remembers what it decoded so repeated words cost once.
+
+    Texts found clean are remembered in ``targets.checked_clean`` (for these
+    targets, at that depth), across measurements: the same certificate chain is
+    then decoded once per run, not once per endpoint. A text is remembered only
+    when nothing in it was recorded *and* nothing in it was skipped because an
+    earlier text already recorded it (see ``_decoded``).
+    """
 
     def __init__(self, targets: _Targets) -> None:
         self.targets = targets
         self.leaks: list[Leak] = []
-        self._decoded: set[tuple[str, int]] = set()
+        # (base64 run, depth) -> whether decoding it found nothing
+        self._decoded: dict[tuple[str, int], bool] = {}
+        self._findings = 0  # every add(), duplicates included, and skipped dirty runs
+        self._safe_paths: dict[str, str] = {}
 
     def add(self, where: str, form: str) -> None:
+        self._findings += 1
         leak = Leak(where, form)
         if leak not in self.leaks:
             self.leaks.append(leak)
 
-    def text(self, text: str, where: str, depth: int) -> None:
+    def found(self, path: str, suffix: str, form: str) -> None:
+        """Record a leak at ``path`` (scrubbed only now: most paths never need it)."""
+        safe = self._safe_paths.get(path)
+        if safe is None:
+            safe = self._safe_paths[path] = _safe_path(self.targets, path)
+        self.add(safe + suffix, form)
+
+    def text(self, text: str, path: str, depth: int, suffix: str = "") -> None:
+        key = (text, depth)
+        memo = self.targets.checked_clean
+        if memo.get(key):
+            return
+        findings = self._findings
+        self._text(text, path, depth, suffix)
+        if self._findings == findings:
+            memo.put(key, True)
+
+    def _text(self, text: str, path: str, depth: int, suffix: str) -> None:
         for variant in _normalised(text):
             for _, _, form in _find(variant, self.targets):
-                self.add(where, form)
+                self.found(path, suffix, form)
             if depth <= 0:
                 continue
             if _WHOLE_B64.fullmatch(variant):
                 data = _b64_loose(variant.rstrip("="), minimum=2)
                 if data is not None:
-                    self.bytes(data, f"{where} (base64)", depth - 1)
+                    self.bytes(data, path, depth - 1, f"{suffix} (base64)")
             # The address base64-encoded at any alignment inside a longer run.
             for fragment in self.targets.b64_fragments:
                 if fragment in variant:
-                    self.add(f"{where} (base64)", "address encoded in base64")
+                    self.found(path, f"{suffix} (base64)", "address encoded in base64")
             for run in _B64_LOOSE.finditer(variant):
                 compact = re.sub(r"\s+", "", run.group()).rstrip("=")
                 whole = run.start() == 0 and run.end() == len(variant)
                 if not whole and not _looks_encoded(compact):
                     continue
-                if (compact, depth) in self._decoded:
+                decoded = (compact, depth)
+                if decoded in self._decoded:
+                    if not self._decoded[decoded]:
+                        self._findings += 1  # its leaks were recorded elsewhere: not clean
                     continue
-                self._decoded.add((compact, depth))
+                self._decoded[decoded] = True
+                findings = self._findings
                 data = _b64_loose(compact)
                 if data is not None:
-                    self.bytes(data, f"{where} (base64)", depth - 1)
+                    self.bytes(data, path, depth - 1, f"{suffix} (base64)")
+                self._decoded[decoded] = self._findings == findings
 
-    def bytes(self, data: bytes, where: str, depth: int) -> None:
+    def bytes(self, data: bytes, path: str, depth: int, suffix: str = "") -> None:
         if not data:
             return
         for packed in self.targets.packed:
             if packed in data:
-                self.add(where, f"address in binary ({len(packed)} bytes)")
+                self.found(path, suffix, f"address in binary ({len(packed)} bytes)")
         for prefix in self.targets.packed_prefixes:
             if prefix in data:
-                self.add(where, "IPv6 prefix in binary")
+                self.found(path, suffix, "IPv6 prefix in binary")
         if data[:2] == b"\x1f\x8b" and depth > 0:
             inner = _gunzip(data)
             if inner is not None:
-                self.bytes(inner, f"{where} (gzip)", depth - 1)
+                self.bytes(inner, path, depth - 1, f"{suffix} (gzip)")
         views = [data.decode("latin-1")]
         if _is_utf8_text(data):
             views.append(data.decode("utf-8"))
@@ -978,7 +1082,7 @@ class _Checker:
             for regex, encoding in _UTF16_RUNS:
                 views += [match.group().decode(encoding) for match in regex.finditer(data)]
         for view in views:
-            self.text(view, where, depth)
+            self.text(view, path, depth, suffix)
 
 
 def _looks_encoded(chunk: str) -> bool:
@@ -1038,7 +1142,7 @@ def _leaks_in(value: Any, targets: _Targets, label: str = "") -> list[Leak]:
     for _, _, form in _find(serialised, targets):
         checker.add(label or "the serialised measurement", form)
     for path, text in _strings(value, label):
-        checker.text(text, _safe_path(targets, path), MAX_DEPTH)
+        checker.text(text, path, MAX_DEPTH)
     return checker.leaks
 
 

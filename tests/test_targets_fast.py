@@ -1,0 +1,68 @@
+"""Targets files are composed by libyaml when it reads them as PyYAML does: the same
+Targets, or the same error (file, line, field, words), whichever parser runs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_targets import DATA, REPO_ROOT, documents
+
+from probe import targets as targets_module
+from probe.targets import TargetsError, default_targets_path, parse_targets
+
+
+def outcome(text: str, base_dir=DATA):
+    try:
+        return parse_targets(text, source="fuzz.yaml", base_dir=base_dir)
+    except TargetsError as error:
+        return str(error)
+
+
+def both(text: str, base_dir=DATA):
+    fast = outcome(text, base_dir)
+    saved = targets_module._compose_fast
+    targets_module._compose_fast = lambda _: targets_module._FAST_FAILED
+    try:
+        slow = outcome(text, base_dir)
+    finally:
+        targets_module._compose_fast = saved
+    return fast, slow
+
+
+def test_the_bundled_file_is_read_alike_and_by_libyaml():
+    text = default_targets_path().read_text()
+    assert targets_module._compose_fast(text) is not targets_module._FAST_FAILED
+    fast, slow = both(text, REPO_ROOT)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("text", [
+    "", "# nothing\n", "version: 1\nservices: [\n", "version: 1\n\tservices: []\n",
+    "version: 1\nservices:\n- id: a\n  id: b\n", "version: 1\x07\n", "&a [*a]",
+    "%YAML 1.2\n---\nversion: 1\n", "version: 1\nservices: " + "[" * 2000,
+    "version: !!binary aGk=\n", "? [a]\n: 1\n",
+])
+def test_odd_files_give_the_same_error(text):
+    fast, slow = both(text)
+    assert fast == slow
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents)
+def test_structures_are_read_alike(document):
+    fast, slow = both(yaml.safe_dump(document))
+    assert fast == slow
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_bundled_file_is_read_alike(data):
+    text = default_targets_path().read_text()
+    start = data.draw(st.integers(0, len(text)))
+    end = data.draw(st.integers(start, min(len(text), start + 40)))
+    insert = data.draw(st.text(alphabet=st.sampled_from(" \t\n:-[]{},#'\"x1&*!|>?%@`\\"),
+                               max_size=8))
+    fast, slow = both(text[:start] + insert + text[end:], REPO_ROOT)
+    assert fast == slow
