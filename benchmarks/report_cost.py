@@ -46,6 +46,7 @@ from cryptography.x509 import load_pem_x509_certificate
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from probe import analysis  # noqa: E402
 from probe.bogons import parse_networks  # noqa: E402
 from probe.lab.pki import create_root_ca, issue_leaf  # noqa: E402
 from probe.net.network import (  # noqa: E402
@@ -58,11 +59,16 @@ from probe.net.network import (  # noqa: E402
     TlsRequest,
     TlsResult,
 )
-from probe.observations import EndpointObservation, PortObservation  # noqa: E402
+from probe.observations import (  # noqa: E402
+    EndpointObservation,
+    PortObservation,
+    ServiceResult,
+    ServiceVerdict,
+)
 from probe.report.canonical import canonical_bytes  # noqa: E402
 from probe.report.keys import generate_ephemeral  # noqa: E402
 from probe.report.measurements import RunContext, build_lines, write_run_report  # noqa: E402
-from probe.session import ControlOutcome, RunOutcome, analyse  # noqa: E402
+from probe.session import ControlOutcome, RunOutcome  # noqa: E402
 from probe.targets import Targets, load_targets  # noqa: E402
 
 SERVICE_SIZE = 20
@@ -155,12 +161,23 @@ def observations_for(targets: Targets, chain: tuple[str, ...]) -> dict[str, Endp
 
 
 def build_outcome(targets: Targets, chain: tuple[str, ...]) -> RunOutcome:
+    """What ``session.run`` returns for this run without a control, analysed for real."""
     observations = observations_for(targets, chain)
-    control = ControlOutcome(problems=["no control helper configured (--control URL)"])
-    routable = parse_networks(targets.routable_networks)
-    verdicts, services, down = analyse(targets, observations, control, routable)
+    problems = ["no control helper configured (--control URL)"]
+    control = ControlOutcome(problems=problems)
+    context = analysis.Context(control=None, routable=parse_networks(targets.routable_networks))
+    verdicts, services, results = {}, {}, []
+    for service in targets.services:
+        found = tuple(observations[e.id] for e in service.endpoints if e.id in observations)
+        rows = []
+        for observation in found:
+            verdicts[observation.endpoint_id] = analysis.endpoint_verdicts(observation, context)
+            rows += verdicts[observation.endpoint_id]
+        services[service.id] = ServiceVerdict(service.id, *analysis.service_status(rows))
+        results.append(ServiceResult(service.id, found, tuple(rows), services[service.id], None,
+                                     tuple(problems)))
     return RunOutcome(STARTED, "20261128T021500Z_probe_3f9c2a1b7d4e", observations, verdicts,
-                      services, control, down, True, 3.0, RESOLVER)
+                      services, control, False, True, 3.0, RESOLVER, results)
 
 
 def best_cpu(action, repeat: int) -> float:
