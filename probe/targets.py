@@ -200,9 +200,13 @@ def parse_targets(
     `source` names the text in error messages; relative CA paths are resolved against
     `base_dir` (the current directory when None).
     """
+    base = base_dir if base_dir is not None else Path.cwd()
+    streamed = _parse_streaming(text, _Parser(source, base))
+    if streamed is not None:
+        return streamed
     root = _compose_fast(text)
     if root is not _FAST_FAILED and root is not None:
-        return _Parser(source, base_dir if base_dir is not None else Path.cwd()).targets(root)
+        return _Parser(source, base).targets(root)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
@@ -251,6 +255,11 @@ def _compose_fast(text: str) -> yaml.Node | None | object:
         root = yaml.compose(text, Loader=loader)
     except (yaml.YAMLError, RecursionError, ValueError, TypeError):
         return _FAST_FAILED
+    return root if _libyaml_agrees(root) else _FAST_FAILED
+
+
+def _libyaml_agrees(root: yaml.Node) -> bool:
+    """False if a plain "?" or ":" inside [...] or {...} would read differently."""
     stack = [(root, False)]
     seen: set[tuple[int, bool]] = set()  # aliases share nodes, and "&a [*a]" is a cycle
     while stack:
@@ -261,13 +270,102 @@ def _compose_fast(text: str) -> yaml.Node | None | object:
         if isinstance(node, yaml.ScalarNode):
             # plain (unquoted): style None from PyYAML, "" from libyaml
             if in_flow and not node.style and ("?" in node.value or ":" in node.value):
-                return _FAST_FAILED
+                return False
         elif isinstance(node, yaml.SequenceNode):
             stack += [(item, in_flow or bool(node.flow_style)) for item in node.value]
         elif isinstance(node, yaml.MappingNode):
             flow = in_flow or bool(node.flow_style)
             stack += [(part, flow) for pair in node.value for part in pair]
-    return root
+    return True
+
+
+_CParser = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # None: no libyaml
+
+
+if _CParser is not None:
+
+    class _EventComposer(_CParser, yaml.composer.Composer, yaml.resolver.Resolver):
+        """libyaml's events, composed into nodes by PyYAML's composer a subtree at a time."""
+
+        def __init__(self, text: str) -> None:
+            _CParser.__init__(self, text)
+            yaml.composer.Composer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+        def subtree(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+            return yaml.composer.Composer.compose_node(self, parent, index)
+
+
+def _parse_streaming(text: str, parser: "_Parser") -> Targets | None:
+    """Targets validated service by service, without the whole file's node tree.
+
+    The tree of a 10,000-endpoint file takes about 60 MB; here only one
+    service's nodes exist at a time, so loading stays flat however many
+    endpoints there are. Only for a valid file that both YAML parsers read
+    alike (see ``_compose_fast``): anything else returns None, and the caller
+    parses the whole tree the usual way, whose errors name the line.
+    """
+    if _CParser is None or "\t" in text or _NON_PRINTABLE.search(text):
+        return None
+    try:
+        events = _EventComposer(text)
+    except Exception:  # noqa: BLE001 - libyaml missing or refusing the text: the usual path
+        return None
+    try:
+        events.get_event()  # stream start
+        if not events.check_event(yaml.DocumentStartEvent):
+            return None
+        events.get_event()
+        if not events.check_event(yaml.MappingStartEvent):
+            return None
+        start = events.get_event()
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        services: list[Service] = []
+        service_ids: dict[str, int] = {}
+        endpoint_ids: dict[str, int] = {}
+        streamed = False
+        while not events.check_event(yaml.MappingEndEvent):
+            key = events.subtree(None, None)
+            if (
+                not streamed
+                and isinstance(key, yaml.ScalarNode)
+                and key.value == "services"
+                and key.tag == "tag:yaml.org,2002:str"
+                and events.check_event(yaml.SequenceStartEvent)
+                and not events.peek_event().anchor
+                and events.peek_event().tag in (None, "!")
+            ):
+                streamed = True
+                opening = events.get_event()
+                placeholder = yaml.SequenceNode(_SEQ_TAG, [], opening.start_mark,
+                                                opening.end_mark, opening.flow_style)
+                while not events.check_event(yaml.SequenceEndEvent):
+                    number = len(services)
+                    node = events.subtree(placeholder, number)
+                    if not _libyaml_agrees(node):
+                        return None
+                    services.append(parser.service(node, f"services[{number}]", service_ids,
+                                                   endpoint_ids))
+                placeholder.end_mark = events.get_event().end_mark
+                pairs.append((key, placeholder))
+                continue
+            value = events.subtree(None, None)
+            if not (_libyaml_agrees(key) and _libyaml_agrees(value)):
+                return None
+            pairs.append((key, value))
+        end = events.get_event()
+        events.get_event()  # document end
+        if not events.check_event(yaml.StreamEndEvent):
+            return None  # a second document: the usual path says what is wrong
+        if not streamed:
+            return None
+        root = yaml.MappingNode(_MAP_TAG, pairs, start.start_mark, end.end_mark,
+                                start.flow_style)
+        return parser.targets(root, services=services)
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, TargetsError):
+        return None
+    finally:
+        events.dispose()
 
 
 def _is_address(host: str) -> bool:
@@ -401,7 +499,9 @@ class _Parser:
 
     # -- the document ----------------------------------------------------------------
 
-    def targets(self, root: yaml.Node) -> Targets:
+    def targets(self, root: yaml.Node, services: list[Service] | None = None) -> Targets:
+        """``services``: already validated one by one (``_parse_streaming``), whose
+        ``services`` node is then an empty placeholder."""
         if not isinstance(root, yaml.MappingNode) or root.tag != _MAP_TAG:
             raise self.error(
                 root,
@@ -443,16 +543,17 @@ class _Parser:
 
         services_node = entries["services"][1]
         service_nodes = self.sequence(services_node, "services")
-        if not service_nodes:
+        if not service_nodes and not services:
             raise self.error(services_node, "services", "the list is empty; add a service")
 
-        services = []
-        service_ids: dict[str, int] = {}
-        endpoint_ids: dict[str, int] = {}
-        for index, service_node in enumerate(service_nodes):
-            services.append(
-                self.service(service_node, f"services[{index}]", service_ids, endpoint_ids)
-            )
+        if services is None:
+            services = []
+            service_ids: dict[str, int] = {}
+            endpoint_ids: dict[str, int] = {}
+            for index, service_node in enumerate(service_nodes):
+                services.append(
+                    self.service(service_node, f"services[{index}]", service_ids, endpoint_ids)
+                )
         return Targets(
             source=self.source, services=tuple(services), ca_bundle_pem=ca_bundle_pem,
             routable_networks=tuple(routable),

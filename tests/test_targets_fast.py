@@ -1,5 +1,6 @@
-"""Targets files are composed by libyaml when it reads them as PyYAML does: the same
-Targets, or the same error (file, line, field, words), whichever parser runs."""
+"""Targets files are composed by libyaml when it reads them as PyYAML does (streamed
+service by service when the file is valid): the same Targets, or the same error
+(file, line, field, words), whichever path runs."""
 
 from __future__ import annotations
 
@@ -22,13 +23,42 @@ def outcome(text: str, base_dir=DATA):
 
 def both(text: str, base_dir=DATA):
     fast = outcome(text, base_dir)
-    saved = targets_module._compose_fast
+    saved = targets_module._compose_fast, targets_module._parse_streaming
     targets_module._compose_fast = lambda _: targets_module._FAST_FAILED
+    targets_module._parse_streaming = lambda *_: None
     try:
         slow = outcome(text, base_dir)
     finally:
-        targets_module._compose_fast = saved
+        targets_module._compose_fast, targets_module._parse_streaming = saved
     return fast, slow
+
+
+def streamed(text: str, base_dir=DATA):
+    return targets_module._parse_streaming(
+        text, targets_module._Parser("fuzz.yaml", base_dir))
+
+
+def large(services: int, per_service: int = 20) -> str:
+    lines = ["version: 1", "routable_networks: [203.0.113.0/24]", "services:"]
+    for s in range(services):
+        lines += [f"  - id: s{s}", "    endpoints:"]
+        lines += [f"      - {{id: e{s}-{e}, host: 203.0.113.{e + 1}, port: 443, "
+                  "checks: [tcp, tls], sni: x.example.net}" for e in range(per_service)]
+    return "\n".join(lines) + "\n"
+
+
+def test_valid_files_are_streamed_service_by_service_to_the_same_targets():
+    bundled = default_targets_path().read_text()
+    assert streamed(bundled, REPO_ROOT) is not None
+    text = large(50)
+    assert streamed(text) is not None
+    fast, slow = both(text)
+    assert fast == slow and len(fast.endpoints()) == 1000
+    # top-level keys after the services list, and aliases across services
+    tail = "version: 1\nservices:\n- id: a\n  endpoints: &eps\n  - {id: x, host: 203.0.113.1, "
+    tail += "port: 443, checks: [tcp]}\n- id: b\n  endpoints: *eps\nrouteable: 1\n"
+    fast, slow = both(tail)
+    assert fast == slow and "routeable" in fast
 
 
 def test_the_bundled_file_is_read_alike_and_by_libyaml():
