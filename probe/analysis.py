@@ -316,35 +316,68 @@ def dns_verdict(
         return (DOWN, method, failure,
                 "The name does not resolve from the control either: the service looks down "
                 "or the name is stale, not blocked.")
-    if control_resolves and probe_answers and not (set(probe_answers) & set(control_answers)):
-        validated = any(_validated(p) for p in observation.ports)
-        validated |= any(
-            _validated(p) for p in control.ports if p.address in probe_answers  # type: ignore[union-attr]
-        )
-        checkable = observation.endpoint_id in context.tls_checked or any(
-            p.mtproto for p in observation.ports
-        )
-        # Without TLS or MTProto to prove an address, the control's reachability does:
-        # the control reaches the addresses its resolver gave and cannot reach the ones
-        # yours gave (a forged public address, as the Great Firewall returns).
-        control_ports = control.ports  # type: ignore[union-attr]
-        probe_side = [p for p in control_ports if p.address in probe_answers and p.connect]
-        own_side = [p for p in control_ports if p.address in control_answers and p.connect]
-        unreachable_forgery = (
-            bool(probe_side)
-            and all(p.connect.failure is not None for p in probe_side)
-            and any(p.connect.failure is None for p in own_side)
-        )
-        if not validated and (
-            checkable or unreachable_forgery
-            or _serves_another_page(observation.ports, own_side)
+    if not control_resolves:
+        return None
+    for view, answers in answer_views(observation):
+        if answers and not (set(answers) & set(control_answers)) and _unproven_answers(
+            observation, control, answers, control_answers, context, whole=not view
         ):
+            where = f" ({view}, while other queries got real addresses)" if view else ""
             return (
                 DNS_BLOCKED, "dns.inconsistent", None,
-                "Your resolver's addresses share nothing with the control's and none of them "
-                "proved to be the real service.",
+                f"Your resolver's addresses{where} share nothing with the control's and none "
+                "of them proved to be the real service.",
             )
     return None
+
+
+def answer_views(observation: EndpointObservation) -> list[tuple[str, list[str]]]:
+    """The addresses as a whole (view ""), then as each way of asking saw them.
+
+    A transparent DNS proxy diverts only UDP port 53 (or only the system
+    resolver's queries) to a lying resolver, while DNS over TCP still reaches the
+    resolver asked (Liu et al., USENIX Security 2018): the lie must be judged on
+    its own, not hidden in the union with the honest answers."""
+    views: list[tuple[str, list[str]]] = [("", resolved_addresses(observation))]
+    for transport in ("udp", "tcp"):
+        exchanges = [e for e in observation.dns if e.query.transport == transport]
+        views.append((f"over {transport.upper()}", answers_of(exchanges)))
+    if observation.getaddrinfo is not None:
+        views.append(("from the system resolver", list(observation.getaddrinfo.addresses)))
+    return views
+
+
+def _unproven_answers(
+    observation: EndpointObservation, control: EndpointObservation, answers: list[str],
+    control_answers: list[str], context: Context, whole: bool,
+) -> bool:
+    """Do these answers (sharing nothing with the control's) look forged? Only when
+    no TLS handshake or MTProto exchange on them proved the real service (a CDN's
+    other addresses do), and some evidence says they are not it: the endpoint is
+    checkable by TLS or MTProto, or the control cannot reach them while it reaches
+    its own, or they serve a blockpage next to the control's page. ``whole``: the
+    answers are all the probe's, any of its measured ports may prove them."""
+    ports = [p for p in observation.ports if whole or p.address in answers]
+    if not whole and not ports:
+        return False  # one way of asking, none of its addresses measured: no evidence
+    validated = any(_validated(p) for p in ports)
+    validated |= any(_validated(p) for p in control.ports if p.address in answers)
+    checkable = observation.endpoint_id in context.tls_checked or any(
+        p.mtproto for p in observation.ports
+    )
+    # Without TLS or MTProto to prove an address, the control's reachability does:
+    # the control reaches the addresses its resolver gave and cannot reach the ones
+    # yours gave (a forged public address, as the Great Firewall returns).
+    probe_side = [p for p in control.ports if p.address in answers and p.connect]
+    own_side = [p for p in control.ports if p.address in control_answers and p.connect]
+    unreachable_forgery = (
+        bool(probe_side)
+        and all(p.connect.failure is not None for p in probe_side)
+        and any(p.connect.failure is None for p in own_side)
+    )
+    return not validated and (
+        checkable or unreachable_forgery or _serves_another_page(ports, own_side)
+    )
 
 
 def _serves_another_page(

@@ -443,3 +443,45 @@ def test_a_frozen_transfer_is_throttled_and_a_frozen_server_is_not():
     # the server freezes everyone's transfers: the control's rate is 0 too
     frozen = context({"ep": observe([port(0.0)], GOOD_DNS)})
     assert one(observe([port(0.0)], GOOD_DNS), frozen) == ("ok", None)
+
+
+def test_udp_lie_next_to_honest_tcp_answers_is_inconsistent():
+    # a transparent DNS proxy diverts UDP port 53 to a lying resolver; DNS over TCP
+    # still reaches the resolver asked (lab: dns-transparent-intercept). The union of
+    # the answers shares the real address with the control; the UDP view does not.
+    dns = (exchange(reply("203.0.113.200")), exchange(reply("203.0.113.1"), transport="tcp"))
+    probe = observe([tls_port("203.0.113.200", connect_failure=F.GENERIC_TIMEOUT),
+                     tls_port("203.0.113.1")], dns)
+    control = observe([tls_port("203.0.113.1"),
+                       tls_port("203.0.113.200", connect_failure=F.GENERIC_TIMEOUT)], GOOD_DNS)
+    assert one(probe, context({"ep": control})) == ("dns_blocked", "dns.inconsistent")
+    # without a control, nothing says which answer is true
+    rows = analysis.endpoint_verdicts(probe, context(None))
+    assert {r.verdict for r in rows} <= {"ok", "inconclusive"}
+
+
+def test_a_cdn_answering_other_addresses_over_udp_is_not_blocking():
+    # the same resolver rotating a CDN's pool: UDP and TCP differ, both are real
+    dns = (exchange(reply("203.0.113.70")), exchange(reply("203.0.113.1"), transport="tcp"))
+    probe = observe([tls_port("203.0.113.70"), tls_port("203.0.113.1")], dns)
+    assert one_kind(probe, context({"ep": GOOD})) == {("ok", None)}
+    # a view whose addresses were never measured (over the per-family cap) is no evidence
+    unmeasured = observe([tls_port("203.0.113.1")], dns)
+    assert one_kind(unmeasured, context({"ep": GOOD})) == {("ok", None)}
+
+
+def test_a_udp_answer_that_is_down_for_the_control_too_is_not_evidence_alone():
+    # an HTTP-only endpoint: the UDP-only address is unreachable for everyone but so is
+    # the control's own address (the service is down): not a forged answer
+    dns = (exchange(reply("203.0.113.99")), exchange(reply("203.0.113.5"), transport="tcp"))
+    probe = observe([tcp_port("203.0.113.99", failure=F.GENERIC_TIMEOUT),
+                     tcp_port("203.0.113.5", failure=F.GENERIC_TIMEOUT)], dns, endpoint="wa")
+    control = observe([tcp_port("203.0.113.5", failure=F.GENERIC_TIMEOUT),
+                       tcp_port("203.0.113.99", failure=F.GENERIC_TIMEOUT)],
+                      (exchange(reply("203.0.113.5")),), endpoint="wa")
+    rows = analysis.endpoint_verdicts(probe, context({"wa": control}, tls_checked=frozenset()))
+    assert {r.verdict for r in rows} == {"down"}
+
+
+def one_kind(observation, ctx) -> set[tuple[str, str | None]]:
+    return {(r.verdict, r.method) for r in analysis.endpoint_verdicts(observation, ctx)}
