@@ -4,13 +4,17 @@ The rules, in the order they are applied to one endpoint:
 
 1. DNS (names only). Conclusive from local evidence alone: two different replies
    to one UDP query (``dns.injected``: no honest resolver answers twice, the
-   Great Firewall does) and bogon answers (``dns.bogon``: Iran's 10.10.34.34-36,
-   Turkmenistan's 127.0.0.1). NXDOMAIN, SERVFAIL, REFUSED, no answer and
+   Great Firewall does), a CNAME to a known national or ISP blockpage host
+   (``dns.blockpage``: Indonesia's Internet Positif; not when the control's
+   answer has the same CNAME) and bogon answers (``dns.bogon``: Iran's
+   10.10.34.34-36, Turkmenistan's 127.0.0.1). NXDOMAIN, SERVFAIL, REFUSED, no answer and
    timeouts are ``dns_blocked`` only when the control resolves the name; when
    the control fails the same way the name is ``down``; without a control they
    are ``inconclusive``. Answers that share no address with the control's and
    that no TLS handshake or MTProto exchange could validate (probe's or the
-   control's, on those very addresses) are ``dns.inconsistent``. A blocked DNS
+   control's, on those very addresses) are ``dns.inconsistent``, judged on all
+   the answers and on each way of asking apart (UDP, TCP, the system resolver:
+   a transparent proxy may divert only UDP). A blocked DNS
    gives the endpoint one row (address None): apps using that resolver cannot
    reach the service, whatever the addresses do.
 2. Per address x port, the first step that failed (connect, TLS handshake,
@@ -291,6 +295,15 @@ def dns_verdict(
             "More than one different reply arrived for one DNS query: someone on the path "
             "forged an answer that raced the resolver's.",
         )
+    blockpage_host = _cname_to_blockpage(observation.dns)
+    if blockpage_host is not None and (
+        control is None or _cname_to_blockpage(control.dns) != blockpage_host
+    ):
+        return (
+            DNS_BLOCKED, "dns.blockpage", None,
+            f"The resolver sent the name to {blockpage_host.name}, a known blockpage host "
+            f"({blockpage_host.country}; {blockpage_host.source}).",
+        )
     bogons = [a for a in probe_answers if is_bogon(a, context.routable)]
     if bogons and not (set(bogons) & set(control_answers)):
         return (
@@ -328,6 +341,21 @@ def dns_verdict(
                 f"Your resolver's addresses{where} share nothing with the control's and none "
                 "of them proved to be the real service.",
             )
+    return None
+
+
+def _cname_to_blockpage(exchanges: Iterable[DnsExchange]) -> blockpages.BlockpageHost | None:
+    """A known national or ISP blockpage host that a CNAME in these replies points to
+    (Indonesia's ISPs CNAME blocked names to their Internet Positif pages)."""
+    for exchange in exchanges:
+        for reply in exchange.replies:
+            if reply.failure:
+                continue
+            for answer in reply.answers:
+                if answer.rrtype == "CNAME":
+                    host = blockpages.known_host(answer.value)
+                    if host is not None:
+                        return host
     return None
 
 

@@ -726,6 +726,29 @@ SCENARIOS += (
         issue=7,
     ),
     Scenario(
+        name="dns-cname-known-blockpage",
+        title="Resolver CNAMEs blocked names to a known national blockpage host (Indonesia)",
+        description="The ISP's resolver answers the news site's names with a CNAME to "
+        "trustpositif.kominfo.go.id, the host of Indonesia's TrustPositif filter, then the "
+        "ISP blockpage server's address. The name is a known blockpage host: dns_blocked, "
+        "dns.blockpage, conclusive without a control. (The name is only data in a DNS reply "
+        "inside the lab: no packet leaves it.)",
+        sources=("OONI blocking-fingerprints, fingerprints_dns.csv: ooni.id_95 (a CNAME to "
+                 "TrustPositif) and a dozen Indonesian ISPs' CNAME targets, each with an "
+                 "OONI explorer measurement",),
+        actions=(ResolverAnswers(_names("news"), "address", (plan.ISP_RESOLVER,),
+                                 cname="trustpositif.kominfo.go.id"),
+                 IspBlockpageServer()),
+        truth=(Expect("news-*", "dns_blocked", "dns.blockpage", needs_control=False),),
+        services={"news": "blocked"},
+        checks=(
+            dns("www.news.lab.test", f"answer {plan.ISP_RESOLVER}"),
+            http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied"),
+            http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
+        ),
+        issue=7,
+    ),
+    Scenario(
         name="ipv6-only-blackhole",
         title="A service's IPv6 addresses blackholed, its IPv4 and everyone's IPv6 fine",
         description="The censor drops every packet to Signal's IPv6 addresses only; Signal "
