@@ -4,13 +4,17 @@ The rules, in the order they are applied to one endpoint:
 
 1. DNS (names only). Conclusive from local evidence alone: two different replies
    to one UDP query (``dns.injected``: no honest resolver answers twice, the
-   Great Firewall does) and bogon answers (``dns.bogon``: Iran's 10.10.34.34-36,
-   Turkmenistan's 127.0.0.1). NXDOMAIN, SERVFAIL, REFUSED, no answer and
+   Great Firewall does), a CNAME to a known national or ISP blockpage host
+   (``dns.blockpage``: Indonesia's Internet Positif; not when the control's
+   answer has the same CNAME) and bogon answers (``dns.bogon``: Iran's
+   10.10.34.34-36, Turkmenistan's 127.0.0.1). NXDOMAIN, SERVFAIL, REFUSED, no answer and
    timeouts are ``dns_blocked`` only when the control resolves the name; when
    the control fails the same way the name is ``down``; without a control they
    are ``inconclusive``. Answers that share no address with the control's and
    that no TLS handshake or MTProto exchange could validate (probe's or the
-   control's, on those very addresses) are ``dns.inconsistent``. A blocked DNS
+   control's, on those very addresses) are ``dns.inconsistent``, judged on all
+   the answers and on each way of asking apart (UDP, TCP, the system resolver:
+   a transparent proxy may divert only UDP). A blocked DNS
    gives the endpoint one row (address None): apps using that resolver cannot
    reach the service, whatever the addresses do.
 2. Per address x port, the first step that failed (connect, TLS handshake,
@@ -291,6 +295,15 @@ def dns_verdict(
             "More than one different reply arrived for one DNS query: someone on the path "
             "forged an answer that raced the resolver's.",
         )
+    blockpage_host = _cname_to_blockpage(observation.dns)
+    if blockpage_host is not None and (
+        control is None or _cname_to_blockpage(control.dns) != blockpage_host
+    ):
+        return (
+            DNS_BLOCKED, "dns.blockpage", None,
+            f"The resolver sent the name to {blockpage_host.name}, a known blockpage host "
+            f"({blockpage_host.country}; {blockpage_host.source}).",
+        )
     bogons = [a for a in probe_answers if is_bogon(a, context.routable)]
     if bogons and not (set(bogons) & set(control_answers)):
         return (
@@ -316,35 +329,83 @@ def dns_verdict(
         return (DOWN, method, failure,
                 "The name does not resolve from the control either: the service looks down "
                 "or the name is stale, not blocked.")
-    if control_resolves and probe_answers and not (set(probe_answers) & set(control_answers)):
-        validated = any(_validated(p) for p in observation.ports)
-        validated |= any(
-            _validated(p) for p in control.ports if p.address in probe_answers  # type: ignore[union-attr]
-        )
-        checkable = observation.endpoint_id in context.tls_checked or any(
-            p.mtproto for p in observation.ports
-        )
-        # Without TLS or MTProto to prove an address, the control's reachability does:
-        # the control reaches the addresses its resolver gave and cannot reach the ones
-        # yours gave (a forged public address, as the Great Firewall returns).
-        control_ports = control.ports  # type: ignore[union-attr]
-        probe_side = [p for p in control_ports if p.address in probe_answers and p.connect]
-        own_side = [p for p in control_ports if p.address in control_answers and p.connect]
-        unreachable_forgery = (
-            bool(probe_side)
-            and all(p.connect.failure is not None for p in probe_side)
-            and any(p.connect.failure is None for p in own_side)
-        )
-        if not validated and (
-            checkable or unreachable_forgery
-            or _serves_another_page(observation.ports, own_side)
+    if not control_resolves:
+        return None
+    for view, answers in answer_views(observation):
+        if answers and not (set(answers) & set(control_answers)) and _unproven_answers(
+            observation, control, answers, control_answers, context, whole=not view
         ):
+            where = f" ({view}, while other queries got real addresses)" if view else ""
             return (
                 DNS_BLOCKED, "dns.inconsistent", None,
-                "Your resolver's addresses share nothing with the control's and none of them "
-                "proved to be the real service.",
+                f"Your resolver's addresses{where} share nothing with the control's and none "
+                "of them proved to be the real service.",
             )
     return None
+
+
+def _cname_to_blockpage(exchanges: Iterable[DnsExchange]) -> blockpages.BlockpageHost | None:
+    """A known national or ISP blockpage host that a CNAME in these replies points to
+    (Indonesia's ISPs CNAME blocked names to their Internet Positif pages)."""
+    for exchange in exchanges:
+        for reply in exchange.replies:
+            if reply.failure:
+                continue
+            for answer in reply.answers:
+                if answer.rrtype == "CNAME":
+                    host = blockpages.known_host(answer.value)
+                    if host is not None:
+                        return host
+    return None
+
+
+def answer_views(observation: EndpointObservation) -> list[tuple[str, list[str]]]:
+    """The addresses as a whole (view ""), then as each way of asking saw them.
+
+    A transparent DNS proxy diverts only UDP port 53 (or only the system
+    resolver's queries) to a lying resolver, while DNS over TCP still reaches the
+    resolver asked (Liu et al., USENIX Security 2018): the lie must be judged on
+    its own, not hidden in the union with the honest answers."""
+    views: list[tuple[str, list[str]]] = [("", resolved_addresses(observation))]
+    for transport in ("udp", "tcp"):
+        exchanges = [e for e in observation.dns if e.query.transport == transport]
+        views.append((f"over {transport.upper()}", answers_of(exchanges)))
+    if observation.getaddrinfo is not None:
+        views.append(("from the system resolver", list(observation.getaddrinfo.addresses)))
+    return views
+
+
+def _unproven_answers(
+    observation: EndpointObservation, control: EndpointObservation, answers: list[str],
+    control_answers: list[str], context: Context, whole: bool,
+) -> bool:
+    """Do these answers (sharing nothing with the control's) look forged? Only when
+    no TLS handshake or MTProto exchange on them proved the real service (a CDN's
+    other addresses do), and some evidence says they are not it: the endpoint is
+    checkable by TLS or MTProto, or the control cannot reach them while it reaches
+    its own, or they serve a blockpage next to the control's page. ``whole``: the
+    answers are all the probe's, any of its measured ports may prove them."""
+    ports = [p for p in observation.ports if whole or p.address in answers]
+    if not whole and not ports:
+        return False  # one way of asking, none of its addresses measured: no evidence
+    validated = any(_validated(p) for p in ports)
+    validated |= any(_validated(p) for p in control.ports if p.address in answers)
+    checkable = observation.endpoint_id in context.tls_checked or any(
+        p.mtproto for p in observation.ports
+    )
+    # Without TLS or MTProto to prove an address, the control's reachability does:
+    # the control reaches the addresses its resolver gave and cannot reach the ones
+    # yours gave (a forged public address, as the Great Firewall returns).
+    probe_side = [p for p in control.ports if p.address in answers and p.connect]
+    own_side = [p for p in control.ports if p.address in control_answers and p.connect]
+    unreachable_forgery = (
+        bool(probe_side)
+        and all(p.connect.failure is not None for p in probe_side)
+        and any(p.connect.failure is None for p in own_side)
+    )
+    return not validated and (
+        checkable or unreachable_forgery or _serves_another_page(ports, own_side)
+    )
 
 
 def _serves_another_page(

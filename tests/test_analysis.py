@@ -443,3 +443,86 @@ def test_a_frozen_transfer_is_throttled_and_a_frozen_server_is_not():
     # the server freezes everyone's transfers: the control's rate is 0 too
     frozen = context({"ep": observe([port(0.0)], GOOD_DNS)})
     assert one(observe([port(0.0)], GOOD_DNS), frozen) == ("ok", None)
+
+
+def test_udp_lie_next_to_honest_tcp_answers_is_inconsistent():
+    # a transparent DNS proxy diverts UDP port 53 to a lying resolver; DNS over TCP
+    # still reaches the resolver asked (lab: dns-transparent-intercept). The union of
+    # the answers shares the real address with the control; the UDP view does not.
+    dns = (exchange(reply("203.0.113.200")), exchange(reply("203.0.113.1"), transport="tcp"))
+    probe = observe([tls_port("203.0.113.200", connect_failure=F.GENERIC_TIMEOUT),
+                     tls_port("203.0.113.1")], dns)
+    control = observe([tls_port("203.0.113.1"),
+                       tls_port("203.0.113.200", connect_failure=F.GENERIC_TIMEOUT)], GOOD_DNS)
+    assert one(probe, context({"ep": control})) == ("dns_blocked", "dns.inconsistent")
+    # without a control, nothing says which answer is true
+    rows = analysis.endpoint_verdicts(probe, context(None))
+    assert {r.verdict for r in rows} <= {"ok", "inconclusive"}
+
+
+def test_a_cdn_answering_other_addresses_over_udp_is_not_blocking():
+    # the same resolver rotating a CDN's pool: UDP and TCP differ, both are real
+    dns = (exchange(reply("203.0.113.70")), exchange(reply("203.0.113.1"), transport="tcp"))
+    probe = observe([tls_port("203.0.113.70"), tls_port("203.0.113.1")], dns)
+    assert one_kind(probe, context({"ep": GOOD})) == {("ok", None)}
+    # a view whose addresses were never measured (over the per-family cap) is no evidence
+    unmeasured = observe([tls_port("203.0.113.1")], dns)
+    assert one_kind(unmeasured, context({"ep": GOOD})) == {("ok", None)}
+
+
+def test_a_udp_answer_that_is_down_for_the_control_too_is_not_evidence_alone():
+    # an HTTP-only endpoint: the UDP-only address is unreachable for everyone but so is
+    # the control's own address (the service is down): not a forged answer
+    dns = (exchange(reply("203.0.113.99")), exchange(reply("203.0.113.5"), transport="tcp"))
+    probe = observe([tcp_port("203.0.113.99", failure=F.GENERIC_TIMEOUT),
+                     tcp_port("203.0.113.5", failure=F.GENERIC_TIMEOUT)], dns, endpoint="wa")
+    control = observe([tcp_port("203.0.113.5", failure=F.GENERIC_TIMEOUT),
+                       tcp_port("203.0.113.99", failure=F.GENERIC_TIMEOUT)],
+                      (exchange(reply("203.0.113.5")),), endpoint="wa")
+    rows = analysis.endpoint_verdicts(probe, context({"wa": control}, tls_checked=frozenset()))
+    assert {r.verdict for r in rows} == {"down"}
+
+
+def one_kind(observation, ctx) -> set[tuple[str, str | None]]:
+    return {(r.verdict, r.method) for r in analysis.endpoint_verdicts(observation, ctx)}
+
+
+def cname_reply(target: str, *addresses: str) -> DnsReply:
+    answers = (DnsAnswer("CNAME", "x.test.", target, 60),) + reply(*addresses).answers
+    return DnsReply(0.05, "NOERROR", answers, "")
+
+
+def test_cname_to_a_known_blockpage_host_is_conclusive_without_control():
+    # Indonesia: ISP resolvers CNAME blocked names to their Internet Positif host
+    # (OONI blocking-fingerprints); the forged address may look like any server
+    dns = (exchange(cname_reply("trustpositif.kominfo.go.id.", "203.0.113.250")),)
+    probe = observe([tls_port("203.0.113.250", verification=F.SSL_INVALID_HOSTNAME)], dns)
+    assert one(probe, context(None)) == ("dns_blocked", "dns.blockpage")
+    sub = (exchange(cname_reply("a.b.internet-positif.org.", "203.0.113.250")),)
+    assert one(observe([], sub, addresses=()), context(None)) == ("dns_blocked", "dns.blockpage")
+    # a look-alike name is not the host
+    other = (exchange(cname_reply("notwarning.or.kr.", "203.0.113.1")),)
+    assert one(observe([tls_port("203.0.113.1")], other), context(None)) == ("ok", None)
+
+
+def test_cname_to_a_blockpage_host_that_the_control_also_gets_is_not_blocking():
+    # a hostile or odd name that points there for everyone: the control agrees, so
+    # nothing blocks it here (the other rules still judge its addresses)
+    dns = (exchange(cname_reply("warning.or.kr.", "203.0.113.1")),)
+    probe = observe([tls_port("203.0.113.1")], dns)
+    control = observe([tls_port("203.0.113.1")], dns)
+    assert one(probe, context({"ep": control})) == ("ok", None)
+
+
+def test_redirect_to_a_known_blockpage_host_is_conclusive_without_control():
+    def redirect(location):
+        return HttpResult(HttpRequest("http://x.test/", "203.0.113.1"), None, 302,
+                          (("Location", location),), "", 0, False, (), None, T)
+
+    probe = observe([tls_port("203.0.113.1", http=(redirect("http://warning.rt.ru/?id=1"),))],
+                    GOOD_DNS)
+    assert one(probe, context(None)) == ("http_blocked", "http.blockpage")
+    # the same host named in a page's body link, without a redirect, is not a redirect
+    fine = observe([tls_port("203.0.113.1", http=(http_result(
+        body=b"<title>News</title>see https://warning.rt.ru/ for " + b"x" * 400),))], GOOD_DNS)
+    assert one(fine, context(None)) == ("ok", None)

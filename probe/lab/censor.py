@@ -512,3 +512,57 @@ class IspBlockpageServer:
 
     def describe(self) -> str:
         return f"the ISP's blockpage server answers on {self.address}:{self.port}"
+
+
+TLS_ALERT_PORT = 8444
+
+
+@dataclass(frozen=True)
+class TlsAlert:
+    """TLS to ``addresses`` goes through the censor's interceptor
+    (``probe.lab.tls_alert``): a ClientHello naming one of ``alerts``' names is
+    answered with that forged TLS alert and a FIN, other names pass. Filters
+    that refuse a blocked SNI with an alert instead of an RST do this (e.g.
+    Russia's TSPU on ECH-bearing ClientHellos; enterprise DPI's 'block page' for
+    TLS, Fortinet and Palo Alto documenting an alert answer)."""
+
+    addresses: tuple[str, ...]
+    alerts: tuple[tuple[str, int], ...]  # (server name, alert description)
+    port: int = 443
+
+    def apply(self, lab: Runtime) -> None:
+        for address in self.addresses:
+            lab.firewall(
+                _family(address),
+                ["-t", "nat", "-A", "PREROUTING", "-d", address, "-p", "tcp", "--dport",
+                 str(self.port), "-j", "REDIRECT", "--to-ports", str(TLS_ALERT_PORT)],
+            )
+        argv = ["-m", "probe.lab.tls_alert", "--port", str(TLS_ALERT_PORT)]
+        for name, alert in self.alerts:
+            argv += ["--block", f"{name}={alert}"]
+        lab.start_scenario_process("tls-alert", plan.CENSOR, argv)
+
+    def describe(self) -> str:
+        named = ", ".join(f"{name} (alert {alert})" for name, alert in self.alerts)
+        return f"a forged TLS alert answers ClientHellos naming {named}"
+
+
+@dataclass(frozen=True)
+class InterceptDns:
+    """Every DNS query leaving the client over UDP (whatever resolver it asks) is
+    answered by the ISP's resolver instead: a DNAT on the censor's client-facing
+    side, so the reply still seems to come from the resolver asked (Iran, Turkey,
+    many ISPs' transparent DNS proxies). ``tcp`` also diverts DNS over TCP."""
+
+    tcp: bool = False
+
+    def apply(self, lab: Runtime) -> None:
+        protocols = ("udp", "tcp") if self.tcp else ("udp",)
+        for protocol in protocols:
+            lab.firewall(4, ["-t", "nat", "-A", "PREROUTING", "-i", plan.CENSOR_CLIENT_DEV,
+                             "-p", protocol, "--dport", "53", "-j", "DNAT",
+                             "--to-destination", plan.ISP_RESOLVER])
+
+    def describe(self) -> str:
+        over = "UDP and TCP" if self.tcp else "UDP (TCP passes)"
+        return f"DNS over {over} to any resolver answered by the ISP's resolver"

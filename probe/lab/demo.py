@@ -19,7 +19,7 @@ from pathlib import Path
 from probe.lab import plan
 from probe.lab.lab import PYTHON, Lab
 from probe.lab.processes import in_ns
-from probe.lab.scenarios import SCENARIOS, Scenario
+from probe.lab.scenarios import BY_NAME, SCENARIOS, Scenario, get
 from probe.lab.selftest import CheckResult, selftest
 from probe.lab.truth import Mismatch, compare, expectation
 
@@ -31,12 +31,18 @@ class ProbeUnavailable(Exception):
     """`probe run` cannot run in this checkout yet (engine or CLI incomplete)."""
 
 
+def _resolver(lab: Lab) -> str:
+    """The resolver the probe asks: the applied scenario's (the ISP's by default)."""
+    name = lab.current_scenario()
+    return get(name).resolver if name and name in BY_NAME else plan.ISP_RESOLVER
+
+
 def probe_command(
     lab: Lab, out_dir: Path, timeout: float = PROBE_TIMEOUT, control_url: str | None = None
 ) -> list[str]:
     """The exact command line that runs the probe in the client namespace."""
     argv = [PYTHON, "-c", "from probe.cli import main; main()", "run",
-            "--targets", str(lab.targets_path), "--resolver", plan.ISP_RESOLVER,
+            "--targets", str(lab.targets_path), "--resolver", _resolver(lab),
             "--timeout", str(timeout), "--out", str(out_dir), "--json"]
     if control_url:
         argv += ["--control", control_url, "--control-timeout", str(CONTROL_TIMEOUT)]

@@ -24,6 +24,7 @@ from probe.lab.censor import (
     DropTraffic,
     HttpBlockpage,
     IcmpReject,
+    InterceptDns,
     IspBlockpageServer,
     KeywordReset,
     PayloadDrop,
@@ -36,6 +37,7 @@ from probe.lab.censor import (
     SniReset,
     StopService,
     Throttle,
+    TlsAlert,
     TlsInterception,
 )
 from probe.lab.observe import Check
@@ -61,6 +63,7 @@ class Scenario:
     baseline_reachable: bool = True  # add the baseline self-checks
     client_address_must_not_leak: bool = False  # issue 5's privacy check applies
     issue: int = 3
+    resolver: str = plan.ISP_RESOLVER  # what the probe is told to ask (`--resolver`)
 
 
 def _names(service: str) -> tuple[str, ...]:
@@ -112,6 +115,7 @@ TWITTER = _addrs("twitter")
 WHATSAPP_CHAT = ("203.0.113.21", "2001:db8:113::21", "203.0.113.22", "2001:db8:113::22")
 REQ_PQ_MULTI_HEX = "|f18e7ebe|"  # req_pq_multi#be7e8ef1, little-endian on the wire
 ISP_BLOCKPAGE_HOST = "blocked.isp.lab.test"
+WHATSAPP_WEB = ("203.0.113.23", "2001:db8:113::23", "203.0.113.24", "2001:db8:113::24")
 ALL_SERVICE_ADDRESSES = tuple(
     a for service in ("baseline", "telegram", "whatsapp", "signal", "facebook", "twitter", "news")
     for a in _addrs(service)
@@ -664,6 +668,124 @@ SCENARIOS: tuple[Scenario, ...] = (
             http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
         ),
         issue=6,
+    ),
+)
+
+SCENARIOS += (
+    # --- red team, second round (issue 7) ----------------------------------------
+    Scenario(
+        name="tls-alert",
+        title="A forged TLS alert answers a ClientHello naming a blocked server",
+        description="A middlebox reads the SNI of ClientHellos to WhatsApp's web hosts and "
+        "answers a blocked name with a forged fatal TLS alert record (handshake_failure for "
+        "web, unrecognized_name for registration), then closes with a FIN: no RST, no "
+        "timeout. Other names to the same addresses pass. The control completes the "
+        "handshake: tls_blocked, tls.alert.",
+        sources=("ooni/probe issue #2419 (2023): 'tls: unrecognized name' alerts seen in "
+                 "OONI data for blocked sites, which the engine did not classify",
+                 "RFC 8446 6.2 and RFC 6066 3: handshake_failure (40) and unrecognized_name "
+                 "(112), the alerts a filter forges to look like the server"),
+        actions=(TlsAlert(WHATSAPP_WEB, (("web.whatsapp.lab.test", 40),
+                                         ("v.whatsapp.lab.test", 112))),),
+        truth=(Expect("whatsapp-web", "tls_blocked", "tls.alert"),
+               Expect("whatsapp-registration", "tls_blocked", "tls.alert")),
+        services={"whatsapp": "partially_blocked"},
+        checks=(
+            connect("203.0.113.23", 443, "ok"),
+            tls("203.0.113.23", "web.whatsapp.lab.test",
+                "tls-error SSLV3_ALERT_HANDSHAKE_FAILURE"),
+            tls("2001:db8:113::24", "v.whatsapp.lab.test", "tls-error TLSV1_UNRECOGNIZED_NAME"),
+            tls("203.0.113.23", "www.baseline.lab.test", LAB_ROOT),
+            tls("203.0.113.23", "web.whatsapp.lab.test", LAB_ROOT, vantage="control"),
+        ),
+        issue=7,
+    ),
+    Scenario(
+        name="dns-transparent-intercept",
+        title="Every DNS query over UDP answered by the ISP's lying resolver (transparent proxy)",
+        description="The probe asks a 'foreign' resolver (the honest one); the censor diverts "
+        "every UDP query to port 53 leaving the client to the ISP's resolver, whose reply "
+        "comes back as if from the resolver asked. That resolver forges an unrelated public "
+        "address for Twitter's names. DNS over TCP is not diverted. Asking another resolver "
+        "does not escape: dns_blocked, dns.inconsistent.",
+        sources=("Liu et al., 'Who Is Answering My Queries: Understanding and Characterizing "
+                 "Interception of the DNS Resolution Path', USENIX Security 2018",
+                 "Weinstein, 'ISP DNS diversion' (2008): ISPs intercepting port 53 UDP and TCP "
+                 "and rerouting it to their own servers, so changing resolver does not help"),
+        actions=(InterceptDns(),
+                 ResolverAnswers(_names("twitter"), "address", ("203.0.113.200",))),
+        truth=(Expect("twitter-*", "dns_blocked", "dns.inconsistent"),),
+        services={"twitter": "blocked"},
+        checks=(
+            dns("www.twitter.lab.test", "answer 203.0.113.200", resolver=plan.HONEST_RESOLVER),
+            dns("www.baseline.lab.test", "answer 203.0.113.100", resolver="203.0.113.100"),
+            dns("www.twitter.lab.test", "answer 203.0.113.51", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+        resolver=plan.HONEST_RESOLVER,
+        issue=7,
+    ),
+    Scenario(
+        name="dns-cname-known-blockpage",
+        title="Resolver CNAMEs blocked names to a known national blockpage host (Indonesia)",
+        description="The ISP's resolver answers the news site's names with a CNAME to "
+        "trustpositif.kominfo.go.id, the host of Indonesia's TrustPositif filter, then the "
+        "ISP blockpage server's address. The name is a known blockpage host: dns_blocked, "
+        "dns.blockpage, conclusive without a control. (The name is only data in a DNS reply "
+        "inside the lab: no packet leaves it.)",
+        sources=("OONI blocking-fingerprints, fingerprints_dns.csv: ooni.id_95 (a CNAME to "
+                 "TrustPositif) and a dozen Indonesian ISPs' CNAME targets, each with an "
+                 "OONI explorer measurement",),
+        actions=(ResolverAnswers(_names("news"), "address", (plan.ISP_RESOLVER,),
+                                 cname="trustpositif.kominfo.go.id"),
+                 IspBlockpageServer()),
+        truth=(Expect("news-*", "dns_blocked", "dns.blockpage", needs_control=False),),
+        services={"news": "blocked"},
+        checks=(
+            dns("www.news.lab.test", f"answer {plan.ISP_RESOLVER}"),
+            http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied"),
+            http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
+        ),
+        issue=7,
+    ),
+    Scenario(
+        name="ipv6-only-blackhole",
+        title="A service's IPv6 addresses blackholed, its IPv4 and everyone's IPv6 fine",
+        description="The censor drops every packet to Signal's IPv6 addresses only; Signal "
+        "over IPv4 and every other service over IPv6 work, so the volunteer does have IPv6. "
+        "The IPv6 rows are tcp_blocked (not 'no IPv6 here'), the service partially_blocked.",
+        sources=("lennylxx/ipv6-hosts issue #34 (2015): the Great Firewall blocking some of "
+                 "Google's IPv6 addresses one by one, while others stay open",
+                 "RFC 9505 section 4.2.1 (IRTF-PEARG/rfc-censorship-tech issue #72): IP "
+                 "blocklists hold IPv4 and IPv6 addresses separately (/32 and /128 routes)"),
+        actions=(DropTraffic(_addrs("signal", 6)),),
+        truth=(Expect("signal-*", "tcp_blocked", "tcp.timeout", address="2001:db8:*"),),
+        services={"signal": "partially_blocked"},
+        checks=(
+            connect("2001:db8:113::31", 443, "timeout"),
+            connect("203.0.113.31", 443, "ok"),
+            connect("2001:db8:113::41", 443, "ok"),
+            connect("2001:db8:113::31", 443, "ok", vantage="control"),
+        ),
+        issue=7,
+    ),
+    Scenario(
+        name="ipv4-only-blackhole",
+        title="A service's IPv4 addresses blackholed, its IPv6 fine",
+        description="The opposite of ipv6-only-blackhole: Facebook's IPv4 addresses are "
+        "dropped, its IPv6 addresses work (a filter list holding only IPv4 prefixes). The IPv4 "
+        "rows are tcp_blocked, the IPv6 rows ok, the service partially_blocked.",
+        sources=("ValdikSS/blockcheck issue #43 (2016): Russia's registry listed only IPv4 "
+                 "addresses, and blocked sites opened over IPv6",),
+        actions=(DropTraffic(_addrs("facebook", 4)),),
+        truth=(Expect("facebook-*", "tcp_blocked", "tcp.timeout", address="203.0.113.*"),),
+        services={"facebook": "partially_blocked"},
+        checks=(
+            connect("203.0.113.41", 443, "timeout"),
+            connect("2001:db8:113::41", 443, "ok"),
+            connect("203.0.113.41", 443, "ok", vantage="control"),
+        ),
+        issue=7,
     ),
 )
 

@@ -23,7 +23,8 @@ from typing import Any
 
 ANY = "*"
 # Conclusions the probe reaches from its own evidence, without a control.
-LOCAL_METHODS = frozenset({"dns.bogon", "dns.injected", "tls.mitm", "http.blockpage"})
+LOCAL_METHODS = frozenset({"dns.bogon", "dns.injected", "dns.blockpage", "tls.mitm",
+                           "http.blockpage"})
 
 
 @dataclass(frozen=True)
