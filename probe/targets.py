@@ -424,6 +424,10 @@ class _Parser:
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
             problem = getattr(err, "problem", None) or str(err)
             raise self.error(node, field, f"cannot read this value: {problem}") from None
+        finally:
+            # the constructor remembers every node it built (for a document's
+            # aliases): forget them, or the whole file's nodes stay alive
+            self.constructor.constructed_objects.clear()
 
     def mapping(
         self,
