@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -235,9 +236,10 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
             click.echo(f"probe: upload incomplete ({summary.problem}); `probe upload` retries",
                        err=True)
     if as_json:
-        # one row per line: terminal scrubbing works line by line, a single huge line
-        # of a 10,000-endpoint run would be scrubbed in one piece
-        click.echo(json.dumps(summary_json(outcome, path), indent=1))
+        # one row per line (terminal scrubbing works line by line), printed row by row:
+        # a 10,000-endpoint summary is never one 3 MB string
+        for text in iter_summary_json(outcome, path):
+            click.echo(text)
     else:
         display.print_summary(outcome, path)
     if interrupted or not outcome.complete:
@@ -293,7 +295,32 @@ def signing_key_or_exit(key_path: str | None, ephemeral: bool, control: bool = F
         fail_usage(str(exc))
 
 
-def summary_json(outcome, path: Path) -> dict:
+def iter_summary_json(outcome, path: Path) -> Iterator[str]:
+    """``json.dumps(summary_json(outcome, path), indent=1)``, a few lines at a time."""
+    summary = summary_json(outcome, path, endpoints=False)
+    head = json.dumps(summary, indent=1)
+    yield head[: -len("\n}")] + ',\n "endpoints": ['
+    previous = None
+    for row in _endpoint_rows(outcome):
+        if previous is not None:
+            yield previous + ","
+        previous = "\n".join("  " + line for line in json.dumps(row, indent=1).splitlines())
+    if previous is not None:
+        yield previous
+    yield " ]\n}"
+
+
+def _endpoint_rows(outcome) -> Iterator[dict]:
+    for rows in outcome.verdicts.values():
+        for v in rows:
+            yield {
+                "service": v.service, "id": v.endpoint_id, "host": v.host, "address": v.address,
+                "port": v.port, "verdict": v.verdict, "method": v.method, "failure": v.failure,
+                "failed_operation": v.failed_operation, "explanation": v.explanation,
+            }
+
+
+def summary_json(outcome, path: Path, endpoints: bool = True) -> dict:
     return {
         "complete": outcome.complete,
         "report": str(path),
@@ -303,15 +330,7 @@ def summary_json(outcome, path: Path) -> dict:
             {"id": s.service, "status": s.status, "explanation": s.explanation}
             for s in outcome.services.values()
         ],
-        "endpoints": [
-            {
-                "service": v.service, "id": v.endpoint_id, "host": v.host, "address": v.address,
-                "port": v.port, "verdict": v.verdict, "method": v.method, "failure": v.failure,
-                "failed_operation": v.failed_operation, "explanation": v.explanation,
-            }
-            for rows in outcome.verdicts.values()
-            for v in rows
-        ],
+        **({"endpoints": list(_endpoint_rows(outcome))} if endpoints else {}),
     }
 
 

@@ -157,3 +157,18 @@ def test_a_failing_hand_on_is_raised_as_itself(world, tmp_path):
     with pytest.raises(ReportWriteError, match="the disk is full"):
         asyncio.run(session.stream(LiveNetwork(), targets, OPTIONS, session.ControlConfig(),
                                    emit=full_disk))
+
+
+def test_json_summary_printed_row_by_row_is_the_whole_summary(world, tmp_path):
+    import json
+
+    from probe.cli import iter_summary_json, summary_json
+
+    targets, _, _ = world
+    outcome = asyncio.run(session.run(LiveNetwork(), targets, OPTIONS, session.ControlConfig()))
+    pieces = list(iter_summary_json(outcome, tmp_path / "r.jsonl"))
+    assert len(pieces) > len(outcome.verdicts)  # row by row, not one string
+    assert json.loads("\n".join(pieces)) == summary_json(outcome, tmp_path / "r.jsonl")
+    outcome.verdicts = {}
+    empty = json.loads("\n".join(iter_summary_json(outcome, tmp_path / "r.jsonl")))
+    assert empty["endpoints"] == []
