@@ -243,6 +243,26 @@ def test_ctrl_c_writes_a_partial_report_marked_incomplete(world, tmp_path):
     assert verify.returncode == 0, verify.stdout
 
 
+def test_kill_9_mid_run_leaves_nothing_in_the_report_folder(world, tmp_path):
+    """The staged, unscrubbed results have no name on disk: a killed run leaves none."""
+    command = [
+        *PROBE, "run", "--targets", str(world["targets"]),
+        "--resolver", f"127.0.0.1:{world['lying']}", "--no-system-resolver",
+        "--ca-bundle", str(world["pki"].lab_root.cert), "--timeout", "30",
+        "--out", str(tmp_path / "reports"), "--json",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env(tmp_path))
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "reports").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # the staging file exists from the start; the silent endpoint holds the run
+    process.kill()
+    process.wait(timeout=10)
+    assert (tmp_path / "reports").is_dir()
+    assert list((tmp_path / "reports").iterdir()) == []
+
+
 OFFLINE_TARGETS = """\
 version: 1
 services:
