@@ -566,3 +566,70 @@ class InterceptDns:
     def describe(self) -> str:
         over = "UDP and TCP" if self.tcp else "UDP (TCP passes)"
         return f"DNS over {over} to any resolver answered by the ISP's resolver"
+
+
+@dataclass(frozen=True)
+class DnsOnlyTo:
+    """DNS (UDP and TCP port 53) from the client may go only to ``allowed``; every
+    query to another resolver is dropped silently. Iran and China have at times let
+    DNS out only to domestic resolvers, so a foreign resolver times out for every
+    name while the system (ISP) resolver answers."""
+
+    allowed: tuple[str, ...] = (plan.ISP_RESOLVER,)
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            allowed = [a for a in self.allowed if _family(a) == family]
+            for protocol in ("udp", "tcp"):
+                base = ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-p", protocol,
+                        "--dport", "53"]
+                for address in allowed:
+                    lab.firewall(family, [*base, "-d", address, "-j", "ACCEPT"])
+                lab.firewall(family, [*base, "-j", "DROP"])
+
+    def describe(self) -> str:
+        return f"DNS from the client only to {', '.join(self.allowed)}; other resolvers dropped"
+
+
+@dataclass(frozen=True)
+class HttpResponseDrop:
+    """A request naming a blocked host passes, the flow is marked, and the server's
+    response (every packet of that flow carrying ``HTTP/1.``) is dropped: the request
+    is sent, the first application data never arrives (OONI's Turkmenistan and India
+    reports: HTTP requests for blocked sites time out after the request)."""
+
+    keyword: str
+    port: int = 80
+    mark: int = 0x60
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-p", "tcp", "--dport", str(self.port),
+                                  "-m", "string", "--algo", "bm", "--string", self.keyword,
+                                  "-j", "CONNMARK", "--set-mark", hex(self.mark)])
+            lab.firewall(family, ["-A", "FORWARD", "-p", "tcp", "--sport", str(self.port),
+                                  "-m", "connmark", "--mark", hex(self.mark), "-m", "string",
+                                  "--algo", "bm", "--string", "HTTP/1.", "-j", "DROP"])
+
+    def describe(self) -> str:
+        return (f"the response to a port-{self.port} request carrying {self.keyword!r} "
+                "is dropped")
+
+
+@dataclass(frozen=True)
+class DomesticOnly:
+    """A national shutdown with a domestic whitelist (Iran, November 2019): from the
+    client only ``domestic`` networks are reachable (here the ISP's resolver);
+    everything abroad, the control helper and the baseline included, is dropped."""
+
+    domestic: tuple[str, ...] = ("198.51.100.4/30",)
+
+    def apply(self, lab: Runtime) -> None:
+        for network in self.domestic:
+            lab.firewall(4, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-d", network,
+                             "-j", "ACCEPT"])
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-j", "DROP"])
+
+    def describe(self) -> str:
+        return f"only {', '.join(self.domestic)} reachable from the client; the rest dropped"

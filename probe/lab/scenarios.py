@@ -21,8 +21,11 @@ from probe.lab.censor import (
     ClientOffline,
     ClientWithoutIpv6,
     DnsInjection,
+    DnsOnlyTo,
+    DomesticOnly,
     DropTraffic,
     HttpBlockpage,
+    HttpResponseDrop,
     IcmpReject,
     InterceptDns,
     IspBlockpageServer,
@@ -786,6 +789,104 @@ SCENARIOS += (
             connect("203.0.113.41", 443, "ok", vantage="control"),
         ),
         issue=7,
+    ),
+)
+
+SCENARIOS += (
+    # --- red team, third round (issue 8) -----------------------------------------
+    Scenario(
+        name="dns-foreign-resolver-dropped",
+        title="DNS allowed only to the ISP's resolver: a foreign resolver times out",
+        description="The probe is told to ask a foreign resolver (the honest one); the "
+        "network drops every DNS query, UDP and TCP, to any resolver but the ISP's. The "
+        "foreign resolver is silent for every name, the baseline's too, while the system "
+        "resolver (the ISP's, which does not lie here) answers and every service works. "
+        "Nothing is censored: everything ok, each row saying the chosen resolver never "
+        "answered.",
+        sources=("Liu et al., 'Who Is Answering My Queries: Understanding and Characterizing "
+                 "Interception of the DNS Resolution Path', USENIX Security 2018 (networks "
+                 "that block or divert DNS to resolvers other than their own)",
+                 "Iran and China have at times let DNS out only to domestic resolvers; our "
+                 "model keeps only the dropping, not any lie"),
+        actions=(DnsOnlyTo((plan.ISP_RESOLVER,)),),
+        truth=(),
+        checks=(
+            dns("www.twitter.lab.test", "timeout", resolver=plan.HONEST_RESOLVER),
+            dns("www.baseline.lab.test", "timeout", resolver=plan.HONEST_RESOLVER),
+            dns("www.twitter.lab.test", "answer 203.0.113.51"),
+            dns("www.twitter.lab.test", "answer 203.0.113.51", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+        resolver=plan.HONEST_RESOLVER,
+        issue=8,
+    ),
+    Scenario(
+        name="dns-tcp-intercept",
+        title="Every DNS query, UDP and TCP, answered by the ISP's lying resolver",
+        description="As dns-transparent-intercept, but the censor diverts DNS over TCP too: "
+        "no way of asking the foreign resolver reaches it, and the ISP's resolver forges an "
+        "unrelated public address for Twitter. dns_blocked, dns.inconsistent.",
+        sources=("Liu et al., 'Who Is Answering My Queries', USENIX Security 2018 (interception "
+                 "of both UDP and TCP port 53)",
+                 "Weinstein, 'ISP DNS diversion' (2008): ISPs rerouting port 53, UDP and TCP, "
+                 "to their own servers"),
+        actions=(InterceptDns(tcp=True),
+                 ResolverAnswers(_names("twitter"), "address", ("203.0.113.200",))),
+        truth=(Expect("twitter-*", "dns_blocked", "dns.inconsistent"),),
+        services={"twitter": "blocked"},
+        checks=(
+            dns("www.twitter.lab.test", "answer 203.0.113.200", resolver=plan.HONEST_RESOLVER),
+            dns("www.twitter.lab.test", "answer 203.0.113.51", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+        resolver=plan.HONEST_RESOLVER,
+        issue=8,
+    ),
+    Scenario(
+        name="http-response-drop",
+        title="Plain HTTP: the request passes, the response never arrives",
+        description="A filter lets a request naming the news site through and marks its "
+        "flow, then drops every packet of the server's response: the TCP handshake works, "
+        "the request is sent, no byte comes back (no RST, no blockpage). HTTPS to the same "
+        "site works, and the control gets the page: http_blocked, http.timeout.",
+        sources=("Nourin et al., 'Measuring and Evading Turkmenistan's Internet Censorship', "
+                 "WWW 2023, and Qurium / turkmen.news (2019): Turkmentelecom filters HTTP by "
+                 "the Host header",
+                 "OONI web_connectivity (spec ts-017): generic_timeout_error after the request "
+                 "as an HTTP failure; the silent drop of the response is our model of it"),
+        actions=(HttpResponseDrop("Host: www.news.lab.test"),),
+        truth=(Expect("news-http", "http_blocked", "http.timeout"),),
+        services={"news": "partially_blocked"},
+        checks=(
+            connect("203.0.113.61", 80, "ok"),
+            http("203.0.113.61", "www.news.lab.test", "timeout"),
+            http("203.0.113.100", "www.baseline.lab.test", "200"),
+            http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
+            tls("203.0.113.61", "www.news.lab.test", LAB_ROOT),
+        ),
+        issue=8,
+    ),
+    Scenario(
+        name="whitelist-shutdown",
+        title="National shutdown: only the domestic network reachable (Iran, November 2019)",
+        description="Everything abroad is dropped, the baseline and the control helper "
+        "included; the ISP's (domestic) resolver still answers. Nothing can be compared with "
+        "a control: every row inconclusive. But the network is not down (the resolver "
+        "answers over it), so the run must not say 'your network is down'.",
+        sources=("ARTICLE 19, 'Tightening the Net 2020: After Blood and Shutdowns' (Iran's "
+                 "November 2019 shutdown: users left with the National Information Network)",
+                 "Wikipedia, '2019 Internet blackout in Iran'"),
+        actions=(DomesticOnly(),),
+        truth=(Expect("*", "inconclusive", ANY),),
+        services={service: "inconclusive" for service in plan.SERVICES},
+        checks=(
+            connect("203.0.113.100", 443, "timeout"),
+            connect(plan.CONTROL_V4, plan.CONTROL_PORT, "timeout"),
+            dns("www.baseline.lab.test", "answer 203.0.113.100"),
+            connect("203.0.113.100", 443, "ok", vantage="control"),
+        ),
+        baseline_reachable=False,
+        issue=8,
     ),
 )
 
