@@ -633,3 +633,22 @@ class DomesticOnly:
 
     def describe(self) -> str:
         return f"only {', '.join(self.domestic)} reachable from the client; the rest dropped"
+
+
+@dataclass(frozen=True)
+class LossyDns:
+    """A lossy link for DNS datagrams: every ``every``-th UDP packet from the client
+    to port 53 is dropped (iptables statistic, nth mode: the same loss rate on every
+    run, whatever the name). Nothing is censored; a probe that sends each query once
+    reads every lost datagram as a resolver that never answers."""
+
+    every: int = 4
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-p", "udp",
+                                  "--dport", "53", "-m", "statistic", "--mode", "nth",
+                                  "--every", str(self.every), "--packet", "0", "-j", "DROP"])
+
+    def describe(self) -> str:
+        return f"one DNS datagram in {self.every} from the client lost"

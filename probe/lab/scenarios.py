@@ -30,6 +30,7 @@ from probe.lab.censor import (
     InterceptDns,
     IspBlockpageServer,
     KeywordReset,
+    LossyDns,
     PayloadDrop,
     RemoveAddresses,
     ResetConnections,
@@ -886,6 +887,31 @@ SCENARIOS += (
             connect("203.0.113.100", 443, "ok", vantage="control"),
         ),
         baseline_reachable=False,
+        issue=8,
+    ),
+    Scenario(
+        name="dns-lossy-link",
+        title="A lossy link loses one DNS datagram in four, nothing censored",
+        description="Every fourth UDP packet from the client to port 53 is dropped (a "
+        "congested or mobile link), whatever the name; the resolver never lies. A probe "
+        "that sends each query once reads a lost datagram as a resolver that never "
+        "answered, and with the control resolving the name, as dns_blocked. Everything "
+        "must be ok: queries are retransmitted, as stub resolvers do.",
+        sources=("RFC 1035 4.2.1 (retransmission of queries over UDP) and glibc's "
+                 "resolv.conf `attempts`: stubs send a query again before giving up",
+                 "OONI web_connectivity data: DNS generic_timeout_error on poor mobile links "
+                 "is a known source of false DNS anomalies (we model the loss only)"),
+        actions=(LossyDns(4),),
+        truth=(),
+        checks=(
+            Check("dnsloss", "www.baseline.lab.test", "lossy", resolver=plan.ISP_RESOLVER,
+                  timeout=0.4),
+            Check("dnsloss", "www.baseline.lab.test", "no loss",
+                  resolver=plan.HONEST_RESOLVER, vantage="control", timeout=0.4),
+            connect("203.0.113.21", 443, "ok"),
+            tls("203.0.113.100", "www.baseline.lab.test", LAB_ROOT),
+        ),
+        baseline_reachable=False,  # its DNS check would lose one query in four
         issue=8,
     ),
 )
