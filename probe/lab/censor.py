@@ -637,18 +637,19 @@ class DomesticOnly:
 
 @dataclass(frozen=True)
 class LossyDns:
-    """A lossy link for DNS datagrams: every ``every``-th UDP packet from the client
-    to port 53 is dropped (iptables statistic, nth mode: the same loss rate on every
-    run, whatever the name). Nothing is censored; a probe that sends each query once
-    reads every lost datagram as a resolver that never answers."""
+    """A lossy link for DNS datagrams: each UDP packet from the client to port 53 is
+    dropped with probability ``loss`` (iptables statistic, random mode), whatever the
+    name. Nothing is censored; a probe that sends each query once reads a lost
+    datagram as a resolver that never answers. (Random, not every n-th packet: a
+    probe sends A and AAAA back to back, and n-th dropping never loses both.)"""
 
-    every: int = 4
+    loss: float = 0.25
 
     def apply(self, lab: Runtime) -> None:
         for family in (4, 6):
             lab.firewall(family, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-p", "udp",
-                                  "--dport", "53", "-m", "statistic", "--mode", "nth",
-                                  "--every", str(self.every), "--packet", "0", "-j", "DROP"])
+                                  "--dport", "53", "-m", "statistic", "--mode", "random",
+                                  "--probability", f"{self.loss:.2f}", "-j", "DROP"])
 
     def describe(self) -> str:
-        return f"one DNS datagram in {self.every} from the client lost"
+        return f"{self.loss:.0%} of the client's DNS datagrams lost, whatever the name"

@@ -32,7 +32,7 @@ class Check:
     """One observation and the outcome the scenario expects of it.
 
     kind: dns (``target`` is a name, ``qtype`` A/AAAA, asked to ``resolver``), dnsloss
-    (the same, asked twelve times: "lossy" when some went unanswered),
+    (the same, asked twenty times: "lossy" when some went unanswered),
     connect, tls (``sni``), http (GET ``path`` with Host ``host``), download
     (over TLS, measured for ``seconds``), mtproto (one req_pq_multi). ``expect``
     is compared with the outcome: an exact string, or for "kbit" outcomes ``kbit<N`` / ``kbit>N``.
@@ -79,7 +79,7 @@ def _socket_error(exc: OSError) -> str:
     return f"error {exc}"
 
 
-DNS_LOSS_QUERIES = 12
+DNS_LOSS_QUERIES = 20
 
 
 def observe_dns_loss(check: Check) -> str:

@@ -891,17 +891,18 @@ SCENARIOS += (
     ),
     Scenario(
         name="dns-lossy-link",
-        title="A lossy link loses one DNS datagram in four, nothing censored",
-        description="Every fourth UDP packet from the client to port 53 is dropped (a "
-        "congested or mobile link), whatever the name; the resolver never lies. A probe "
-        "that sends each query once reads a lost datagram as a resolver that never "
-        "answered, and with the control resolving the name, as dns_blocked. Everything "
-        "must be ok: queries are retransmitted, as stub resolvers do.",
+        title="A lossy link loses a quarter of the DNS datagrams, nothing censored",
+        description="Each UDP packet from the client to port 53 is dropped with probability "
+        "0.25 (a congested or mobile link), whatever the name; the resolver never lies. A "
+        "probe that sends each query once loses both A and AAAA for one endpoint in "
+        "sixteen, and with the control resolving the name reads dns_blocked. Everything "
+        "must be ok: queries are retransmitted, as stub resolvers do. (Random loss: with "
+        "three transmissions a run still fails about once in 250.)",
         sources=("RFC 1035 4.2.1 (retransmission of queries over UDP) and glibc's "
                  "resolv.conf `attempts`: stubs send a query again before giving up",
                  "OONI web_connectivity data: DNS generic_timeout_error on poor mobile links "
                  "is a known source of false DNS anomalies (we model the loss only)"),
-        actions=(LossyDns(4),),
+        actions=(LossyDns(0.25),),
         truth=(),
         checks=(
             Check("dnsloss", "www.baseline.lab.test", "lossy", resolver=plan.ISP_RESOLVER,
