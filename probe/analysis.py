@@ -16,7 +16,10 @@ The rules, in the order they are applied to one endpoint:
    the answers and on each way of asking apart (UDP, TCP, the system resolver:
    a transparent proxy may divert only UDP). A blocked DNS
    gives the endpoint one row (address None): apps using that resolver cannot
-   reach the service, whatever the addresses do.
+   reach the service, whatever the addresses do. A chosen resolver that sends no
+   reply at all (UDP and TCP) while the system resolver answers is a closed path
+   to that resolver (DNS allowed only to the ISP's resolver), not evidence about
+   the name: the system resolver's answers are judged instead.
 2. Per address x port, the first step that failed (connect, TLS handshake,
    certificate, MTProto, HTTP) is compared with the control's same step on the
    same address: control succeeded -> ``<step>_blocked``; control failed too ->

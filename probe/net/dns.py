@@ -2,7 +2,9 @@
 
 Over UDP we keep listening for ``linger`` seconds after the first reply and keep
 every reply that arrives: on-path injectors (the Great Firewall, Iran) race the
-real resolver, so two different replies to one query are the evidence. Replies
+real resolver, so two different replies to one query are the evidence. Until a
+valid reply arrives, a UDP query is sent again (same ID) at a third and two
+thirds of the timeout, as stub resolvers retransmit. Replies
 are kept raw (base64) next to their parsed answers. Nothing here judges whether
 an answer is a lie; that is analysis.
 """
