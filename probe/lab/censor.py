@@ -17,6 +17,7 @@ right than a per-action undo, and ``reset`` is checked by the tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from probe.lab import plan
@@ -24,6 +25,8 @@ from probe.lab import plan
 
 class Runtime(Protocol):
     """What actions may ask of the running lab (implemented by ``probe.lab.lab.Lab``)."""
+
+    state: Path  # the lab's state directory (its PKI under pki/)
 
     def firewall(self, family: int, args: list[str]) -> None:
         """Run ``iptables`` (4) or ``ip6tables`` (6) with ``args`` in the censor."""
@@ -502,6 +505,7 @@ class IspBlockpageServer:
 
     address: str = plan.ISP_RESOLVER
     port: int = 80
+    tls_port: int | None = None  # also over HTTPS, with a valid certificate for its own name
 
     def apply(self, lab: Runtime) -> None:
         lab.start_scenario_process(
@@ -509,9 +513,17 @@ class IspBlockpageServer:
             ["-m", "probe.lab.blockpage", "--host", self.address, "--port", str(self.port),
              "--page", "unknown"],
         )
+        if self.tls_port is not None:
+            lab.start_scenario_process(
+                "isp-blockpage-tls", plan.ISP,
+                ["-m", "probe.lab.blockpage", "--host", self.address, "--port",
+                 str(self.tls_port), "--page", "unknown", "--tls-pki", str(lab.state / "pki"),
+                 "--tls-name", plan.ISP_BLOCKPAGE_HOST],
+            )
 
     def describe(self) -> str:
-        return f"the ISP's blockpage server answers on {self.address}:{self.port}"
+        tls = f" and HTTPS on {self.tls_port} as {plan.ISP_BLOCKPAGE_HOST}" if self.tls_port else ""
+        return f"the ISP's blockpage server answers on {self.address}:{self.port}{tls}"
 
 
 TLS_ALERT_PORT = 8444

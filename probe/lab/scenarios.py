@@ -118,7 +118,7 @@ NEWS = _addrs("news")
 TWITTER = _addrs("twitter")
 WHATSAPP_CHAT = ("203.0.113.21", "2001:db8:113::21", "203.0.113.22", "2001:db8:113::22")
 REQ_PQ_MULTI_HEX = "|f18e7ebe|"  # req_pq_multi#be7e8ef1, little-endian on the wire
-ISP_BLOCKPAGE_HOST = "blocked.isp.lab.test"
+ISP_BLOCKPAGE_HOST = plan.ISP_BLOCKPAGE_HOST
 WHATSAPP_WEB = ("203.0.113.23", "2001:db8:113::23", "203.0.113.24", "2001:db8:113::24")
 ALL_SERVICE_ADDRESSES = tuple(
     a for service in ("baseline", "telegram", "whatsapp", "signal", "facebook", "twitter", "news")
@@ -887,6 +887,32 @@ SCENARIOS += (
             connect("203.0.113.100", 443, "ok", vantage="control"),
         ),
         baseline_reachable=False,
+        issue=8,
+    ),
+    Scenario(
+        name="dns-blockpage-https",
+        title="Resolver sends the site to the ISP's blockpage host, which speaks HTTPS",
+        description="The ISP's resolver answers the news site's names with the address of "
+        "its blockpage server (no CNAME), which serves its page over HTTP and over HTTPS "
+        "with a certificate valid for its own name (blocked.isp.lab.test, from the trusted "
+        "root). HTTPS sees a hostname mismatch, not an unknown authority nor a timeout: "
+        "the forged answer is the cause, dns_blocked, dns.inconsistent (the answer shares "
+        "nothing with the control's and proved nothing).",
+        sources=("OONI, 'Indonesia: Internet Positif' reports and Turkey's BTK pages: DNS "
+                 "redirection to an ISP blockpage server, whose HTTPS presents the blockpage "
+                 "host's own certificate (OONI records ssl_invalid_hostname)",
+                 "OONI web_connectivity (spec ts-017): an answer inconsistent with the control "
+                 "whose TLS fails is DNS blocking, not TLS blocking"),
+        actions=(ResolverAnswers(_names("news"), "address", (plan.ISP_RESOLVER,)),
+                 IspBlockpageServer(tls_port=443)),
+        truth=(Expect("news-*", "dns_blocked", "dns.inconsistent"),),
+        services={"news": "blocked"},
+        checks=(
+            dns("www.news.lab.test", f"answer {plan.ISP_RESOLVER}"),
+            tls(plan.ISP_RESOLVER, "www.news.lab.test", LAB_ROOT),
+            http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied"),
+            tls("203.0.113.61", "www.news.lab.test", LAB_ROOT, vantage="control"),
+        ),
         issue=8,
     ),
     Scenario(
