@@ -2,8 +2,8 @@
 
 Over UDP we keep listening for ``linger`` seconds after the first reply and keep
 every reply that arrives: on-path injectors (the Great Firewall, Iran) race the
-real resolver, so two different replies to one query are the evidence. Until a
-valid reply arrives, a UDP query is sent again (same ID) at a third and two
+real resolver, so two different replies to one query are the evidence. While no
+reply at all has arrived, a UDP query is sent again (same ID) at a third and two
 thirds of the timeout, as stub resolvers retransmit. Replies
 are kept raw (base64) next to their parsed answers. Nothing here judges whether
 an answer is a lie; that is analysis.
@@ -145,8 +145,8 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
             )
             wire = sent.to_wire()
             transport.sendto(wire)
-            # Until a valid reply arrives, the same query (same ID) is sent again at a
-            # third and two thirds of the timeout, as stub resolvers retransmit
+            # While nothing at all has come back, the same query (same ID) is sent again
+            # at a third and two thirds of the timeout, as stub resolvers retransmit
             # (RFC 1035 4.2.1; glibc's `attempts`): one datagram lost on a lossy link
             # must not read as a resolver that never answers.
             resends = [loop.time() + timeout * k / (UDP_TRANSMISSIONS)
@@ -165,7 +165,8 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
                 except TimeoutError:
                     if deadline is None and resends:
                         resends.pop(0)
-                        transport.sendto(wire)
+                        if not replies:  # datagrams came back: the path is not losing them
+                            transport.sendto(wire)
                         continue
                     break  # the linger window after the first valid reply is over
                 if error is not None:
