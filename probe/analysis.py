@@ -16,7 +16,10 @@ The rules, in the order they are applied to one endpoint:
    the answers and on each way of asking apart (UDP, TCP, the system resolver:
    a transparent proxy may divert only UDP). A blocked DNS
    gives the endpoint one row (address None): apps using that resolver cannot
-   reach the service, whatever the addresses do.
+   reach the service, whatever the addresses do. A chosen resolver that sends no
+   reply at all (UDP and TCP) while the system resolver answers is a closed path
+   to that resolver (DNS allowed only to the ISP's resolver), not evidence about
+   the name: the system resolver's answers are judged instead.
 2. Per address x port, the first step that failed (connect, TLS handshake,
    certificate, MTProto, HTTP) is compared with the control's same step on the
    same address: control succeeded -> ``<step>_blocked``; control failed too ->
@@ -39,6 +42,7 @@ into ``blocked``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -230,11 +234,34 @@ def injected(exchanges: Iterable[DnsExchange]) -> bool:
     return False
 
 
+def resolver_silent(observation: EndpointObservation) -> bool:
+    """The resolver the probe was told to ask sent no reply at all, over UDP or TCP,
+    while the system resolver answered.
+
+    Networks that let DNS out only to the ISP's own resolver (Iran, China at times:
+    UDP and TCP port 53 to foreign resolvers dropped) make a chosen foreign resolver
+    silent for every name, the baseline's too: that is the path to one resolver, not
+    evidence about this name, and apps on this network resolve with the system resolver.
+    A resolver that answers but lies or errs is never "silent"."""
+    system = observation.getaddrinfo
+    if not observation.dns or system is None or not system.addresses:
+        return False
+    return all(
+        not exchange.replies and exchange.failure is not None
+        and exchange.failure not in failures.LOCAL
+        for exchange in observation.dns
+    )
+
+
 def resolver_failure(observation: EndpointObservation) -> str | None:
     """How name resolution failed for an app on this vantage (None: it worked).
 
     Judged as a stub resolver would: the UDP answers, except that a truncated
-    UDP reply is retried over TCP (RFC 7766), so then the TCP answers count."""
+    UDP reply is retried over TCP (RFC 7766), so then the TCP answers count. When
+    the chosen resolver is silent (``resolver_silent``), the system resolver's
+    answer is what apps here get."""
+    if resolver_silent(observation):
+        return None
     udp = [e for e in observation.dns if e.query.transport == "udp"]
     truncated = {e.query.qtype for e in udp if e.failure == failures.DNS_TRUNCATED}
     if truncated:
@@ -632,9 +659,17 @@ def endpoint_verdicts(
                         None, verdict, method, failure,
                         "resolve" if failure else None, explanation)]
     if not observation.ports:
-        return [Verdict(observation.endpoint_id, observation.service, observation.host, None,
+        rows = [Verdict(observation.endpoint_id, observation.service, observation.host, None,
                         None, OK, None, None, None, "The name resolves consistently.")]
-    return [port_verdict(observation, port, control, context) for port in observation.ports]
+    else:
+        rows = [port_verdict(observation, port, control, context) for port in observation.ports]
+    if resolver_silent(observation):
+        resolver = observation.dns[0].query.resolver
+        note = (f" (The resolver you chose, {resolver}, never answered, over UDP or TCP; the "
+                "system resolver did, so these addresses are its answers. Networks that "
+                "allow DNS only to the ISP's resolver do this to every name.)")
+        rows = [dataclasses.replace(r, explanation=r.explanation + note) for r in rows]
+    return rows
 
 
 def has_ipv6(observations: Iterable[EndpointObservation]) -> bool:
@@ -687,11 +722,23 @@ def service_status(verdicts: Iterable[Verdict]) -> tuple[str, str]:
 def network_down(
     baseline: Iterable[EndpointObservation], control_available: bool
 ) -> bool:
-    """True when nothing of the baseline works and no control answered."""
+    """True when nothing of the baseline works and no control answered.
+
+    A resolver that answered the baseline's name over the network is not "down":
+    under a national shutdown with a domestic whitelist (Iran, November 2019) the
+    ISP's resolver still answers while everything abroad, the control included, is
+    unreachable. Those failures stay inconclusive, but "your network is down" would
+    be false. Not when the resolver is on this machine (a cache answers with the
+    uplink down) or when connects found no route at all (the client's own link)."""
     if control_available:
         return False
     baseline = list(baseline)
     for observation in baseline:
+        if _resolver_answered_over_the_network(observation) and not any(
+            p.connect is not None and p.connect.failure == failures.NETWORK_UNREACHABLE
+            for p in observation.ports
+        ):
+            return False
         if resolver_failure(observation) is None and any(
             first_failure(p).step is None and p.connect is not None for p in observation.ports
         ):
@@ -699,3 +746,18 @@ def network_down(
         if resolver_failure(observation) is None and not observation.ports:
             return False
     return True
+
+
+def _resolver_answered_over_the_network(observation: EndpointObservation) -> bool:
+    for exchange in observation.dns:
+        try:
+            if ipaddress.ip_address(exchange.query.resolver).is_loopback:
+                continue
+        except ValueError:
+            continue
+        if any(
+            reply.failure is None and any(a.rrtype in ("A", "AAAA") for a in reply.answers)
+            for reply in exchange.replies
+        ):
+            return True
+    return False

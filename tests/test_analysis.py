@@ -526,3 +526,54 @@ def test_redirect_to_a_known_blockpage_host_is_conclusive_without_control():
     fine = observe([tls_port("203.0.113.1", http=(http_result(
         body=b"<title>News</title>see https://warning.rt.ru/ for " + b"x" * 400),))], GOOD_DNS)
     assert one(fine, context(None)) == ("ok", None)
+
+
+# --- third red-team round ------------------------------------------------------
+
+
+def silent(qtype="A", transport="udp") -> DnsExchange:
+    return exchange(qtype=qtype, transport=transport)  # no reply: a timeout
+
+
+def system_answer(*addresses: str, failure=None) -> GetaddrinfoResult:
+    return GetaddrinfoResult("x.test", addresses, failure, T)
+
+
+def test_a_silent_foreign_resolver_is_not_dns_blocking_when_the_system_resolver_works():
+    # Iran, China at times: UDP and TCP port 53 to foreign resolvers dropped, only the
+    # ISP's resolver allowed (lab: dns-foreign-resolver-dropped). Every name, the
+    # baseline's too, times out at the chosen resolver; apps resolve with the system's.
+    dns = (silent(), silent("AAAA"), silent(transport="tcp"), silent("AAAA", "tcp"))
+    probe = observe([tls_port("203.0.113.1")], dns, getaddrinfo=system_answer("203.0.113.1"))
+    rows = analysis.endpoint_verdicts(probe, context({"ep": GOOD}))
+    assert [(r.verdict, r.method) for r in rows] == [("ok", None)]
+    assert "never answered" in rows[0].explanation
+    # the system resolver's answers are judged like any other: a lie is still caught
+    lying = observe([tls_port("203.0.113.200", handshake=F.GENERIC_TIMEOUT)], dns,
+                    getaddrinfo=system_answer("203.0.113.200"))
+    assert one(lying, context({"ep": GOOD})) == ("dns_blocked", "dns.inconsistent")
+    # the system resolver fails too (one resolver dropping the name): dns_blocked as before
+    both = observe([], dns, addresses=(), getaddrinfo=system_answer(failure=F.GENERIC_TIMEOUT))
+    assert one(both, context({"ep": GOOD})) == ("dns_blocked", "dns.timeout")
+    # a resolver that answers, even with an error, is not silent
+    refused = (exchange(reply(rcode="REFUSED")),)
+    answered = observe([tls_port("203.0.113.1")], refused,
+                       getaddrinfo=system_answer("203.0.113.1"))
+    assert one(answered, context({"ep": GOOD})) == ("dns_blocked", "dns.refused")
+
+
+def test_a_resolver_answering_the_baseline_is_not_a_network_down():
+    # Iran, November 2019: everything abroad unreachable, the ISP's resolver answers
+    # (lab: whitelist-shutdown). Failures stay inconclusive; "network down" is false.
+    abroad = observe([tls_port("203.0.113.1", connect_failure=F.GENERIC_TIMEOUT)], GOOD_DNS)
+    assert not analysis.network_down([abroad], control_available=False)
+    rows = analysis.endpoint_verdicts(abroad, context(None))
+    assert {r.verdict for r in rows} == {"inconclusive"}
+    # a resolver on this machine (a cache) proves nothing about the uplink
+    cached = (DnsExchange(DnsQuery("127.0.0.53", 53, "x.test", "A", "udp"),
+                          (reply("203.0.113.1"),), None, T),)
+    local = observe([tls_port("203.0.113.1", connect_failure=F.GENERIC_TIMEOUT)], cached)
+    assert analysis.network_down([local], control_available=False)
+    # nothing answers at all: down
+    dead = observe([], (silent(),), addresses=())
+    assert analysis.network_down([dead], control_available=False)

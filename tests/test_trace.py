@@ -499,6 +499,18 @@ def test_corpus(expected_path):
     assert services == expected["services"]
 
 
+def test_lab_corpus_tells_a_shutdown_from_an_offline_client():
+    """Issue 8: under a national whitelist shutdown the ISP's resolver still answers,
+    so the run is inconclusive but not "your network is down"; a client whose link is
+    down is. A silent chosen resolver is said so in the rows."""
+    lab = TRACES / "lab"
+    assert replay_trace(lab / "whitelist-shutdown.jsonl.gz").outcome.network_down is False
+    assert replay_trace(lab / "client-offline.jsonl.gz").outcome.network_down is True
+    foreign = replay_trace(lab / "dns-foreign-resolver-dropped.jsonl.gz").outcome
+    rows = [v for vs in foreign.verdicts.values() for v in vs]
+    assert rows and all("never answered" in v.explanation for v in rows if v.host != v.address)
+
+
 # --------------------------------------------------------------------------- #
 # Equivalence with a live run on loopback                                      #
 # --------------------------------------------------------------------------- #

@@ -10,13 +10,16 @@ tests can check that no report carries it.
 
 Run as ``python -m probe.lab.blockpage --port N --duration S``; it exits by
 itself after ``--duration`` seconds. It listens on every address of the
-censor's namespace and reads at most 16 KiB of a request.
+censor's namespace and reads at most 16 KiB of a request. With ``--tls-pki`` and
+``--tls-name`` it speaks HTTPS with the lab PKI's valid leaf for that name (an
+ISP's blockpage host with a real certificate for itself, not for the site).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 
 IRAN_BLOCKPAGE = (
@@ -74,7 +77,8 @@ def response(client_address: str | None) -> bytes:
 
 
 async def _serve(port: int, echo_client: bool, duration: float, redirect: bool = False,
-                 page: str = "iran", host: str | None = None) -> None:
+                 page: str = "iran", host: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(5):
@@ -93,7 +97,8 @@ async def _serve(port: int, echo_client: bool, duration: float, redirect: bool =
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, host=host, port=port, limit=16 * 1024)
+    server = await asyncio.start_server(handle, host=host, port=port, limit=16 * 1024,
+                                        ssl=tls)
     async with server:
         print(f"blockpage: listening on {port}", file=sys.stderr, flush=True)
         await asyncio.sleep(duration)
@@ -108,10 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", choices=("iran", "unknown"), default="iran",
                         help="Iran's 403 page, or a 200 page no fingerprint matches")
     parser.add_argument("--host", default=None, help="listen on this address only")
+    parser.add_argument("--tls-pki", default=None,
+                        help="serve over TLS with this lab PKI's leaf for --tls-name")
+    parser.add_argument("--tls-name", default=None)
     parser.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
+    tls = None
+    if args.tls_pki:
+        from probe.lab.pki import load_pki
+
+        leaf = load_pki(args.tls_pki).leaves[args.tls_name]
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(str(leaf.cert), str(leaf.key))
     asyncio.run(_serve(args.port, args.echo_client, args.duration, args.redirect, args.page,
-                       args.host))
+                       args.host, tls))
     return 0
 
 

@@ -17,6 +17,7 @@ right than a per-action undo, and ``reset`` is checked by the tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from probe.lab import plan
@@ -24,6 +25,8 @@ from probe.lab import plan
 
 class Runtime(Protocol):
     """What actions may ask of the running lab (implemented by ``probe.lab.lab.Lab``)."""
+
+    state: Path  # the lab's state directory (its PKI under pki/)
 
     def firewall(self, family: int, args: list[str]) -> None:
         """Run ``iptables`` (4) or ``ip6tables`` (6) with ``args`` in the censor."""
@@ -502,6 +505,7 @@ class IspBlockpageServer:
 
     address: str = plan.ISP_RESOLVER
     port: int = 80
+    tls_port: int | None = None  # also over HTTPS, with a valid certificate for its own name
 
     def apply(self, lab: Runtime) -> None:
         lab.start_scenario_process(
@@ -509,9 +513,17 @@ class IspBlockpageServer:
             ["-m", "probe.lab.blockpage", "--host", self.address, "--port", str(self.port),
              "--page", "unknown"],
         )
+        if self.tls_port is not None:
+            lab.start_scenario_process(
+                "isp-blockpage-tls", plan.ISP,
+                ["-m", "probe.lab.blockpage", "--host", self.address, "--port",
+                 str(self.tls_port), "--page", "unknown", "--tls-pki", str(lab.state / "pki"),
+                 "--tls-name", plan.ISP_BLOCKPAGE_HOST],
+            )
 
     def describe(self) -> str:
-        return f"the ISP's blockpage server answers on {self.address}:{self.port}"
+        tls = f" and HTTPS on {self.tls_port} as {plan.ISP_BLOCKPAGE_HOST}" if self.tls_port else ""
+        return f"the ISP's blockpage server answers on {self.address}:{self.port}{tls}"
 
 
 TLS_ALERT_PORT = 8444
@@ -566,3 +578,90 @@ class InterceptDns:
     def describe(self) -> str:
         over = "UDP and TCP" if self.tcp else "UDP (TCP passes)"
         return f"DNS over {over} to any resolver answered by the ISP's resolver"
+
+
+@dataclass(frozen=True)
+class DnsOnlyTo:
+    """DNS (UDP and TCP port 53) from the client may go only to ``allowed``; every
+    query to another resolver is dropped silently. Iran and China have at times let
+    DNS out only to domestic resolvers, so a foreign resolver times out for every
+    name while the system (ISP) resolver answers."""
+
+    allowed: tuple[str, ...] = (plan.ISP_RESOLVER,)
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            allowed = [a for a in self.allowed if _family(a) == family]
+            for protocol in ("udp", "tcp"):
+                base = ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-p", protocol,
+                        "--dport", "53"]
+                for address in allowed:
+                    lab.firewall(family, [*base, "-d", address, "-j", "ACCEPT"])
+                lab.firewall(family, [*base, "-j", "DROP"])
+
+    def describe(self) -> str:
+        return f"DNS from the client only to {', '.join(self.allowed)}; other resolvers dropped"
+
+
+@dataclass(frozen=True)
+class HttpResponseDrop:
+    """A request naming a blocked host passes, the flow is marked, and the server's
+    response (every packet of that flow carrying ``HTTP/1.``) is dropped: the request
+    is sent, the first application data never arrives (OONI's Turkmenistan and India
+    reports: HTTP requests for blocked sites time out after the request)."""
+
+    keyword: str
+    port: int = 80
+    mark: int = 0x60
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-p", "tcp", "--dport", str(self.port),
+                                  "-m", "string", "--algo", "bm", "--string", self.keyword,
+                                  "-j", "CONNMARK", "--set-mark", hex(self.mark)])
+            lab.firewall(family, ["-A", "FORWARD", "-p", "tcp", "--sport", str(self.port),
+                                  "-m", "connmark", "--mark", hex(self.mark), "-m", "string",
+                                  "--algo", "bm", "--string", "HTTP/1.", "-j", "DROP"])
+
+    def describe(self) -> str:
+        return (f"the response to a port-{self.port} request carrying {self.keyword!r} "
+                "is dropped")
+
+
+@dataclass(frozen=True)
+class DomesticOnly:
+    """A national shutdown with a domestic whitelist (Iran, November 2019): from the
+    client only ``domestic`` networks are reachable (here the ISP's resolver);
+    everything abroad, the control helper and the baseline included, is dropped."""
+
+    domestic: tuple[str, ...] = ("198.51.100.4/30",)
+
+    def apply(self, lab: Runtime) -> None:
+        for network in self.domestic:
+            lab.firewall(4, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-d", network,
+                             "-j", "ACCEPT"])
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-j", "DROP"])
+
+    def describe(self) -> str:
+        return f"only {', '.join(self.domestic)} reachable from the client; the rest dropped"
+
+
+@dataclass(frozen=True)
+class LossyDns:
+    """A lossy link for DNS datagrams: each UDP packet from the client to port 53 is
+    dropped with probability ``loss`` (iptables statistic, random mode), whatever the
+    name. Nothing is censored; a probe that sends each query once reads a lost
+    datagram as a resolver that never answers. (Random, not every n-th packet: a
+    probe sends A and AAAA back to back, and n-th dropping never loses both.)"""
+
+    loss: float = 0.25
+
+    def apply(self, lab: Runtime) -> None:
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-p", "udp",
+                                  "--dport", "53", "-m", "statistic", "--mode", "random",
+                                  "--probability", f"{self.loss:.2f}", "-j", "DROP"])
+
+    def describe(self) -> str:
+        return f"{self.loss:.0%} of the client's DNS datagrams lost, whatever the name"

@@ -31,7 +31,8 @@ LINGER = 0.6  # seconds to wait for more replies after the first (injector hold:
 class Check:
     """One observation and the outcome the scenario expects of it.
 
-    kind: dns (``target`` is a name, ``qtype`` A/AAAA, asked to ``resolver``),
+    kind: dns (``target`` is a name, ``qtype`` A/AAAA, asked to ``resolver``), dnsloss
+    (the same, asked twenty times: "lossy" when some went unanswered),
     connect, tls (``sni``), http (GET ``path`` with Host ``host``), download
     (over TLS, measured for ``seconds``), mtproto (one req_pq_multi). ``expect``
     is compared with the outcome: an exact string, or for "kbit" outcomes ``kbit<N`` / ``kbit>N``.
@@ -76,6 +77,24 @@ def _socket_error(exc: OSError) -> str:
     if getattr(exc, "errno", None) == 13:  # EACCES: ICMPv6 administratively prohibited
         return "prohibited"
     return f"error {exc}"
+
+
+DNS_LOSS_QUERIES = 20
+
+
+def observe_dns_loss(check: Check) -> str:
+    """``DNS_LOSS_QUERIES`` queries for ``target``, one after another, each waiting
+    ``timeout`` for its answer: "no loss", "lossy" (some unanswered) or "timeout"."""
+    lost = 0
+    for _ in range(DNS_LOSS_QUERIES):
+        outcome = observe_dns(check)
+        if outcome == "timeout":
+            lost += 1
+        elif not outcome.startswith("answer"):
+            return outcome
+    if lost == DNS_LOSS_QUERIES:
+        return "timeout"
+    return "lossy" if lost else "no loss"
 
 
 def observe_dns(check: Check) -> str:
@@ -196,6 +215,8 @@ def _read_all(sock: socket.socket, limit: int = 1 << 16) -> bytes:
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
+            if not data:
+                raise  # not one byte before the deadline: a timeout, not an EOF
             break
         if not chunk:
             break
@@ -255,6 +276,8 @@ def observe(check: Check) -> dict:
     detail = ""
     if check.kind == "dns":
         outcome = observe_dns(check)
+    elif check.kind == "dnsloss":
+        outcome = observe_dns_loss(check)
     elif check.kind == "connect":
         outcome = observe_connect(check)
     elif check.kind == "tls":

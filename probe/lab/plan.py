@@ -63,6 +63,7 @@ CLIENT_DEV = "to-censor"
 CENSOR_CLIENT_DEV = "to-client"  # where the censor shapes traffic towards the client
 ISP_RESOLVER = "198.51.100.6"  # what the probe is told to use: `--resolver`
 HONEST_RESOLVER = "198.51.100.53"  # authoritative for lab.test, never lies
+ISP_BLOCKPAGE_HOST = "blocked.isp.lab.test"  # the ISP's own blockpage server (ISP_RESOLVER)
 CONTROL_V4 = "198.51.100.14"
 CONTROL_PORT = 8080
 CONTROL_URL = f"http://{CONTROL_V4}:{CONTROL_PORT}"

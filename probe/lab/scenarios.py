@@ -21,12 +21,16 @@ from probe.lab.censor import (
     ClientOffline,
     ClientWithoutIpv6,
     DnsInjection,
+    DnsOnlyTo,
+    DomesticOnly,
     DropTraffic,
     HttpBlockpage,
+    HttpResponseDrop,
     IcmpReject,
     InterceptDns,
     IspBlockpageServer,
     KeywordReset,
+    LossyDns,
     PayloadDrop,
     RemoveAddresses,
     ResetConnections,
@@ -114,7 +118,7 @@ NEWS = _addrs("news")
 TWITTER = _addrs("twitter")
 WHATSAPP_CHAT = ("203.0.113.21", "2001:db8:113::21", "203.0.113.22", "2001:db8:113::22")
 REQ_PQ_MULTI_HEX = "|f18e7ebe|"  # req_pq_multi#be7e8ef1, little-endian on the wire
-ISP_BLOCKPAGE_HOST = "blocked.isp.lab.test"
+ISP_BLOCKPAGE_HOST = plan.ISP_BLOCKPAGE_HOST
 WHATSAPP_WEB = ("203.0.113.23", "2001:db8:113::23", "203.0.113.24", "2001:db8:113::24")
 ALL_SERVICE_ADDRESSES = tuple(
     a for service in ("baseline", "telegram", "whatsapp", "signal", "facebook", "twitter", "news")
@@ -786,6 +790,156 @@ SCENARIOS += (
             connect("203.0.113.41", 443, "ok", vantage="control"),
         ),
         issue=7,
+    ),
+)
+
+SCENARIOS += (
+    # --- red team, third round (issue 8) -----------------------------------------
+    Scenario(
+        name="dns-foreign-resolver-dropped",
+        title="DNS allowed only to the ISP's resolver: a foreign resolver times out",
+        description="The probe is told to ask a foreign resolver (the honest one); the "
+        "network drops every DNS query, UDP and TCP, to any resolver but the ISP's. The "
+        "foreign resolver is silent for every name, the baseline's too, while the system "
+        "resolver (the ISP's, which does not lie here) answers and every service works. "
+        "Nothing is censored: everything ok, each row saying the chosen resolver never "
+        "answered.",
+        sources=("Liu et al., 'Who Is Answering My Queries: Understanding and Characterizing "
+                 "Interception of the DNS Resolution Path', USENIX Security 2018 (networks "
+                 "that block or divert DNS to resolvers other than their own)",
+                 "Iran and China have at times let DNS out only to domestic resolvers; our "
+                 "model keeps only the dropping, not any lie"),
+        actions=(DnsOnlyTo((plan.ISP_RESOLVER,)),),
+        truth=(),
+        checks=(
+            dns("www.twitter.lab.test", "timeout", resolver=plan.HONEST_RESOLVER),
+            dns("www.baseline.lab.test", "timeout", resolver=plan.HONEST_RESOLVER),
+            dns("www.twitter.lab.test", "answer 203.0.113.51"),
+            dns("www.twitter.lab.test", "answer 203.0.113.51", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+        resolver=plan.HONEST_RESOLVER,
+        issue=8,
+    ),
+    Scenario(
+        name="dns-tcp-intercept",
+        title="Every DNS query, UDP and TCP, answered by the ISP's lying resolver",
+        description="As dns-transparent-intercept, but the censor diverts DNS over TCP too: "
+        "no way of asking the foreign resolver reaches it, and the ISP's resolver forges an "
+        "unrelated public address for Twitter. dns_blocked, dns.inconsistent.",
+        sources=("Liu et al., 'Who Is Answering My Queries', USENIX Security 2018 (interception "
+                 "of both UDP and TCP port 53)",
+                 "Weinstein, 'ISP DNS diversion' (2008): ISPs rerouting port 53, UDP and TCP, "
+                 "to their own servers"),
+        actions=(InterceptDns(tcp=True),
+                 ResolverAnswers(_names("twitter"), "address", ("203.0.113.200",))),
+        truth=(Expect("twitter-*", "dns_blocked", "dns.inconsistent"),),
+        services={"twitter": "blocked"},
+        checks=(
+            dns("www.twitter.lab.test", "answer 203.0.113.200", resolver=plan.HONEST_RESOLVER),
+            dns("www.twitter.lab.test", "answer 203.0.113.51", resolver=plan.HONEST_RESOLVER,
+                vantage="control"),
+        ),
+        resolver=plan.HONEST_RESOLVER,
+        issue=8,
+    ),
+    Scenario(
+        name="http-response-drop",
+        title="Plain HTTP: the request passes, the response never arrives",
+        description="A filter lets a request naming the news site through and marks its "
+        "flow, then drops every packet of the server's response: the TCP handshake works, "
+        "the request is sent, no byte comes back (no RST, no blockpage). HTTPS to the same "
+        "site works, and the control gets the page: http_blocked, http.timeout.",
+        sources=("Nourin et al., 'Measuring and Evading Turkmenistan's Internet Censorship', "
+                 "WWW 2023, and Qurium / turkmen.news (2019): Turkmentelecom filters HTTP by "
+                 "the Host header",
+                 "OONI web_connectivity (spec ts-017): generic_timeout_error after the request "
+                 "as an HTTP failure; the silent drop of the response is our model of it"),
+        actions=(HttpResponseDrop("Host: www.news.lab.test"),),
+        truth=(Expect("news-http", "http_blocked", "http.timeout"),),
+        services={"news": "partially_blocked"},
+        checks=(
+            connect("203.0.113.61", 80, "ok"),
+            http("203.0.113.61", "www.news.lab.test", "timeout"),
+            http("203.0.113.100", "www.baseline.lab.test", "200"),
+            http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
+            tls("203.0.113.61", "www.news.lab.test", LAB_ROOT),
+        ),
+        issue=8,
+    ),
+    Scenario(
+        name="whitelist-shutdown",
+        title="National shutdown: only the domestic network reachable (Iran, November 2019)",
+        description="Everything abroad is dropped, the baseline and the control helper "
+        "included; the ISP's (domestic) resolver still answers. Nothing can be compared with "
+        "a control: every row inconclusive. But the network is not down (the resolver "
+        "answers over it), so the run must not say 'your network is down'.",
+        sources=("ARTICLE 19, 'Tightening the Net 2020: After Blood and Shutdowns' (Iran's "
+                 "November 2019 shutdown: users left with the National Information Network)",
+                 "Wikipedia, '2019 Internet blackout in Iran'"),
+        actions=(DomesticOnly(),),
+        truth=(Expect("*", "inconclusive", ANY),),
+        services={service: "inconclusive" for service in plan.SERVICES},
+        checks=(
+            connect("203.0.113.100", 443, "timeout"),
+            connect(plan.CONTROL_V4, plan.CONTROL_PORT, "timeout"),
+            dns("www.baseline.lab.test", "answer 203.0.113.100"),
+            connect("203.0.113.100", 443, "ok", vantage="control"),
+        ),
+        baseline_reachable=False,
+        issue=8,
+    ),
+    Scenario(
+        name="dns-blockpage-https",
+        title="Resolver sends the site to the ISP's blockpage host, which speaks HTTPS",
+        description="The ISP's resolver answers the news site's names with the address of "
+        "its blockpage server (no CNAME), which serves its page over HTTP and over HTTPS "
+        "with a certificate valid for its own name (blocked.isp.lab.test, from the trusted "
+        "root). HTTPS sees a hostname mismatch, not an unknown authority nor a timeout: "
+        "the forged answer is the cause, dns_blocked, dns.inconsistent (the answer shares "
+        "nothing with the control's and proved nothing).",
+        sources=("OONI, 'Indonesia: Internet Positif' reports and Turkey's BTK pages: DNS "
+                 "redirection to an ISP blockpage server, whose HTTPS presents the blockpage "
+                 "host's own certificate (OONI records ssl_invalid_hostname)",
+                 "OONI web_connectivity (spec ts-017): an answer inconsistent with the control "
+                 "whose TLS fails is DNS blocking, not TLS blocking"),
+        actions=(ResolverAnswers(_names("news"), "address", (plan.ISP_RESOLVER,)),
+                 IspBlockpageServer(tls_port=443)),
+        truth=(Expect("news-*", "dns_blocked", "dns.inconsistent"),),
+        services={"news": "blocked"},
+        checks=(
+            dns("www.news.lab.test", f"answer {plan.ISP_RESOLVER}"),
+            tls(plan.ISP_RESOLVER, "www.news.lab.test", LAB_ROOT),
+            http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied"),
+            tls("203.0.113.61", "www.news.lab.test", LAB_ROOT, vantage="control"),
+        ),
+        issue=8,
+    ),
+    Scenario(
+        name="dns-lossy-link",
+        title="A lossy link loses a quarter of the DNS datagrams, nothing censored",
+        description="Each UDP packet from the client to port 53 is dropped with probability "
+        "0.25 (a congested or mobile link), whatever the name; the resolver never lies. A "
+        "probe that sends each query once loses both A and AAAA for one endpoint in "
+        "sixteen, and with the control resolving the name reads dns_blocked. Everything "
+        "must be ok: queries are retransmitted, as stub resolvers do. (Random loss: with "
+        "three transmissions a run still fails about once in 250.)",
+        sources=("RFC 1035 4.2.1 (retransmission of queries over UDP) and glibc's "
+                 "resolv.conf `attempts`: stubs send a query again before giving up",
+                 "OONI web_connectivity data: DNS generic_timeout_error on poor mobile links "
+                 "is a known source of false DNS anomalies (we model the loss only)"),
+        actions=(LossyDns(0.25),),
+        truth=(),
+        checks=(
+            Check("dnsloss", "www.baseline.lab.test", "lossy", resolver=plan.ISP_RESOLVER,
+                  timeout=0.4),
+            Check("dnsloss", "www.baseline.lab.test", "no loss",
+                  resolver=plan.HONEST_RESOLVER, vantage="control", timeout=0.4),
+            connect("203.0.113.21", 443, "ok"),
+            tls("203.0.113.100", "www.baseline.lab.test", LAB_ROOT),
+        ),
+        baseline_reachable=False,  # its DNS check would lose one query in four
+        issue=8,
     ),
 )
 

@@ -2,7 +2,9 @@
 
 Over UDP we keep listening for ``linger`` seconds after the first reply and keep
 every reply that arrives: on-path injectors (the Great Firewall, Iran) race the
-real resolver, so two different replies to one query are the evidence. Replies
+real resolver, so two different replies to one query are the evidence. While no
+reply at all has arrived, a UDP query is sent again (same ID) at a third and two
+thirds of the timeout, as stub resolvers retransmit. Replies
 are kept raw (base64) next to their parsed answers. Nothing here judges whether
 an answer is a lie; that is analysis.
 """
@@ -33,6 +35,7 @@ MAX_INVALID_REPLIES = 8
 MAX_ANSWERS = 64  # per reply: more than any service publishes (the raw message keeps all)
 MAX_QUEUED_DATAGRAMS = 64  # datagrams waiting to be parsed; a flood beyond is dropped
 MAX_TCP_REPLY = 65535
+UDP_TRANSMISSIONS = 3  # a query and two retransmissions within the timeout
 
 
 async def getaddrinfo(host: str, timeout: float, clock) -> GetaddrinfoResult:
@@ -140,14 +143,31 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
             transport, collector = await loop.create_datagram_endpoint(
                 _Collector, remote_addr=(query.resolver, query.port)
             )
-            transport.sendto(sent.to_wire())
+            wire = sent.to_wire()
+            transport.sendto(wire)
+            # While nothing at all has come back, the same query (same ID) is sent again
+            # at a third and two thirds of the timeout, as stub resolvers retransmit
+            # (RFC 1035 4.2.1; glibc's `attempts`): one datagram lost on a lossy link
+            # must not read as a resolver that never answers.
+            resends = [loop.time() + timeout * k / (UDP_TRANSMISSIONS)
+                       for k in range(1, UDP_TRANSMISSIONS)]
             deadline = None
             valid = invalid = 0
             while valid < MAX_REPLIES:
-                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                if deadline is not None:
+                    wait = max(0.0, deadline - loop.time())
+                elif resends:
+                    wait = max(0.0, resends[0] - loop.time())
+                else:
+                    wait = None
                 try:
                     data, error = await asyncio.wait_for(collector.datagrams.get(), wait)
                 except TimeoutError:
+                    if deadline is None and resends:
+                        resends.pop(0)
+                        if not replies:  # datagrams came back: the path is not losing them
+                            transport.sendto(wire)
+                        continue
                     break  # the linger window after the first valid reply is over
                 if error is not None:
                     if not replies:

@@ -33,7 +33,7 @@ def test_reset_reverts_every_scenario_completely(clean_lab):
     """Apply the scenarios that leave the most state, reset, and look for any trace."""
     for name in ("tls-mitm", "throttle", "service-down", "endpoint-down", "client-offline",
                  "ipv6-no-route", "http-blockpage", "dns-nxdomain", "throttle-sni-late",
-                 "dns-cname-blockpage", "mtproto-dpi"):
+                 "dns-cname-blockpage", "mtproto-dpi", "dns-blockpage-https", "dns-lossy-link"):
         clean_lab.apply(name)
     clean_lab.reset()
     assert clean_lab.censor_rules() == ""

@@ -139,6 +139,46 @@ def test_dns_records_every_reply_of_a_racing_injector():
     assert result.replies[0].t <= result.replies[1].t
 
 
+def test_a_lost_udp_query_is_sent_again_within_the_timeout():
+    """A lossy link loses the first datagram: the retransmission (same ID, as a stub
+    resolver sends it) is answered and the exchange succeeds; a resolver that never
+    answers still times out (test_dns_timeout_when_resolver_drops)."""
+    import socket
+    import threading
+
+    import dns.message
+    import dns.rrset
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.settimeout(3)
+    port = sock.getsockname()[1]
+    ids = []
+
+    def lossy_resolver():
+        first, _ = sock.recvfrom(512)  # "lost"
+        ids.append(dns.message.from_wire(first).id)
+        data, client = sock.recvfrom(512)
+        request = dns.message.from_wire(data)
+        ids.append(request.id)
+        response = dns.message.make_response(request)
+        response.answer.append(dns.rrset.from_text(
+            request.question[0].name, 60, "IN", "A", "127.0.0.1"))
+        sock.sendto(response.to_wire(), client)
+
+    thread = threading.Thread(target=lossy_resolver, daemon=True)
+    thread.start()
+    try:
+        result = query(port, "example.org", timeout=1.5, linger=0.1)
+    finally:
+        thread.join(3)
+        sock.close()
+    assert result.failure is None
+    assert [[a.value for a in r.answers] for r in result.replies] == [["127.0.0.1"]]
+    assert len(ids) == 2 and ids[0] == ids[1]
+    assert result.timing.t - result.timing.t0 < 1.4  # answered at the first resend (0.5 s)
+
+
 # --- TCP -----------------------------------------------------------------------
 
 
