@@ -91,6 +91,9 @@ class Context:
     baseline_throughput_bps: float | None = None
     pinned: frozenset[str] = frozenset()  # endpoint ids with a pinned CA
     tls_checked: frozenset[str] = frozenset()  # endpoint ids whose checks include tls/https
+    # the chosen resolver replied to the baseline's names: its silence for one name is
+    # then about that name, not about the path to the resolver
+    resolver_reachable: bool = False
 
 
 # --------------------------------------------------------------------------- #
@@ -234,7 +237,7 @@ def injected(exchanges: Iterable[DnsExchange]) -> bool:
     return False
 
 
-def resolver_silent(observation: EndpointObservation) -> bool:
+def resolver_silent(observation: EndpointObservation, resolver_reachable: bool = False) -> bool:
     """The resolver the probe was told to ask sent no reply at all, over UDP or TCP,
     while the system resolver answered.
 
@@ -242,9 +245,11 @@ def resolver_silent(observation: EndpointObservation) -> bool:
     UDP and TCP port 53 to foreign resolvers dropped) make a chosen foreign resolver
     silent for every name, the baseline's too: that is the path to one resolver, not
     evidence about this name, and apps on this network resolve with the system resolver.
-    A resolver that answers but lies or errs is never "silent"."""
+    A resolver that answers but lies or errs is never "silent", and neither is one
+    that replied to the baseline's names (``resolver_reachable``): a resolver that
+    answers everything but this name is dropping it."""
     system = observation.getaddrinfo
-    if not observation.dns or system is None or not system.addresses:
+    if resolver_reachable or not observation.dns or system is None or not system.addresses:
         return False
     return all(
         not exchange.replies and exchange.failure is not None
@@ -253,14 +258,16 @@ def resolver_silent(observation: EndpointObservation) -> bool:
     )
 
 
-def resolver_failure(observation: EndpointObservation) -> str | None:
+def resolver_failure(
+    observation: EndpointObservation, resolver_reachable: bool = False
+) -> str | None:
     """How name resolution failed for an app on this vantage (None: it worked).
 
     Judged as a stub resolver would: the UDP answers, except that a truncated
     UDP reply is retried over TCP (RFC 7766), so then the TCP answers count. When
     the chosen resolver is silent (``resolver_silent``), the system resolver's
     answer is what apps here get."""
-    if resolver_silent(observation):
+    if resolver_silent(observation, resolver_reachable):
         return None
     udp = [e for e in observation.dns if e.query.transport == "udp"]
     truncated = {e.query.qtype for e in udp if e.failure == failures.DNS_TRUNCATED}
@@ -338,7 +345,7 @@ def dns_verdict(
             f"The resolver answered {', '.join(bogons[:3])}, an address no public service can "
             "have (a typical censor answer).",
         )
-    failure = resolver_failure(observation)
+    failure = resolver_failure(observation, context.resolver_reachable)
     if failure is not None:
         method = _DNS_METHOD.get(failure, "dns.failure")
         if failure in failures.LOCAL or failure.startswith(failures.UNKNOWN_PREFIX):
@@ -663,7 +670,7 @@ def endpoint_verdicts(
                         None, OK, None, None, None, "The name resolves consistently.")]
     else:
         rows = [port_verdict(observation, port, control, context) for port in observation.ports]
-    if resolver_silent(observation):
+    if resolver_silent(observation, context.resolver_reachable):
         resolver = observation.dns[0].query.resolver
         note = (f" (The resolver you chose, {resolver}, never answered, over UDP or TCP; the "
                 "system resolver did, so these addresses are its answers. Networks that "
@@ -746,6 +753,11 @@ def network_down(
         if resolver_failure(observation) is None and not observation.ports:
             return False
     return True
+
+
+def resolver_replied(baseline: Iterable[EndpointObservation]) -> bool:
+    """Did the chosen resolver send any reply (even an error) for a baseline name?"""
+    return any(exchange.replies for o in baseline for exchange in o.dns)
 
 
 def _resolver_answered_over_the_network(observation: EndpointObservation) -> bool:

@@ -436,6 +436,7 @@ class _Pipeline:
             baseline_throughput_bps=baseline_bps,
             pinned=self.pinned,
             tls_checked=self.tls_checked,
+            resolver_reachable=analysis.resolver_replied(self.baseline.values()),
         )
         observations = tuple(
             self.results.pop(e.id) for e in service.endpoints if e.id in self.results

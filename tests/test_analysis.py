@@ -555,6 +555,10 @@ def test_a_silent_foreign_resolver_is_not_dns_blocking_when_the_system_resolver_
     # the system resolver fails too (one resolver dropping the name): dns_blocked as before
     both = observe([], dns, addresses=(), getaddrinfo=system_answer(failure=F.GENERIC_TIMEOUT))
     assert one(both, context({"ep": GOOD})) == ("dns_blocked", "dns.timeout")
+    # the chosen resolver answered the baseline's names: its silence for this one name
+    # is the name being dropped (a system resolver elsewhere that answers changes nothing)
+    assert one(probe, context({"ep": GOOD}, resolver_reachable=True)) == (
+        "dns_blocked", "dns.timeout")
     # a resolver that answers, even with an error, is not silent
     refused = (exchange(reply(rcode="REFUSED")),)
     answered = observe([tls_port("203.0.113.1")], refused,
@@ -577,3 +581,4 @@ def test_a_resolver_answering_the_baseline_is_not_a_network_down():
     # nothing answers at all: down
     dead = observe([], (silent(),), addresses=())
     assert analysis.network_down([dead], control_available=False)
+    assert analysis.resolver_replied([abroad]) and not analysis.resolver_replied([dead])
