@@ -132,6 +132,18 @@ class SniReset:
         return f"RST on a ClientHello naming {', '.join(self.names)}"
 
 
+def _drop_marked_flows(lab: Runtime, family: int, mark: int) -> None:
+    """Drop every packet of a flow once it carries connmark ``mark``."""
+    lab.firewall(family, ["-A", "FORWARD", "-m", "connmark", "--mark", hex(mark), "-j", "DROP"])
+
+
+def _drop_flow_from(lab: Runtime, family: int, hit: list[str], mark: int) -> None:
+    """The packet matching ``hit`` is dropped and marks its flow, so that the rule of
+    ``_drop_marked_flows`` drops the rest of it too."""
+    lab.firewall(family, [*hit, "-j", "CONNMARK", "--set-mark", hex(mark)])
+    lab.firewall(family, [*hit, "-j", "DROP"])
+
+
 @dataclass(frozen=True)
 class SniDrop:
     """DPI on the ClientHello that drops it and every later packet of the flow
@@ -145,15 +157,11 @@ class SniDrop:
 
     def apply(self, lab: Runtime) -> None:
         for family in (4, 6):
-            lab.firewall(
-                family,
-                ["-A", "FORWARD", "-m", "connmark", "--mark", hex(self.mark), "-j", "DROP"],
-            )
+            _drop_marked_flows(lab, family, self.mark)
             for name in self.names:
                 hit = ["-A", "FORWARD", "-p", "tcp", "--dport", str(self.port), "-m", "string",
                        "--algo", "bm", "--string", name]
-                lab.firewall(family, [*hit, "-j", "CONNMARK", "--set-mark", hex(self.mark)])
-                lab.firewall(family, [*hit, "-j", "DROP"])
+                _drop_flow_from(lab, family, hit, self.mark)
 
     def describe(self) -> str:
         return f"drop a ClientHello naming {', '.join(self.names)} and the rest of its flow"
@@ -404,17 +412,12 @@ class PayloadDrop:
 
     def apply(self, lab: Runtime) -> None:
         for family in (4, 6):
-            lab.firewall(
-                family,
-                ["-A", "FORWARD", "-m", "connmark", "--mark", hex(self.mark), "-j", "DROP"],
-            )
+            _drop_marked_flows(lab, family, self.mark)
         for address in self.addresses:
             for needle in self.hex_strings:
                 hit = ["-A", "FORWARD", "-d", address, "-p", "tcp", "-m", "string", "--algo",
                        "bm", "--hex-string", needle]
-                lab.firewall(_family(address), [*hit, "-j", "CONNMARK", "--set-mark",
-                                                hex(self.mark)])
-                lab.firewall(_family(address), [*hit, "-j", "DROP"])
+                _drop_flow_from(lab, _family(address), hit, self.mark)
 
     def describe(self) -> str:
         return (f"drop flows to {', '.join(self.addresses)} once their payload carries "
