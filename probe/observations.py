@@ -16,36 +16,35 @@ from probe.net.network import (
     GetaddrinfoResult,
     HttpResult,
     MtprotoResult,
+    QuicResult,
     TlsResult,
+    UdpResult,
 )
+from probe.vocabulary import BLOCKED, ServiceStatus, VerdictName
 
-# The closed verdict vocabulary (per endpoint x address x port).
-OK = "ok"
-DNS_BLOCKED = "dns_blocked"
-TCP_BLOCKED = "tcp_blocked"
-TLS_BLOCKED = "tls_blocked"
-HTTP_BLOCKED = "http_blocked"
-PROTOCOL_BLOCKED = "protocol_blocked"
-THROTTLED = "throttled"
-DOWN = "down"
-INCONCLUSIVE = "inconclusive"
-VERDICTS = (
-    OK, DNS_BLOCKED, TCP_BLOCKED, TLS_BLOCKED, HTTP_BLOCKED, PROTOCOL_BLOCKED,
-    THROTTLED, DOWN, INCONCLUSIVE,
-)
-BLOCKED_VERDICTS = frozenset(
-    {DNS_BLOCKED, TCP_BLOCKED, TLS_BLOCKED, HTTP_BLOCKED, PROTOCOL_BLOCKED, THROTTLED}
-)
+# The closed verdict vocabulary (per endpoint x address x port), defined once in
+# probe.vocabulary; these names stay for the modules that spell them this way.
+OK = VerdictName.OK
+DNS_BLOCKED = VerdictName.DNS_BLOCKED
+TCP_BLOCKED = VerdictName.TCP_BLOCKED
+TLS_BLOCKED = VerdictName.TLS_BLOCKED
+HTTP_BLOCKED = VerdictName.HTTP_BLOCKED
+PROTOCOL_BLOCKED = VerdictName.PROTOCOL_BLOCKED
+UDP_BLOCKED = VerdictName.UDP_BLOCKED
+QUIC_BLOCKED = VerdictName.QUIC_BLOCKED
+THROTTLED = VerdictName.THROTTLED
+DOWN = VerdictName.DOWN
+INCONCLUSIVE = VerdictName.INCONCLUSIVE
+VERDICTS = tuple(VerdictName)
+BLOCKED_VERDICTS = BLOCKED
 
-# Per-service status.
-SERVICE_OK = "ok"
-SERVICE_BLOCKED = "blocked"
-SERVICE_PARTIALLY_BLOCKED = "partially_blocked"
-SERVICE_DOWN = "down"
-SERVICE_INCONCLUSIVE = "inconclusive"
-SERVICE_STATUSES = (
-    SERVICE_OK, SERVICE_BLOCKED, SERVICE_PARTIALLY_BLOCKED, SERVICE_DOWN, SERVICE_INCONCLUSIVE,
-)
+# Per-service (and per-function) status.
+SERVICE_OK = ServiceStatus.OK
+SERVICE_BLOCKED = ServiceStatus.BLOCKED
+SERVICE_PARTIALLY_BLOCKED = ServiceStatus.PARTIALLY_BLOCKED
+SERVICE_DOWN = ServiceStatus.DOWN
+SERVICE_INCONCLUSIVE = ServiceStatus.INCONCLUSIVE
+SERVICE_STATUSES = tuple(ServiceStatus)
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,28 @@ class MtprotoCheck:
     result: MtprotoResult
     valid: bool
     error: str | None  # codec reason when not valid ("nonce_mismatch", "truncated"...)
+
+
+@dataclass(frozen=True)
+class UdpCheck:
+    """One ``stun``, ``turn`` or ``udp`` flow and what its answers prove (``probe.stun``).
+
+    ``failure`` is the check's judgement: None when every datagram that should
+    be answered was answered correctly; else a failure of ``probe.net.failures``
+    (``generic_timeout_error``, ``connection_refused`` for an ICMP port
+    unreachable, ``udp_flow_cutoff``, ``stun_injected_response``...).
+    """
+
+    check: str  # probe.vocabulary.Check: stun, turn or udp
+    result: UdpResult
+    answered: tuple[int, ...]  # indices of the datagrams correctly answered
+    failure: str | None
+    mapped_address: str | None = None  # XOR-MAPPED-ADDRESS: the volunteer's address (scrubbed)
+    error: str | None = None  # codec detail ("wrong_transaction", "no_realm"...)
+
+    @property
+    def last_answered(self) -> int | None:
+        return max(self.answered) if self.answered else None
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,10 @@ class PortObservation:
     tls_verification: str | None  # failure of chain verification; None = valid or not run
     mtproto: tuple[MtprotoCheck, ...]
     http: tuple[HttpResult, ...]
+    # UDP endpoints: their ports are UDP ports, and connect/tls above stay None
+    udp: tuple[UdpCheck, ...] = ()
+    quic: QuicResult | None = None
+    quic_verification: str | None = None  # chain verification of the QUIC handshake
 
 
 @dataclass(frozen=True)

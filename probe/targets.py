@@ -97,6 +97,10 @@ class Endpoint:
     role: str | None = None
     expected_asns: tuple[int, ...] = ()
     notes: str = ""
+    function: str | None = None  # probe.vocabulary.Function: what users do with it
+    payload: str = "stun"  # udp check: probe.vocabulary.UdpPayload
+    datagrams: int = 50  # udp check: datagrams in the flow
+    interval: float = 0.1  # udp check: seconds between two datagrams
 
     @property
     def host_is_address(self) -> bool:

@@ -47,16 +47,30 @@ SSL_FAILED_HANDSHAKE = "ssl_failed_handshake"  # TLS alert or protocol error
 HTTP_INVALID_RESPONSE = "http_invalid_response"  # ours: unparseable status line/headers
 HTTP_TOO_MANY_REDIRECTS = "http_too_many_redirects"  # ours
 MTPROTO_INVALID_RESPONSE = "mtproto_invalid_response"  # ours: bytes that are not resPQ
+# ours: UDP flows and STUN/TURN (judged by probe.stun from what came back).
+# A flow answered at first, then no more: mobile DPI cutting unrecognised UDP
+# flows after their first packets (Russia, 2025).
+UDP_FLOW_CUTOFF = "udp_flow_cutoff"
+# Two different STUN answers to one transaction, or an answer whose
+# XOR-MAPPED-ADDRESS disagrees with the others: an on-path injector.
+STUN_INJECTED = "stun_injected_response"
+STUN_INVALID_RESPONSE = "stun_invalid_response"  # bytes that are not our transaction's answer
+TURN_NO_CHALLENGE = "turn_no_challenge"  # an Allocate answered without 401 + REALM + NONCE
+# ours: QUIC (probe.net.quic, over aioquic)
+QUIC_VERSION_NEGOTIATION = "quic_version_negotiation"  # the server offered no version we speak
+QUIC_CONNECTION_CLOSED = "quic_connection_closed"  # CONNECTION_CLOSE with a transport error
+QUIC_STREAM_RESET = "quic_stream_reset"  # the HTTP/3 request stream was reset
+HTTP3_INVALID_RESPONSE = "http3_invalid_response"  # no :status, or unparseable frames
 JSON_PARSE_ERROR = "json_parse_error"
 # ours: a control helper's answer beyond MAX_CONTROL_RESPONSE (a hostile or broken
 # helper). Test: tests/hostile/test_control.py (huge).
 CONTROL_RESPONSE_TOO_LARGE = "control_response_too_large"
 DNS_BOGON = "dns_bogon_error"  # OONI's: an answer no public host can have
 REPLAY_MISSING_OPERATION = "replay_missing_operation"  # ours: a trace lacks this operation
-INTERRUPTED = "interrupted"
+INTERRUPTED = "interrupted"  # the run was cancelled (Ctrl-C) during the operation
 # ours: the probe's own machine ran out of something (file descriptors, memory):
 # says nothing about the network, so analysis never reads it as blocking
-LOCAL_RESOURCE_ERROR = "local_resource_error"  # the run was cancelled (Ctrl-C) during the operation
+LOCAL_RESOURCE_ERROR = "local_resource_error"
 UNKNOWN_PREFIX = "unknown_failure: "
 
 TIMEOUTS = frozenset({GENERIC_TIMEOUT})

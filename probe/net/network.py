@@ -266,6 +266,115 @@ class MtprotoResult:
 
 
 @dataclass(frozen=True)
+class UdpRequest:
+    """A flow of datagrams to ``address``:``port`` on one connected socket (one 5-tuple).
+
+    Datagram ``i`` (base64 in ``datagrams``) is sent ``schedule[i]`` seconds after
+    the start. With ``stop_on_reply`` (STUN retransmissions, RFC 5389 7.2.1) the
+    remaining sends are skipped once anything has arrived. After the last send,
+    or the first reply with ``stop_on_reply``, the socket keeps listening
+    ``linger`` seconds (injected second answers, late replies), all within the
+    step's timeout. At most ``max_received`` datagrams are kept, each cut to
+    ``max_bytes``: a hostile peer may flood.
+    """
+
+    address: str
+    port: int
+    datagrams: tuple[str, ...]
+    schedule: tuple[float, ...]
+    stop_on_reply: bool = False
+    linger: float = 1.0
+    max_received: int = 256
+    max_bytes: int = 2048
+
+
+@dataclass(frozen=True)
+class UdpSent:
+    """One datagram that left (or failed to leave) the socket."""
+
+    t: float
+    index: int  # which datagram of the request (retransmissions repeat an index)
+    failure: str | None = None  # sendto failed (no route, ICMP error reported on send)
+
+
+@dataclass(frozen=True)
+class UdpReceived:
+    """One datagram that arrived on the flow's socket, in arrival order."""
+
+    t: float
+    data: str  # base64, at most request.max_bytes
+    length: int  # its real length
+
+
+@dataclass(frozen=True)
+class IcmpError:
+    """An ICMP error about the flow, read from the socket's error queue (IP_RECVERR)."""
+
+    t: float
+    failure: str  # connection_refused (port unreachable), host_unreachable, ...
+    icmp_type: int
+    icmp_code: int
+    offender: str | None  # who sent it (the destination, or a router on the path)
+
+
+@dataclass(frozen=True)
+class UdpResult:
+    """Everything that happened on one UDP flow.
+
+    ``failure`` is the network's answer as a whole: None when any datagram came
+    back, else the first ICMP error's failure, else ``generic_timeout_error``.
+    Whether the datagrams that came back were the right answers is judged
+    afterwards by pure code (``probe.stun``).
+    """
+
+    request: UdpRequest
+    sent: tuple[UdpSent, ...]
+    received: tuple[UdpReceived, ...]
+    icmp: tuple[IcmpError, ...]
+    failure: str | None
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class QuicRequest:
+    """A QUIC handshake with ``address``:``port`` then an HTTP/3 GET of ``url``."""
+
+    url: str  # its host is the :authority, its path the :path
+    address: str
+    port: int
+    sni: str | None
+    alpn: tuple[str, ...] = ("h3",)
+    max_body: int = 1 << 16
+
+
+@dataclass(frozen=True)
+class QuicResult:
+    """A QUIC handshake and HTTP/3 request on a fresh connection.
+
+    As for TLS over TCP, the handshake is done without verification so that the
+    peer's chain is always recorded; verification is the same pure step
+    (``probe.certificates``). ``failed_phase`` says where a failure happened:
+    ``handshake`` or ``http``. ``packets_received`` tells "nothing came back"
+    (a blackhole, an SNI filter dropping the Initial) from a handshake that started.
+    """
+
+    request: QuicRequest
+    failure: str | None
+    failed_phase: str | None
+    quic_version: str | None  # e.g. "0x00000001" (RFC 9000)
+    handshake_time: float | None  # seconds from the first Initial to handshake completion
+    tls_version: str | None
+    negotiated_protocol: str | None
+    peer_certificates: tuple[str, ...]  # base64 DER, leaf first
+    status: int | None
+    headers: tuple[tuple[str, str], ...]
+    body: str  # base64, at most request.max_body bytes
+    body_length: int
+    packets_received: int
+    timing: Timing
+
+
+@dataclass(frozen=True)
 class ControlRequest:
     url: str
     body: dict[str, Any] = field(default_factory=dict)
@@ -309,6 +418,14 @@ class Network(Protocol):
     async def http_request(self, request: HttpRequest, timeout: float) -> HttpResult: ...
 
     async def mtproto_exchange(self, request: MtprotoRequest, timeout: float) -> MtprotoResult: ...
+
+    async def udp_exchange(self, request: UdpRequest, timeout: float) -> UdpResult:
+        """Run one UDP flow (see :class:`UdpRequest`) within ``timeout``."""
+        ...
+
+    async def quic_exchange(self, request: QuicRequest, timeout: float) -> QuicResult:
+        """A QUIC handshake and one HTTP/3 GET within ``timeout``."""
+        ...
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult: ...
 
