@@ -20,7 +20,7 @@ from probe.net.network import (
     TlsResult,
     UdpResult,
 )
-from probe.vocabulary import BLOCKED, ServiceStatus, VerdictName
+from probe.vocabulary import BLOCKED, ServiceStatus, UdpNetwork, VerdictName
 
 # The closed verdict vocabulary (per endpoint x address x port), defined once in
 # probe.vocabulary; these names stay for the modules that spell them this way.
@@ -132,6 +132,31 @@ class ServiceVerdict:
 
 
 @dataclass(frozen=True)
+class FunctionVerdict:
+    """The status of one function of a service ("calls", "messaging"...), from the
+    verdicts of the endpoints that serve it (same vocabulary as a service's)."""
+
+    function: str  # probe.vocabulary.Function
+    status: str  # probe.vocabulary.ServiceStatus
+    explanation: str
+
+
+@dataclass(frozen=True)
+class NetworkFindings:
+    """What a run learned about the volunteer's network as a whole, not one service.
+
+    ``udp``: whether UDP and QUIC pass at all (a network dropping every UDP flow
+    blocks calls for every app: a finding, not an error). ``restricted``: TCP
+    connects everywhere but data passes only to a few destinations (allowlist
+    mode, Russian mobile networks since 2025), which is not "your network is down".
+    """
+
+    udp: str = UdpNetwork.UNKNOWN  # probe.vocabulary.UdpNetwork
+    restricted: bool = False
+    explanation: str = ""
+
+
+@dataclass(frozen=True)
 class ServiceResult:
     """Everything a report line says about one service: what was measured, what we
     concluded, and which control it was compared with."""
@@ -143,3 +168,5 @@ class ServiceResult:
     control: dict[str, Any] | None  # the report's test_keys.control; None: no control
     control_problems: tuple[str, ...] = ()  # why there was no control
     network_down: bool = False
+    functions: tuple[FunctionVerdict, ...] = ()  # one per function present, in Function order
+    network: NetworkFindings = NetworkFindings()

@@ -35,7 +35,13 @@ from typing import Any
 from probe import __version__, analysis
 from probe.control import protocol
 from probe.net.network import ControlRequest, Network
-from probe.observations import EndpointObservation, ServiceResult, ServiceVerdict, Verdict
+from probe.observations import (
+    EndpointObservation,
+    NetworkFindings,
+    ServiceResult,
+    ServiceVerdict,
+    Verdict,
+)
 from probe.runner import Measurer, RunOptions
 from probe.targets import Endpoint, Service, Targets
 
@@ -100,6 +106,7 @@ class RunOutcome:
     runtime: float
     resolver: str | None
     results: list[ServiceResult] = field(default_factory=list)  # kept by run(), not stream()
+    network: NetworkFindings = field(default_factory=NetworkFindings)
 
 
 def new_report_id(started_at: datetime.datetime) -> str:
