@@ -99,7 +99,7 @@ def scenarios(as_json: bool) -> None:
 
     if as_json:
         click.echo(json.dumps([
-            {"name": s.name, "title": s.title, "issue": s.issue, "description": s.description,
+            {"name": s.name, "title": s.title, "description": s.description,
              "sources": list(s.sources), "actions": [a.describe() for a in s.actions],
              "truth": [vars(t) for t in s.truth], "services": dict(s.services)}
             for s in SCENARIOS

@@ -65,8 +65,7 @@ class Scenario:
     services: Mapping[str, str] = field(default_factory=dict)  # unlisted: ok; "*": any
     checks: tuple[Check, ...] = ()
     baseline_reachable: bool = True  # add the baseline self-checks
-    client_address_must_not_leak: bool = False  # issue 5's privacy check applies
-    issue: int = 3
+    client_address_must_not_leak: bool = False  # the client-address leak check applies
     resolver: str = plan.ISP_RESOLVER  # what the probe is told to ask (`--resolver`)
 
 
@@ -395,7 +394,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         description="A slow home connection (1.2 Mbit/s with a deep buffer, as on congested "
         "mobile or rural links) makes every transfer slow, the baseline's included. A slow "
         "transfer is throttling only when the volunteer's own baseline transfer is fast.",
-        sources=("issue 4: throttling is judged against the control and the baseline",),
+        sources=("Our own rule: throttling is judged against the control and the baseline, "
+                 "so a slow link is not a throttled service",),
         actions=(Throttle(ALL_SERVICE_ADDRESSES, kbit=1200, queue_bytes=100_000),),
         truth=(),
         checks=(
@@ -408,7 +408,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         title="The service's server is down, nothing is censored",
         description="The news site's server is not running: everyone, the control included, "
         "gets 'connection refused'. It must read down, never blocked.",
-        sources=("issue 4: a dead endpoint is never reported as blocked",),
+        sources=("Our own rule: a dead endpoint is never reported as blocked (the control "
+                 "fails the same way)",),
         actions=(StopService("news"),),
         truth=(Expect("news-*", "down", "tcp.refused"),),
         services={"news": "down"},
@@ -417,7 +418,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             connect("203.0.113.61", 443, "refused", vantage="control"),
         ),
     ),
-    # --- issue 4: decisions the control makes possible ------------------------------
+    # --- decisions the control makes possible (blocked, down, inconclusive) -------
     Scenario(
         name="control-unreachable",
         title="The censor blocks Telegram and the control helper",
@@ -431,7 +432,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             connect(plan.CONTROL_V4, plan.CONTROL_PORT, "timeout"),
             connect("203.0.113.11", 443, "timeout"),
         ),
-        issue=4,
     ),
     Scenario(
         name="client-offline",
@@ -447,7 +447,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             dns("www.baseline.lab.test", "unreachable"),
         ),
         baseline_reachable=False,
-        issue=4,
     ),
     Scenario(
         name="endpoint-down",
@@ -455,7 +454,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         description="One WhatsApp chat address no longer exists: connects time out from the "
         "client and from the control alike. OONI's stale endpoint lists produced false "
         "positives this way; it must read down.",
-        sources=("issue 4: OONI's stale Signal and WhatsApp endpoint lists gave false positives",),
+        sources=("OONI's stale Signal and WhatsApp endpoint lists gave false positives "
+                 "(ooni/probe#2344, #2627)",),
         actions=(RemoveAddresses(("203.0.113.22", "2001:db8:113::22")),),
         truth=(Expect("whatsapp-e2", "down", "tcp.timeout"),),
         services={"whatsapp": ANY},
@@ -463,7 +463,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             connect("203.0.113.22", 443, "timeout"),
             connect("203.0.113.22", 443, "timeout", vantage="control"),
         ),
-        issue=4,
     ),
     Scenario(
         name="ipv6-no-route",
@@ -471,16 +470,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         description="Names resolve to IPv6 addresses too, but the client has no IPv6 "
         "connectivity: IPv6 failures are inconclusive, not blocking (OONI misreads them as TCP "
         "blocking).",
-        sources=("issue 4: IPv6 failures without IPv6 connectivity are misread as TCP blocking",),
+        sources=("IPv6 failures on a client without IPv6 connectivity are easily misread as "
+                 "TCP blocking",),
         actions=(ClientWithoutIpv6(),),
         truth=(Expect("*", "inconclusive", ANY, address="*:*"),),
         checks=(
             connect("2001:db8:113::100", 443, "unreachable"),
             dns("www.baseline.lab.test", "answer 2001:db8:113::100", qtype="AAAA"),
         ),
-        issue=4,
     ),
-    # --- issue 5: privacy ----------------------------------------------------------
+    # --- privacy: the client's address never reaches a report ---------------------
     Scenario(
         name="blockpage-echoes-address",
         title="A blockpage that repeats the client's address",
@@ -495,9 +494,8 @@ SCENARIOS: tuple[Scenario, ...] = (
             http("2001:db8:113::61", "www.news.lab.test", "403", contains=plan.CLIENT_V6),
         ),
         client_address_must_not_leak=True,
-        issue=5,
     ),
-    # --- censors the first catalogue did not cover (red team, issue 6) -------------
+    # --- DPI on payloads, flow freezing, ICMP rejects, resolver error codes ---------
     Scenario(
         name="mtproto-dpi",
         title="Telegram's MTProto recognised by DPI and dropped (Iran, Russia 2018)",
@@ -519,7 +517,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             http("203.0.113.14", "203.0.113.14", "200"),
             mtproto("203.0.113.11", 443, "answer", vantage="control"),
         ),
-        issue=6,
     ),
     Scenario(
         name="tls-freeze-16k",
@@ -541,7 +538,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             download("203.0.113.52", "media.twitter.lab.test", "kbit>5000", vantage="control"),
             download("203.0.113.100", "www.baseline.lab.test", "kbit>5000"),
         ),
-        issue=6,
     ),
     Scenario(
         name="throttle-sni-late",
@@ -560,7 +556,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             download("203.0.113.52", "media.twitter.lab.test", "kbit>5000", vantage="control"),
             download("203.0.113.100", "www.baseline.lab.test", "kbit>5000"),
         ),
-        issue=6,
     ),
     Scenario(
         name="icmp-prohibited",
@@ -581,7 +576,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             connect("203.0.113.21", 443, "ok", vantage="control"),
             connect("203.0.113.23", 443, "ok"),
         ),
-        issue=6,
     ),
     Scenario(
         name="dns-error-codes",
@@ -609,7 +603,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             dns("www.facebook.lab.test", "answer 203.0.113.41", resolver=plan.HONEST_RESOLVER,
                 vantage="control"),
         ),
-        issue=6,
     ),
     Scenario(
         name="dns-cname-blockpage",
@@ -634,7 +627,6 @@ SCENARIOS: tuple[Scenario, ...] = (
                  vantage="control"),
             http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
         ),
-        issue=6,
     ),
     Scenario(
         name="http-host-reset",
@@ -653,7 +645,6 @@ SCENARIOS: tuple[Scenario, ...] = (
             http("203.0.113.100", "www.baseline.lab.test", "200"),
             http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
         ),
-        issue=6,
     ),
     Scenario(
         name="http-unknown-blockpage",
@@ -671,12 +662,11 @@ SCENARIOS: tuple[Scenario, ...] = (
             http("203.0.113.61", "www.news.lab.test", "200", contains="Access denied"),
             http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
         ),
-        issue=6,
     ),
 )
 
 SCENARIOS += (
-    # --- red team, second round (issue 7) ----------------------------------------
+    # --- TLS alerts, transparent DNS proxies, known blockpage hosts, per-family blocks
     Scenario(
         name="tls-alert",
         title="A forged TLS alert answers a ClientHello naming a blocked server",
@@ -702,7 +692,6 @@ SCENARIOS += (
             tls("203.0.113.23", "www.baseline.lab.test", LAB_ROOT),
             tls("203.0.113.23", "web.whatsapp.lab.test", LAB_ROOT, vantage="control"),
         ),
-        issue=7,
     ),
     Scenario(
         name="dns-transparent-intercept",
@@ -727,7 +716,6 @@ SCENARIOS += (
                 vantage="control"),
         ),
         resolver=plan.HONEST_RESOLVER,
-        issue=7,
     ),
     Scenario(
         name="dns-cname-known-blockpage",
@@ -750,7 +738,6 @@ SCENARIOS += (
             http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied"),
             http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
         ),
-        issue=7,
     ),
     Scenario(
         name="ipv6-only-blackhole",
@@ -771,7 +758,6 @@ SCENARIOS += (
             connect("2001:db8:113::41", 443, "ok"),
             connect("2001:db8:113::31", 443, "ok", vantage="control"),
         ),
-        issue=7,
     ),
     Scenario(
         name="ipv4-only-blackhole",
@@ -789,12 +775,11 @@ SCENARIOS += (
             connect("2001:db8:113::41", 443, "ok"),
             connect("203.0.113.41", 443, "ok", vantage="control"),
         ),
-        issue=7,
     ),
 )
 
 SCENARIOS += (
-    # --- red team, third round (issue 8) -----------------------------------------
+    # --- DNS only to the ISP, HTTP responses dropped, domestic-only shutdowns, loss --
     Scenario(
         name="dns-foreign-resolver-dropped",
         title="DNS allowed only to the ISP's resolver: a foreign resolver times out",
@@ -819,7 +804,6 @@ SCENARIOS += (
                 vantage="control"),
         ),
         resolver=plan.HONEST_RESOLVER,
-        issue=8,
     ),
     Scenario(
         name="dns-tcp-intercept",
@@ -841,7 +825,6 @@ SCENARIOS += (
                 vantage="control"),
         ),
         resolver=plan.HONEST_RESOLVER,
-        issue=8,
     ),
     Scenario(
         name="http-response-drop",
@@ -865,7 +848,6 @@ SCENARIOS += (
             http("203.0.113.61", "www.news.lab.test", "200", vantage="control"),
             tls("203.0.113.61", "www.news.lab.test", LAB_ROOT),
         ),
-        issue=8,
     ),
     Scenario(
         name="whitelist-shutdown",
@@ -887,7 +869,6 @@ SCENARIOS += (
             connect("203.0.113.100", 443, "ok", vantage="control"),
         ),
         baseline_reachable=False,
-        issue=8,
     ),
     Scenario(
         name="dns-blockpage-https",
@@ -913,7 +894,6 @@ SCENARIOS += (
             http(plan.ISP_RESOLVER, "www.news.lab.test", "200", contains="Access denied"),
             tls("203.0.113.61", "www.news.lab.test", LAB_ROOT, vantage="control"),
         ),
-        issue=8,
     ),
     Scenario(
         name="dns-lossy-link",
@@ -939,7 +919,6 @@ SCENARIOS += (
             tls("203.0.113.100", "www.baseline.lab.test", LAB_ROOT),
         ),
         baseline_reachable=False,  # its DNS check would lose one query in four
-        issue=8,
     ),
 )
 

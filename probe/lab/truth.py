@@ -7,7 +7,7 @@ endpoint id and optionally the address; a port narrows further. Expected
 service statuses work the same way: unlisted services must be ``ok``, ``"*"``
 asserts nothing.
 
-Some conclusions need the control vantage (issue 4): a timeout or an RST is
+Some conclusions need the control vantage: a timeout or an RST is
 "blocked" only if the control succeeds, and "down" only if it fails the same
 way. Rules carry ``needs_control`` (derived from verdict and method unless
 given), so a test run without a control can tell a real regression from a

@@ -27,8 +27,8 @@ METHODS = {"dns.nxdomain", "dns.bogon", "dns.injected", "dns.inconsistent", "dns
            "dns.servfail", "tcp.timeout", "tcp.reset", "tcp.refused", "tls.reset", "tls.timeout",
            "tls.eof", "tls.mitm", "http.blockpage", "http.reset", "http.timeout",
            "protocol.timeout", "protocol.invalid", "throttle",
-           "dns.blockpage",  # issue 7: a CNAME to a known blockpage host
-           # issue 6: the red team's censors
+           "dns.blockpage",  # a CNAME to a known blockpage host
+           # ICMP rejects, resolver error codes, forged TLS alerts
            "tcp.prohibited", "dns.refused", "dns.no_answer", "tls.alert"}
 SERVICE_STATUSES = {"ok", "blocked", "partially_blocked", "down", "inconclusive", ANY}
 

@@ -1,4 +1,4 @@
-"""Issue 7 end to end: the probe in the lab uploads to a real collector, which
+"""End to end: the probe in the lab uploads to a real collector, which
 verifies and stores; a tampered line is refused, a duplicate is not stored twice;
 `probe aggregate` over the collector's store agrees with the scenario's truth."""
 

@@ -63,7 +63,7 @@ def test_probe_reaches_the_ground_truth(clean_lab, tmp_path, name):
 
 
 def test_confusion_matrix_is_diagonal():
-    """Issue 4: over every row of every scenario above, expected x observed verdicts."""
+    """Over every row of every scenario above, expected x observed verdicts."""
     if not PAIRS:
         pytest.skip("no scenario ran in this session")
     counts = confusion(PAIRS)
@@ -79,7 +79,7 @@ def test_confusion_matrix_is_diagonal():
 
 
 def test_client_address_never_reaches_the_reports(clean_lab, tmp_path):
-    """Issue 5: under a blockpage that echoes the client's address (body and
+    """Under a blockpage that echoes the client's address (body and
     header), no file the probe writes contains it: not in JSON text, not inside
     any base64 field (bodies, raw DNS messages)."""
     if not _probe_importable():
