@@ -49,6 +49,17 @@ def control_helper_available() -> bool:
     return True
 
 
+def control_serves_udp_echo() -> bool:
+    """Whether this checkout's `probe control serve` has ``--udp-echo``."""
+    try:
+        from probe.cli import main
+    except ImportError:
+        return False
+    control = getattr(main, "commands", {}).get("control")
+    serve = getattr(control, "commands", {}).get("serve")
+    return serve is not None and any(p.name == "udp_echo" for p in serve.params)
+
+
 class Lab(Runtime):
     def __init__(self, state: Path = STATE_DIR) -> None:
         self.state = Path(state)
@@ -173,8 +184,15 @@ class Lab(Runtime):
                 "--duration", str(int(self.remaining()))]
         for network in LAB_NETWORKS:
             argv += ["--allow-network", network]
+        echo = set()
+        if control_serves_udp_echo():
+            # The volunteer's reference UDP flows: an uncensored destination that is
+            # on no allowlist, on the ports call relays and QUIC use.
+            for port in plan.CONTROL_UDP_ECHO_PORTS:
+                argv += ["--udp-echo", str(port)]
+                echo.add((plan.CONTROL_V4, port))
         processes.start(CONTROL_HELPER, plan.CONTROL, argv, self.state)
-        processes.wait_for_listeners(plan.CONTROL, {(plan.CONTROL_V4, plan.CONTROL_PORT)}, set(),
+        processes.wait_for_listeners(plan.CONTROL, {(plan.CONTROL_V4, plan.CONTROL_PORT)}, echo,
                                      timeout=20, name=CONTROL_HELPER, state=self.state)
 
     def control_url(self) -> str | None:

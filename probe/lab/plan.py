@@ -67,6 +67,7 @@ ISP_BLOCKPAGE_HOST = "blocked.isp.lab.test"  # the ISP's own blockpage server (I
 CONTROL_V4 = "198.51.100.14"
 CONTROL_PORT = 8080
 CONTROL_URL = f"http://{CONTROL_V4}:{CONTROL_PORT}"
+CONTROL_UDP_ECHO_PORTS = (443, 596, 1400, 3478)  # `probe control serve --udp-echo`
 SERVICES_DEV = "lo"  # the Internet namespace holds every service address on its loopback
 
 # Static routes; there is no default route anywhere in the lab, so an address
@@ -120,8 +121,12 @@ class Host:
 
     ``listeners`` are (kind, port) with kind one of: https, http, mtproto
     (Telegram DC: MTProto and HTTP POST on the same port), tcp (accepts and
-    stays silent, like WhatsApp's chat ports). ``name`` is None for hosts the
-    targets address by literal IP (Telegram datacenters).
+    stays silent, like WhatsApp's chat ports), and on UDP ports (``UDP_KINDS``):
+    stun (answers Binding Requests, a call reflector or relay), turn (answers an
+    Allocate without credentials with 401 and a REALM and NONCE), udp-echo
+    (sends every datagram back, a relay's media port) and quic (HTTP/3 over QUIC,
+    a web front end). ``name`` is None for hosts the targets address by literal
+    IP (Telegram datacenters and call reflectors).
     """
 
     service: str
@@ -139,10 +144,23 @@ def _host(service: str, name: str | None, last: int, listeners, **kw) -> Host:
     return Host(service, name, f"203.0.113.{last}", v6, tuple(listeners), **kw)
 
 
+UDP_KINDS = frozenset({"stun", "turn", "udp-echo", "quic"})
 HTTPS = (("https", 443),)
+QUIC = (("quic", 443),)
+# Telegram's call reflectors answer STUN on UDP 596-599 and 1400 (tdlib's
+# phoneConnection entries; Russia dropped exactly these in August 2025).
+TELEGRAM_REFLECTOR_PORTS = (596, 597, 598, 599, 1400)
+TELEGRAM_REFLECTOR = "203.0.113.17"
+# The media datacenter sits on a prefix of its own, as Telegram's DC 203 does
+# (Russia blackholed that prefix alone in February 2026).
+TELEGRAM_MEDIA_DC = "203.0.113.205"
+TELEGRAM_MEDIA_PREFIX = "203.0.113.204/30"
+WHATSAPP_RELAY_ECHO_PORT = 3480  # the relay's media port: the echo of a call-like flow
+SIGNAL_SFU_PORT = 10000  # Signal's calling SFU takes ICE (STUN) and media on one UDP port
 HOSTS: tuple[Host, ...] = (
     # The baseline: what the probe uses to tell "my network works" from "blocked".
-    _host("baseline", "www.baseline.lab.test", 100, HTTPS + (("http", 80),)),
+    _host("baseline", "www.baseline.lab.test", 100,
+          HTTPS + (("http", 80),) + QUIC + (("stun", 3478),)),
     # Telegram: datacenters by literal IPv4 as in Telegram's own config, MTProto
     # and HTTP transport on 80 and 443; the web client by name.
     *(
@@ -150,25 +168,39 @@ HOSTS: tuple[Host, ...] = (
         for dc in range(1, 6)
     ),
     _host("telegram", "web.telegram.lab.test", 16, HTTPS),
+    _host("telegram", None, 17, tuple(("stun", p) for p in TELEGRAM_REFLECTOR_PORTS)),
+    Host("telegram", None, TELEGRAM_MEDIA_DC, None, (("mtproto", 80), ("mtproto", 443))),
     # WhatsApp: chat servers speak their own protocol on 443 and 5222: a TCP
     # connect is all a probe can check (as OONI's whatsapp test does).
     _host("whatsapp", "e1.whatsapp.lab.test", 21, (("tcp", 443), ("tcp", 5222))),
     _host("whatsapp", "e2.whatsapp.lab.test", 22, (("tcp", 443), ("tcp", 5222))),
     _host("whatsapp", "web.whatsapp.lab.test", 23, HTTPS),
     _host("whatsapp", "v.whatsapp.lab.test", 24, HTTPS),
+    _host("whatsapp", "relay.whatsapp.lab.test", 25,
+          (("stun", 3478), ("udp-echo", WHATSAPP_RELAY_ECHO_PORT))),
     # Signal pins its own root CA: a web-PKI-valid MITM still fails.
     _host("signal", "chat.signal.lab.test", 31, HTTPS, pki="signal"),
     _host("signal", "storage.signal.lab.test", 32, HTTPS, pki="signal"),
-    _host("facebook", "www.facebook.lab.test", 41, HTTPS),
+    _host("signal", "sfu.signal.lab.test", 33, (("stun", SIGNAL_SFU_PORT),)),
+    _host("facebook", "www.facebook.lab.test", 41, HTTPS + QUIC),
     _host("facebook", "graph.facebook.lab.test", 42, HTTPS),
     _host("facebook", "edge-chat.facebook.lab.test", 43, HTTPS),
-    _host("twitter", "www.twitter.lab.test", 51, HTTPS),
+    _host("facebook", "stun.facebook.lab.test", 44, (("stun", 3478),)),
+    _host("twitter", "www.twitter.lab.test", 51, HTTPS + QUIC),
     _host("twitter", "media.twitter.lab.test", 52, HTTPS, download_bytes=4 << 20),
     # A news site on plain HTTP and HTTPS (HTTP blockpages need port 80).
     _host("news", "www.news.lab.test", 61, HTTPS + (("http", 80),)),
+    # SimpleX: its STUN and TURN servers listen on UDP 443 (stun.simplex.im,
+    # turn.simplex.im in the apps' defaults).
+    _host("simplex", "stun.simplex.lab.test", 71, (("stun", 443),)),
+    _host("simplex", "turn.simplex.lab.test", 72, (("turn", 443),)),
 )
 
 SERVICES = tuple(dict.fromkeys(h.service for h in HOSTS))
+
+
+def udp_ports(host: Host) -> set[int]:
+    return {port for kind, port in host.listeners if kind in UDP_KINDS}
 
 
 def hosts_of(service: str) -> tuple[Host, ...]:

@@ -44,8 +44,23 @@ def service_fleet(service: str, pki: PkiPaths) -> dict[str, Any]:
             "titles": {n: f"{n} ({service}, probe lab)" for n in names},
             "download_size": max([h.download_bytes for h in https] + [1 << 20]),
         })
+    # One STUN server answers every STUN, TURN and echo port of the service (it
+    # answers Binding and unauthenticated Allocate, and echoes other datagrams).
+    udp = [_endpoint(a, port) for h in hosts for kind, port in h.listeners
+           if kind in ("stun", "turn", "udp-echo") for a in plan.addresses([h])]
+    if udp:
+        servers.append({"kind": "stun", "listen": sorted(set(udp)), "echo": True})
+    # One QUIC server per name: the HTTP/3 origin presents one certificate.
+    for h in hosts:
+        if ("quic", 443) in h.listeners and h.name:
+            servers.append({
+                "kind": "quic",
+                "listen": [_endpoint(a, 443) for a in plan.addresses([h])],
+                "certificate": pki.leaves[h.name].to_json(),
+                "title": f"{h.name} ({service}, probe lab, HTTP/3)",
+            })
     for kind, port in sorted({listener for h in hosts for listener in h.listeners}):
-        if kind == "https":
+        if kind == "https" or kind in plan.UDP_KINDS:
             continue
         listen = [_endpoint(a, port) for h in hosts if (kind, port) in h.listeners
                   for a in plan.addresses([h])]
@@ -101,6 +116,9 @@ def listeners(fleet: dict[str, Any]) -> tuple[set[tuple[str, int]], set[tuple[st
         for value in server["listen"]:
             host, _, port = value.rpartition(":")
             endpoint = (host.strip("[]"), int(port))
+            if server["kind"] in ("stun", "quic"):
+                udp.add(endpoint)
+                continue
             tcp.add(endpoint)
             if server["kind"] == "dns":
                 udp.add(endpoint)
