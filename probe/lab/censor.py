@@ -3,10 +3,13 @@
 Each action does what a documented censor does, with the tool its effect
 requires: iptables/ip6tables rules in the censor router's namespace (packet
 drops, RST injection, ClientHello SNI matching, redirection to a blockpage
-server or an interception proxy), tc shaping on the censor's client-facing
-link, per-name behaviours of the ISP resolver, an NFQUEUE+scapy DNS injector,
-or changes to the fake Internet itself (a stopped server, a stale address, a
-client without IPv6 or offline).
+server or an interception proxy), nftables rules in the ``inet lab`` table for
+UDP and per-flow packet counting (call ports dropped or rejected, flows cut
+after N packets, allowlist mode), tc shaping on the censor's client-facing
+link, per-name behaviours of the ISP resolver, NFQUEUE processes that read
+payloads (a DNS injector, a QUIC Initial decryptor filtering on the SNI, a
+forged-STUN injector), or changes to the fake Internet itself (a stopped
+server, a stale address, a client without IPv6 or offline).
 
 Actions only apply. Reverting is one complete operation, ``Lab.reset``:
 flush every table and qdisc of the censor, stop every scenario process, give
@@ -33,6 +36,9 @@ class Runtime(Protocol):
 
     def censor_command(self, argv: list[str]) -> None:
         """Run one command (tc...) in the censor's namespace."""
+
+    def nft(self, script: str) -> None:
+        """Run an ``nft -f -`` script in the censor's namespace."""
 
     def start_scenario_process(self, name: str, namespace: str, argv: list[str]) -> None: ...
 
@@ -668,3 +674,213 @@ class LossyDns:
 
     def describe(self) -> str:
         return f"{self.loss:.0%} of the client's DNS datagrams lost, whatever the name"
+
+
+# --------------------------------------------------------------------------- #
+# UDP, STUN and QUIC: nftables in the censor's "inet lab" table               #
+# --------------------------------------------------------------------------- #
+
+NFT_TABLE = "inet lab"
+FROM_CLIENT = f'iifname "{plan.CENSOR_CLIENT_DEV}"'
+
+
+def _nft_rules(lab: Runtime, rules: list[str]) -> None:
+    """Append ``rules`` to the ``censor`` chain (hook forward) of the censor's ``inet lab`` table
+    (created on first use; ``Lab.reset`` flushes the whole ruleset)."""
+    script = [f"add table {NFT_TABLE}",
+              f"add chain {NFT_TABLE} censor {{ type filter hook forward priority 0; "
+              "policy accept; }"]
+    script += [f"add rule {NFT_TABLE} censor {rule}" for rule in rules]
+    lab.nft("\n".join(script) + "\n")
+
+
+def _count_flow_packets(lab: Runtime) -> None:
+    """``ct original packets`` needs conntrack accounting (per namespace)."""
+    lab.censor_command(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"])
+
+
+def _daddr(addresses: tuple[str, ...], negate: bool = False) -> list[str]:
+    """One nft match per family present: 'ip daddr { ... }', 'ip6 daddr { ... }'."""
+    matches = []
+    for family, keyword in ((4, "ip"), (6, "ip6")):
+        mine = [a for a in addresses if _family(a) == family]
+        if mine:
+            matches.append(f"{keyword} daddr {'!= ' if negate else ''}{{ {', '.join(mine)} }}")
+    return matches
+
+
+def _ports(ports: tuple[int, ...]) -> str:
+    return "{ " + ", ".join(map(str, ports)) + " }"
+
+
+@dataclass(frozen=True)
+class UdpDrop:
+    """Datagrams from the client to ``addresses`` on UDP ``ports`` are dropped: calls
+    fail while text (TCP) works. Russia, August 2025: Telegram's STUN Binding
+    Requests to its reflectors (UDP 596-599 and 1400) and WhatsApp's call relays
+    went unanswered (net4people/bbs #546; telegramdesktop/tdesktop #31045)."""
+
+    addresses: tuple[str, ...]
+    ports: tuple[int, ...]
+
+    def apply(self, lab: Runtime) -> None:
+        _nft_rules(lab, [f"{FROM_CLIENT} {match} udp dport {_ports(self.ports)} drop"
+                         for match in _daddr(self.addresses)])
+
+    def describe(self) -> str:
+        return (f"drop UDP to {', '.join(self.addresses)} ports "
+                f"{','.join(map(str, self.ports))}")
+
+
+@dataclass(frozen=True)
+class UdpReject:
+    """As ``UdpDrop``, but answered with an ICMP port unreachable (a router's
+    ``reject`` rule; nft's icmpx picks ICMP type 3 code 3 or ICMPv6 type 1 code 4):
+    the client's connected socket reads "connection refused" at once."""
+
+    addresses: tuple[str, ...]
+    ports: tuple[int, ...]
+
+    def apply(self, lab: Runtime) -> None:
+        _nft_rules(lab, [f"{FROM_CLIENT} {match} udp dport {_ports(self.ports)} "
+                         "reject with icmpx type port-unreachable"
+                         for match in _daddr(self.addresses)])
+
+    def describe(self) -> str:
+        return (f"ICMP port unreachable for UDP to {', '.join(self.addresses)} ports "
+                f"{','.join(map(str, self.ports))}")
+
+
+@dataclass(frozen=True)
+class UdpFlowCutoff:
+    """Every UDP flow from the client to a foreign destination is cut after its
+    first ``after`` datagrams (conntrack's per-flow counter, ``ct original
+    packets``): a single STUN exchange or a QUIC handshake passes, a call's media
+    flow stops. Russian mobile networks, 2025 (net4people/bbs #546: unrecognised
+    UDP flows dropped after their first packets). ``domestic`` is exempt."""
+
+    after: int = 20
+    domestic: tuple[str, ...] = ("198.51.100.4/30",)
+
+    def apply(self, lab: Runtime) -> None:
+        _count_flow_packets(lab)
+        rules = [f"{FROM_CLIENT} {match} meta l4proto udp ct original packets > {self.after} drop"
+                 for match in _daddr(self.domestic, negate=True)]
+        if not any(_family(a) == 6 for a in self.domestic):
+            rules.append(f"{FROM_CLIENT} meta nfproto ipv6 meta l4proto udp "
+                         f"ct original packets > {self.after} drop")
+        _nft_rules(lab, rules)
+
+    def describe(self) -> str:
+        return f"UDP flows from the client cut after their first {self.after} datagrams"
+
+
+@dataclass(frozen=True)
+class Udp443Drop:
+    """Every datagram to UDP port 443 is dropped, so no QUIC handshake ever starts
+    and browsers fall back to TCP (Iran, September 2022: UDP 443 black-holed;
+    Elmenhorst et al., IMC 2021, on QUIC blocking by port)."""
+
+    def apply(self, lab: Runtime) -> None:
+        _nft_rules(lab, [f"{FROM_CLIENT} udp dport 443 drop"])
+
+    def describe(self) -> str:
+        return "drop every UDP datagram to port 443 (QUIC)"
+
+
+@dataclass(frozen=True)
+class AllUdpDrop:
+    """The network carries no UDP at all except DNS to the ISP's resolver: every
+    call fails for every app (a mobile network's "TCP only" policy; Iran's
+    tiered access, 2026). ``resolvers`` keep their DNS."""
+
+    resolvers: tuple[str, ...] = (plan.ISP_RESOLVER,)
+
+    def apply(self, lab: Runtime) -> None:
+        rules = [f"{FROM_CLIENT} {match} udp dport 53 accept" for match in _daddr(self.resolvers)]
+        rules.append(f"{FROM_CLIENT} meta l4proto udp drop")
+        _nft_rules(lab, rules)
+
+    def describe(self) -> str:
+        return f"drop every UDP datagram from the client except DNS to {', '.join(self.resolvers)}"
+
+
+@dataclass(frozen=True)
+class AllowlistMode:
+    """Allowlist mode: TCP connects everywhere (SYN and the handshake's ACK pass),
+    but the first data segment, and every later packet of the flow, is dropped
+    unless the destination is on the allowlist (Russian mobile networks since
+    about September 2025: net4people/bbs #516, #579). UDP is left alone here. The
+    third packet of a flow from the client is its first data segment."""
+
+    allowed: tuple[str, ...]
+
+    def apply(self, lab: Runtime) -> None:
+        _count_flow_packets(lab)
+        rules = [f"{FROM_CLIENT} {match} meta l4proto tcp ct original packets > 2 drop"
+                 for match in _daddr(self.allowed, negate=True)]
+        _nft_rules(lab, rules)
+
+    def describe(self) -> str:
+        return (f"TCP data dropped after the handshake except to {', '.join(self.allowed)}")
+
+
+QUIC_FILTER_QUEUE = 4
+STUN_INJECTOR_QUEUE = 5
+
+
+@dataclass(frozen=True)
+class QuicSniFilter:
+    """QUIC Initial packets whose ClientHello names a blocked server are dropped,
+    and the rest of that flow with them (``probe.lab.quic_filter`` decrypts each
+    Initial with the keys anyone can derive from its Destination Connection ID,
+    RFC 9001 5.2). The Great Firewall does this since April 2024 (Zohaib et al.,
+    "Exposing and Circumventing SNI-based QUIC Censorship of the Great Firewall
+    of China", USENIX Security 2025); Russia's TSPU since 2023."""
+
+    names: tuple[str, ...]
+    queue: int = QUIC_FILTER_QUEUE
+
+    def apply(self, lab: Runtime) -> None:
+        # iptables' NFQUEUE target (nft's queue expression needs nft_queue, which not
+        # every kernel has loaded; xt_NFQUEUE is what the DNS injector uses too).
+        for family in (4, 6):
+            lab.firewall(family, ["-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-p", "udp",
+                                  "--dport", "443", "-j", "NFQUEUE", "--queue-num",
+                                  str(self.queue)])
+        argv = ["-m", "probe.lab.quic_filter", "--queue", str(self.queue)]
+        for name in self.names:
+            argv += ["--name", name]
+        lab.start_scenario_process("quic-filter", plan.CENSOR, argv)
+
+    def describe(self) -> str:
+        return f"drop QUIC flows whose Initial names {', '.join(self.names)}"
+
+
+@dataclass(frozen=True)
+class StunInjection:
+    """An on-path injector answers STUN Binding Requests to ``addresses`` with a
+    forged Binding Success (same transaction id, XOR-MAPPED-ADDRESS ``forged``)
+    before the relay's real answer, which still arrives (``probe.lab.stun_injector``):
+    two different answers to one request, as for DNS injection."""
+
+    addresses: tuple[str, ...]
+    ports: tuple[int, ...]
+    forged: str = "203.0.113.254"
+    queue: int = STUN_INJECTOR_QUEUE
+
+    def apply(self, lab: Runtime) -> None:
+        ports = ",".join(map(str, self.ports))
+        for address in self.addresses:
+            lab.firewall(_family(address), [
+                "-A", "FORWARD", "-i", plan.CENSOR_CLIENT_DEV, "-d", address, "-p", "udp",
+                "-m", "multiport", "--dports", ports, "-j", "NFQUEUE", "--queue-num",
+                str(self.queue)])
+        lab.start_scenario_process(
+            "stun-injector", plan.CENSOR,
+            ["-m", "probe.lab.stun_injector", "--queue", str(self.queue),
+             "--forged", self.forged])
+
+    def describe(self) -> str:
+        return (f"forged Binding Success ({self.forged}) injected ahead of the answers of "
+                f"{', '.join(self.addresses)}")

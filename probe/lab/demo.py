@@ -21,7 +21,7 @@ from probe.lab.lab import PYTHON, Lab
 from probe.lab.processes import in_ns
 from probe.lab.scenarios import BY_NAME, SCENARIOS, Scenario, get
 from probe.lab.selftest import CheckResult, selftest
-from probe.lab.truth import Mismatch, compare, expectation
+from probe.lab.truth import Mismatch, compare, compare_functions, compare_network, expectation
 
 PROBE_TIMEOUT = 2.0  # seconds per step: the lab answers in milliseconds
 CONTROL_TIMEOUT = 20.0
@@ -87,8 +87,10 @@ class Outcome:
 
 
 def evaluate(scenario: Scenario, result: dict) -> list[Mismatch]:
-    return compare(scenario.truth, result.get("endpoints", []), scenario.services,
-                   result.get("services", []))
+    services = result.get("services", [])
+    return (compare(scenario.truth, result.get("endpoints", []), scenario.services, services)
+            + compare_functions(scenario.functions, services)
+            + compare_network(scenario.network, result.get("network")))
 
 
 def run_scenario(lab: Lab, scenario: Scenario, out_root: Path, with_probe: bool = True,
@@ -145,8 +147,8 @@ def table(outcomes: list[Outcome]) -> str:
             lines.append(f"{prefix} {mark} {expected} -> {observed} ({len(ids)}: {names})")
             first = False
         for mismatch in outcome.mismatches:
-            if mismatch.what == "service":
-                lines.append(" " * 46 + f" != service {mismatch}")
+            if mismatch.what != "endpoint":
+                lines.append(" " * 46 + f" != {mismatch.what} {mismatch}")
     return "\n".join(lines)
 
 

@@ -265,6 +265,9 @@ class Lab(Runtime):
     def censor_command(self, argv: list[str]) -> None:
         run(in_ns(plan.CENSOR, argv))
 
+    def nft(self, script: str) -> None:
+        run(in_ns(plan.CENSOR, ["nft", "-f", "-"]), input=script)
+
     def start_scenario_process(self, name: str, namespace: str, argv: list[str]) -> None:
         full = SCENARIO_PREFIX + name
         started = processes.start(

@@ -4,10 +4,13 @@ A scenario's self-test must not trust the code it is there to check, so this
 module uses none of the probe's network code: raw dnspython messages over a
 UDP socket (collecting every reply, so an injected answer and the real one are
 both seen), blocking socket connects, an unverified ``ssl`` handshake that
-reports the issuer of the peer's certificate, a hand-written HTTP/1.1 GET, and
-a timed download. Each observation turns into one short outcome string
-("nxdomain", "injected", "answer 203.0.113.21", "refused", "timeout",
-"issuer probe lab censor root", "403", "kbit 143"...).
+reports the issuer of the peer's certificate, a hand-written HTTP/1.1 GET, a
+timed download, STUN Binding and TURN Allocate requests built here by hand
+(RFC 5389, RFC 5766) on a connected UDP socket, a counted UDP flow, and a QUIC
+handshake with an HTTP/3 GET straight from aioquic. Each observation turns into
+one short outcome string ("nxdomain", "injected", "answer 203.0.113.21",
+"refused", "timeout", "issuer probe lab censor root", "403", "kbit 143",
+"mapped 198.51.100.2", "cut 20/40", "h3 200"...).
 
 It runs inside a lab namespace: ``ip netns exec plab-client python -m
 probe.lab.observe`` reads a JSON list of checks on stdin and prints a JSON list
@@ -34,7 +37,10 @@ class Check:
     kind: dns (``target`` is a name, ``qtype`` A/AAAA, asked to ``resolver``), dnsloss
     (the same, asked twenty times: "lossy" when some went unanswered),
     connect, tls (``sni``), http (GET ``path`` with Host ``host``), download
-    (over TLS, measured for ``seconds``), mtproto (one req_pq_multi). ``expect``
+    (over TLS, measured for ``seconds``), mtproto (one req_pq_multi), stun (one
+    Binding Request on UDP ``port``), turn (one Allocate), udpflow (``count``
+    datagrams, ``sni`` "stun" for Binding Requests or "" for echo payloads), quic
+    (handshake with ``sni`` and an HTTP/3 GET of ``path``). ``expect``
     is compared with the outcome: an exact string, or for "kbit" outcomes ``kbit<N`` / ``kbit>N``.
     ``contains`` must also appear in an http response (head or body).
     """
@@ -52,6 +58,7 @@ class Check:
     vantage: str = "client"
     timeout: float = 1.5
     seconds: float = 2.0
+    count: int = 40  # udpflow: datagrams in the flow, one every 0.05 s
 
     def label(self) -> str:
         where = f"{self.target}:{self.port}" if self.port else self.target
@@ -271,6 +278,189 @@ def observe_download(check: Check) -> str:
     return f"kbit {round(received * 8 / elapsed / 1000)}"
 
 
+STUN_COOKIE = b"\x21\x12\xa4\x42"
+
+
+def _stun_request(kind: int, transaction: bytes) -> bytes:
+    """A STUN request without attributes (RFC 5389 6): type, length 0, cookie, id."""
+    return kind.to_bytes(2, "big") + b"\x00\x00" + STUN_COOKIE + transaction
+
+
+def _stun_attributes(message: bytes) -> dict[int, bytes]:
+    attributes, offset = {}, 20
+    while offset + 4 <= len(message):
+        kind = int.from_bytes(message[offset:offset + 2], "big")
+        length = int.from_bytes(message[offset + 2:offset + 4], "big")
+        attributes.setdefault(kind, message[offset + 4:offset + 4 + length])
+        offset += 4 + (length + 3) // 4 * 4
+    return attributes
+
+
+def _mapped(message: bytes) -> str:
+    """The XOR-MAPPED-ADDRESS of a Binding Success, as text."""
+    import ipaddress
+
+    value = _stun_attributes(message).get(0x0020, b"")
+    if len(value) not in (8, 20):
+        return "none"
+    key = STUN_COOKIE + message[8:20]
+    packed = bytes(a ^ b for a, b in zip(value[4:], key, strict=False))
+    return str(ipaddress.ip_address(packed))
+
+
+def _udp_socket(check: Check) -> socket.socket:
+    sock = socket.socket(_family(check.target), socket.SOCK_DGRAM)
+    sock.connect((check.target, check.port))  # connected: ICMP errors reach recv()
+    return sock
+
+
+def _stun_exchange(check: Check, kind: int) -> list[bytes]:
+    """Every answer to one request with our transaction id, within the timeout
+    (lingering after the first for a second, different one)."""
+    import os
+
+    transaction = os.urandom(12)
+    answers: list[bytes] = []
+    with _udp_socket(check) as sock:
+        sock.send(_stun_request(kind, transaction))
+        deadline = time.monotonic() + check.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(min(left, LINGER) if answers else left)
+            try:
+                data = sock.recv(2048)
+            except TimeoutError:
+                break
+            if data[4:8] == STUN_COOKIE and data[8:20] == transaction:
+                answers.append(data)
+    return answers
+
+
+def observe_stun(check: Check) -> str:
+    """"mapped ADDRESS" for one Binding Success, "injected A | B" for two
+    different ones, "timeout", "refused" (ICMP port unreachable)..."""
+    try:
+        answers = _stun_exchange(check, 0x0001)
+    except OSError as exc:
+        return _socket_error(exc)
+    mapped = list(dict.fromkeys(
+        _mapped(a) for a in answers if a[:2] == b"\x01\x01"))
+    if not answers:
+        return "timeout"
+    if not mapped:
+        return "invalid"
+    if len(mapped) > 1:
+        return "injected " + " | ".join(mapped)
+    return f"mapped {mapped[0]}"
+
+
+def observe_turn(check: Check) -> str:
+    """"challenge" for a 401 carrying REALM and NONCE (RFC 5766 6.2, without
+    credentials nothing is allocated), else what came back."""
+    try:
+        answers = _stun_exchange(check, 0x0003)
+    except OSError as exc:
+        return _socket_error(exc)
+    if not answers:
+        return "timeout"
+    attributes = _stun_attributes(answers[0])
+    error = attributes.get(0x0009, b"")
+    code = error[2] * 100 + error[3] if len(error) >= 4 else 0
+    if answers[0][:2] == b"\x01\x13" and code == 401 and 0x0014 in attributes \
+            and 0x0015 in attributes:
+        return "challenge"
+    return f"answer {answers[0][:2].hex()} {code}"
+
+
+def observe_udp_flow(check: Check) -> str:
+    """``count`` datagrams on one socket, one every 0.05 s; "all N" when every
+    one was answered, "cut K/N" when the first K were and then none, "none",
+    "some K/N" for holes that are not a cut, or a socket error."""
+    import os
+
+    stun = check.sni == "stun"
+    answered: set[int] = set()
+    tokens: dict[bytes, int] = {}
+    with _udp_socket(check) as sock:
+        sock.settimeout(0.05)
+        try:
+            end = time.monotonic() + 0.05 * check.count + check.timeout
+            sent = 0
+            while time.monotonic() < end:
+                if sent < check.count:
+                    token = os.urandom(12)
+                    tokens[token] = sent
+                    sock.send(_stun_request(0x0001, token) if stun else
+                              b"probe-lab-flow " + token + os.urandom(160))
+                    sent += 1
+                try:
+                    data = sock.recv(2048)
+                except TimeoutError:
+                    continue
+                key = data[8:20] if stun else data[15:27]
+                if key in tokens:
+                    answered.add(tokens[key])
+        except OSError as exc:
+            return _socket_error(exc)
+    count = check.count
+    if len(answered) == count:
+        return f"all {count}"
+    if not answered:
+        return "none"
+    if answered == set(range(len(answered))):
+        return f"cut {len(answered)}/{count}"
+    return f"some {len(answered)}/{count}"
+
+
+def observe_quic(check: Check) -> str:
+    """A QUIC handshake (SNI ``sni``, ALPN h3, no verification) and an HTTP/3
+    GET of ``path``: "h3 STATUS", "timeout", or "error ..."."""
+    import asyncio
+
+    return asyncio.run(_quic(check))
+
+
+async def _quic(check: Check) -> str:
+    import asyncio
+
+    from aioquic.asyncio.client import connect
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.h3.events import HeadersReceived
+    from aioquic.quic.configuration import QuicConfiguration
+
+    status: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    class Client(QuicConnectionProtocol):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.h3 = H3Connection(self._quic)
+
+        def quic_event_received(self, event) -> None:
+            for h3_event in self.h3.handle_event(event):
+                if isinstance(h3_event, HeadersReceived) and not status.done():
+                    status.set_result(dict(h3_event.headers).get(b":status", b"?").decode())
+
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN,
+                                      server_name=check.sni or None,
+                                      verify_mode=ssl.CERT_NONE, idle_timeout=check.timeout)
+    try:
+        async with asyncio.timeout(check.timeout):
+            async with connect(check.target, check.port or 443, configuration=configuration,
+                               create_protocol=Client) as client:
+                assert isinstance(client, Client)
+                stream = client._quic.get_next_available_stream_id()
+                client.h3.send_headers(
+                    stream, [(b":method", b"GET"), (b":scheme", b"https"),
+                             (b":authority", (check.sni or check.target).encode()),
+                             (b":path", check.path.encode())], end_stream=True)
+                client.transmit()
+                return f"h3 {await status}"
+    except TimeoutError:
+        return "timeout"
+    except ConnectionError as exc:
+        return f"error {exc}"
+
+
 def observe(check: Check) -> dict:
     started = time.monotonic()
     detail = ""
@@ -288,6 +478,14 @@ def observe(check: Check) -> dict:
         outcome = observe_download(check)
     elif check.kind == "mtproto":
         outcome = observe_mtproto(check)
+    elif check.kind == "stun":
+        outcome = observe_stun(check)
+    elif check.kind == "turn":
+        outcome = observe_turn(check)
+    elif check.kind == "udpflow":
+        outcome = observe_udp_flow(check)
+    elif check.kind == "quic":
+        outcome = observe_quic(check)
     else:
         outcome = f"unknown check kind {check.kind}"
     return {"outcome": outcome, "detail": detail[:4096], "seconds": time.monotonic() - started}

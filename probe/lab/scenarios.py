@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from probe.lab import plan
 from probe.lab.censor import (
     Action,
+    AllowlistMode,
+    AllUdpDrop,
     ClientOffline,
     ClientWithoutIpv6,
     DnsInjection,
@@ -32,6 +34,7 @@ from probe.lab.censor import (
     KeywordReset,
     LossyDns,
     PayloadDrop,
+    QuicSniFilter,
     RemoveAddresses,
     ResetConnections,
     ResolverAnswers,
@@ -40,9 +43,14 @@ from probe.lab.censor import (
     SniFlowLimit,
     SniReset,
     StopService,
+    StunInjection,
     Throttle,
     TlsAlert,
     TlsInterception,
+    Udp443Drop,
+    UdpDrop,
+    UdpFlowCutoff,
+    UdpReject,
 )
 from probe.lab.observe import Check
 from probe.lab.truth import ANY, Expect
@@ -66,6 +74,10 @@ class Scenario:
     checks: tuple[Check, ...] = ()
     baseline_reachable: bool = True  # add the baseline self-checks
     client_address_must_not_leak: bool = False  # the client-address leak check applies
+    # service -> function -> status the probe must give ("telegram": {"calls": "blocked"})
+    functions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # network-wide findings the summary must state: udp, restricted, network_down
+    network: Mapping[str, object] = field(default_factory=dict)
     resolver: str = plan.ISP_RESOLVER  # what the probe is told to ask (`--resolver`)
 
 
@@ -105,6 +117,25 @@ def download(address: str, sni: str, expect: str, vantage: str = "client") -> Ch
                  vantage=vantage, timeout=2.0, seconds=2.0)
 
 
+def stun(address: str, port: int, expect: str, vantage: str = "client") -> Check:
+    return Check("stun", address, expect, port=port, vantage=vantage)
+
+
+def turn(address: str, port: int, expect: str, vantage: str = "client") -> Check:
+    return Check("turn", address, expect, port=port, vantage=vantage)
+
+
+def udp_flow(address: str, port: int, expect: str, payload: str = "echo",
+             vantage: str = "client") -> Check:
+    """A flow of 40 datagrams, one every 0.05 s (``payload`` "stun": Binding Requests)."""
+    return Check("udpflow", address, expect, port=port, sni="stun" if payload == "stun" else "",
+                 vantage=vantage, timeout=1.0)
+
+
+def quic(address: str, sni: str, expect: str, vantage: str = "client") -> Check:
+    return Check("quic", address, expect, port=443, sni=sni, vantage=vantage)
+
+
 BASELINE_CHECKS = (
     dns("www.baseline.lab.test", "answer 203.0.113.100"),
     tls("203.0.113.100", "www.baseline.lab.test", LAB_ROOT),
@@ -119,6 +150,19 @@ WHATSAPP_CHAT = ("203.0.113.21", "2001:db8:113::21", "203.0.113.22", "2001:db8:1
 REQ_PQ_MULTI_HEX = "|f18e7ebe|"  # req_pq_multi#be7e8ef1, little-endian on the wire
 ISP_BLOCKPAGE_HOST = plan.ISP_BLOCKPAGE_HOST
 WHATSAPP_WEB = ("203.0.113.23", "2001:db8:113::23", "203.0.113.24", "2001:db8:113::24")
+# TCP-only censors of Facebook leave its HTTP/3 front end and its STUN server alone.
+FACEBOOK_UDP_OK = (Expect("facebook-quic", "ok"), Expect("facebook-stun", "ok"))
+REFLECTOR = plan.TELEGRAM_REFLECTOR
+REFLECTOR_PORTS = plan.TELEGRAM_REFLECTOR_PORTS
+WHATSAPP_RELAY = tuple(plan.addresses([plan.host_named("relay.whatsapp.lab.test")]))
+WHATSAPP_RELAY_PORTS = (3478, plan.WHATSAPP_RELAY_ECHO_PORT)
+CALL_RELAYS = (REFLECTOR, *WHATSAPP_RELAY)
+CLIENT_MAPPED = f"mapped {plan.CLIENT_V4}"  # a STUN answer telling the client its own address
+CONTROL_MAPPED = f"mapped {plan.CONTROL_V4}"
+FORGED_MAPPED = "203.0.113.254"  # nothing holds it
+FLOW_CUTOFF = 16  # datagrams of a flow that pass; a QUIC handshake and GET take 5
+ALLOWLIST = ("198.51.100.4/30", "198.51.100.12/30", "203.0.113.100", "2001:db8:100:4::/64",
+             "2001:db8:113::100")
 ALL_SERVICE_ADDRESSES = tuple(
     a for service in ("baseline", "telegram", "whatsapp", "signal", "facebook", "twitter", "news")
     for a in _addrs(service)
@@ -144,6 +188,12 @@ SCENARIOS: tuple[Scenario, ...] = (
             download("203.0.113.52", "media.twitter.lab.test", "kbit>5000"),
             tls("2001:db8:113::100", "www.baseline.lab.test", LAB_ROOT),
             connect("2001:db8:113::21", 443, "ok"),
+            stun(REFLECTOR, 1400, CLIENT_MAPPED),
+            stun("2001:db8:113::44", 3478, f"mapped {plan.CLIENT_V6}"),
+            turn("203.0.113.72", 443, "challenge"),
+            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, "all 40"),
+            quic("203.0.113.41", "www.facebook.lab.test", "h3 200"),
+            quic("2001:db8:113::100", "www.baseline.lab.test", "h3 200"),
         ),
     ),
     Scenario(
@@ -250,7 +300,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         sources=(("Roskomnadzor's April 2018 order to block Telegram: ISPs blocked millions of "
                  "addresses (OONI and Roskomsvoboda documented it)"),),
         actions=(DropTraffic(TELEGRAM),),
-        truth=(Expect("telegram-*", "tcp_blocked", "tcp.timeout"),),
+        truth=(Expect("telegram-calls*", "udp_blocked", "udp.timeout"),
+               Expect("telegram-*", "tcp_blocked", "tcp.timeout")),
         services={"telegram": "blocked"},
         checks=(
             connect("203.0.113.11", 443, "timeout"),
@@ -298,8 +349,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         sources=(("Chai et al., 'On the Importance of Encrypted-SNI (ESNI) to Censorship "
                  "Circumvention', FOCI 2019"),),
         actions=(SniReset(_names("signal")),),
-        truth=(Expect("signal-*", "tls_blocked", "tls.reset"),),
-        services={"signal": "blocked"},
+        truth=(Expect("signal-sfu", "ok"),  # UDP: no ClientHello to match
+               Expect("signal-*", "tls_blocked", "tls.reset")),
+        services={"signal": "partially_blocked"},
         checks=(
             connect("203.0.113.31", 443, "ok"),
             tls("203.0.113.31", "chat.signal.lab.test", "reset"),
@@ -314,8 +366,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         "connection: the TLS handshake times out (Iran; Russia's TSPU).",
         sources=("Xue et al., 'TSPU: Russia's Decentralized Censorship System', IMC 2022",),
         actions=(SniDrop(_names("facebook")),),
-        truth=(Expect("facebook-*", "tls_blocked", "tls.timeout"),),
-        services={"facebook": "blocked"},
+        truth=(*FACEBOOK_UDP_OK, Expect("facebook-*", "tls_blocked", "tls.timeout")),
+        services={"facebook": "partially_blocked"},
         checks=(
             connect("203.0.113.41", 443, "ok"),
             tls("203.0.113.41", "www.facebook.lab.test", "timeout"),
@@ -331,8 +383,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         sources=(("Raman et al., 'Investigating Large Scale HTTPS Interception in Kazakhstan', "
                  "IMC 2020"),),
         actions=(TlsInterception(FACEBOOK),),
-        truth=(Expect("facebook-*", "tls_blocked", "tls.mitm"),),
-        services={"facebook": "blocked"},
+        truth=(*FACEBOOK_UDP_OK, Expect("facebook-*", "tls_blocked", "tls.mitm")),
+        services={"facebook": "partially_blocked"},
         checks=(
             tls("203.0.113.41", "www.facebook.lab.test", CENSOR_ROOT),
             tls("2001:db8:113::43", "edge-chat.facebook.lab.test", CENSOR_ROOT),
@@ -750,7 +802,8 @@ SCENARIOS += (
                  "RFC 9505 section 4.2.1 (IRTF-PEARG/rfc-censorship-tech issue #72): IP "
                  "blocklists hold IPv4 and IPv6 addresses separately (/32 and /128 routes)"),
         actions=(DropTraffic(_addrs("signal", 6)),),
-        truth=(Expect("signal-*", "tcp_blocked", "tcp.timeout", address="2001:db8:*"),),
+        truth=(Expect("signal-sfu", "udp_blocked", "udp.timeout", address="2001:db8:*"),
+               Expect("signal-*", "tcp_blocked", "tcp.timeout", address="2001:db8:*")),
         services={"signal": "partially_blocked"},
         checks=(
             connect("2001:db8:113::31", 443, "timeout"),
@@ -768,7 +821,9 @@ SCENARIOS += (
         sources=("ValdikSS/blockcheck issue #43 (2016): Russia's registry listed only IPv4 "
                  "addresses, and blocked sites opened over IPv6",),
         actions=(DropTraffic(_addrs("facebook", 4)),),
-        truth=(Expect("facebook-*", "tcp_blocked", "tcp.timeout", address="203.0.113.*"),),
+        truth=(Expect("facebook-stun", "udp_blocked", "udp.timeout", address="203.0.113.*"),
+               Expect("facebook-quic", "quic_blocked", "quic.timeout", address="203.0.113.*"),
+               Expect("facebook-*", "tcp_blocked", "tcp.timeout", address="203.0.113.*")),
         services={"facebook": "partially_blocked"},
         checks=(
             connect("203.0.113.41", 443, "timeout"),
@@ -919,6 +974,269 @@ SCENARIOS += (
             tls("203.0.113.100", "www.baseline.lab.test", LAB_ROOT),
         ),
         baseline_reachable=False,  # its DNS check would lose one query in four
+    ),
+)
+
+
+# --- calls, UDP flows and QUIC (2022-2026) --------------------------------------
+SCENARIOS += (
+    Scenario(
+        name="calls-reflector-drop",
+        title="Call relays dropped, text untouched (Russia, August 2025)",
+        description="From 10 August 2025 WhatsApp and Telegram voice calls failed in Russia "
+        "while messages kept working (Roskomnadzor confirmed 'partial restrictions' of calls "
+        "on 13 August). Telegram's STUN Binding Requests to its call reflectors (UDP 596-599 "
+        "and 1400) went unanswered. Here every datagram to Telegram's reflector and to "
+        "WhatsApp's relay ports is dropped; TCP to the same services works.",
+        sources=("net4people/bbs #546 (August 2025): Telegram and WhatsApp calls failing in "
+                 "Russia, STUN to the reflectors unanswered",
+                 "telegramdesktop/tdesktop #31045 (2025): calls stuck at 'connecting' in Russia",
+                 "Reuters, 13 August 2025: 'Russia restricts some WhatsApp and Telegram calls'"),
+        actions=(UdpDrop((REFLECTOR,), REFLECTOR_PORTS), UdpDrop(WHATSAPP_RELAY,
+                                                                 WHATSAPP_RELAY_PORTS)),
+        truth=(Expect("telegram-calls*", "udp_blocked", "udp.timeout"),
+               Expect("whatsapp-calls*", "udp_blocked", "udp.timeout")),
+        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked"},
+        functions={"telegram": {"messaging": "ok", "calls": "blocked", "media": "ok",
+                                "web": "ok"},
+                   "whatsapp": {"messaging": "ok", "calls": "blocked"}},
+        network={"udp": "ok"},
+        checks=(
+            stun(REFLECTOR, 596, "timeout"),
+            stun(REFLECTOR, 1400, "timeout"),
+            stun("2001:db8:113::25", 3478, "timeout"),
+            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, "none"),
+            stun("203.0.113.44", 3478, CLIENT_MAPPED),
+            mtproto("203.0.113.11", 443, "answer"),
+            stun(REFLECTOR, 1400, CONTROL_MAPPED, vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="udp-flow-cutoff",
+        title="Every UDP flow cut after its first packets (Russian mobile networks, 2025)",
+        description=f"On Russian mobile networks in 2025 unrecognised UDP flows to foreign "
+        f"destinations stopped being carried after their first packets. Here conntrack "
+        f"counts each flow's datagrams from the client and drops everything after the "
+        f"{FLOW_CUTOFF}th: a single STUN exchange and a QUIC handshake pass, a call's media "
+        f"flow (40 datagrams on one 5-tuple) is answered {FLOW_CUTOFF} times, then never.",
+        sources=("net4people/bbs #546 (2025): on mobile networks UDP flows dropped after "
+                 "their first packets while short exchanges pass",
+                 "nftables wiki, 'Matching connection tracking stateful metainformation' "
+                 "(ct original packets): the per-flow counter this model uses"),
+        actions=(UdpFlowCutoff(after=FLOW_CUTOFF),),
+        truth=(Expect("telegram-calls-flow", "udp_blocked", "udp.cutoff"),
+               Expect("whatsapp-calls-flow", "udp_blocked", "udp.cutoff")),
+        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked"},
+        functions={"telegram": {"messaging": "ok", "calls": "partially_blocked"},
+                   "whatsapp": {"messaging": "ok", "calls": "partially_blocked"}},
+        checks=(
+            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, f"cut {FLOW_CUTOFF}/40"),
+            udp_flow(REFLECTOR, 1400, f"cut {FLOW_CUTOFF}/40", payload="stun"),
+            stun(REFLECTOR, 596, CLIENT_MAPPED),
+            quic("203.0.113.100", "www.baseline.lab.test", "h3 200"),
+            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, "all 40", vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="quic-sni-filter",
+        title="QUIC Initial decrypted and filtered by SNI (Great Firewall, since April 2024)",
+        description="Since 7 April 2024 the Great Firewall decrypts QUIC Initial packets "
+        "(their keys derive from the packet's own connection id), reads the ClientHello's "
+        "server name and drops the flow when the name is blocked. Here the censor drops "
+        "QUIC flows naming Facebook; QUIC to the same address naming another server, and "
+        "Facebook over TCP, pass.",
+        sources=("Zohaib et al., 'Exposing and Circumventing SNI-based QUIC Censorship of the "
+                 "Great Firewall of China', USENIX Security 2025 (gfw.report)",
+                 "RFC 9001 section 5.2: Initial packets are protected with keys derived from "
+                 "the Destination Connection ID, so any on-path observer can read them"),
+        actions=(QuicSniFilter(("www.facebook.lab.test",)),),
+        truth=(Expect("facebook-quic", "quic_blocked", "quic.timeout"),),
+        services={"facebook": "partially_blocked"},
+        functions={"facebook": {"web": "partially_blocked", "messaging": "ok", "calls": "ok"}},
+        network={"udp": "ok"},
+        checks=(
+            quic("203.0.113.41", "www.facebook.lab.test", "timeout"),
+            quic("2001:db8:113::41", "www.facebook.lab.test", "timeout"),
+            quic("203.0.113.41", "www.twitter.lab.test", "h3 200"),
+            quic("203.0.113.51", "www.twitter.lab.test", "h3 200"),
+            tls("203.0.113.41", "www.facebook.lab.test", LAB_ROOT),
+            quic("203.0.113.41", "www.facebook.lab.test", "h3 200", vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="udp-443-drop",
+        title="Every datagram to UDP 443 dropped: no QUIC anywhere (Iran, 2022)",
+        description="During the September 2022 protests Iran's networks dropped QUIC "
+        "(UDP port 443) to every destination; browsers fell back to TCP. Every HTTP/3 "
+        "endpoint, the baseline's included, times out, and so do SimpleX's STUN and TURN "
+        "servers, which listen on UDP 443. STUN on 3478 and every TCP service work: the "
+        "network drops all QUIC, which is a finding about the network, not one service.",
+        sources=("OONI, 'Iran blocks social media, app stores and encrypted DNS amid Mahsa "
+                 "Amini protests' (September 2022)",
+                 "Elmenhorst et al., 'Web Censorship Measurements of HTTP/3 over QUIC', IMC "
+                 "2021 (UDP 443 blocking by port; kelmenhorst/quic-censorship)"),
+        actions=(Udp443Drop(),),
+        truth=(Expect("*-quic", "quic_blocked", "quic.timeout"),
+               Expect("simplex-*", "udp_blocked", "udp.timeout")),
+        services={"baseline": ANY, "facebook": "partially_blocked",
+                  "twitter": "partially_blocked", "simplex": "blocked"},
+        functions={"simplex": {"calls": "blocked"}, "facebook": {"web": "partially_blocked"}},
+        network={"udp": "all_quic_dropped"},
+        checks=(
+            quic("203.0.113.100", "www.baseline.lab.test", "timeout"),
+            quic("203.0.113.41", "www.facebook.lab.test", "timeout"),
+            stun("203.0.113.71", 443, "timeout"),
+            stun("203.0.113.100", 3478, CLIENT_MAPPED),
+            quic("203.0.113.100", "www.baseline.lab.test", "h3 200", vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="stun-forged",
+        title="Forged STUN answers race the call relays' real ones",
+        description="An on-path injector answers each STUN Binding Request to Telegram's "
+        "reflector and WhatsApp's relay with a forged Binding Success (same transaction id, "
+        "a wrong XOR-MAPPED-ADDRESS) ahead of the relay's real answer, which still arrives: "
+        "two different answers to one request, the signature of injection as for DNS. An app "
+        "believes its relay answered and learns a wrong public address. WhatsApp's media "
+        "port (no STUN) is untouched.",
+        sources=("RFC 5389 section 16.1.1: an on-path attacker can forge Binding responses "
+                 "with a wrong mapped address (the threat modelled; no public measurement "
+                 "documents it yet)",
+                 "Anonymous, 'The Collateral Damage of Internet Censorship by DNS Injection', "
+                 "SIGCOMM CCR 2012: the same race, for DNS"),
+        actions=(StunInjection((REFLECTOR, *WHATSAPP_RELAY), (*REFLECTOR_PORTS, 3478),
+                               forged=FORGED_MAPPED),),
+        truth=(Expect("telegram-calls*", "udp_blocked", "udp.injected"),
+               Expect("whatsapp-calls", "udp_blocked", "udp.injected")),
+        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked"},
+        functions={"telegram": {"messaging": "ok", "calls": "blocked"},
+                   "whatsapp": {"messaging": "ok", "calls": "partially_blocked"}},
+        checks=(
+            stun(REFLECTOR, 596, f"injected {FORGED_MAPPED} | {plan.CLIENT_V4}"),
+            stun("203.0.113.25", 3478, f"injected {FORGED_MAPPED} | {plan.CLIENT_V4}"),
+            stun("203.0.113.44", 3478, CLIENT_MAPPED),
+            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, "all 40"),
+            stun(REFLECTOR, 596, CONTROL_MAPPED, vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="udp-icmp-unreachable",
+        title="Call ports rejected with ICMP port unreachable",
+        description="The censor's router rejects datagrams to the call relays' ports with an "
+        "ICMP port unreachable (a firewall's reject rule instead of a silent drop): the "
+        "client's socket reads 'connection refused' at once. Only the control tells it from "
+        "a relay that does not listen.",
+        sources=("RFC 792 and RFC 4443 (destination unreachable, port unreachable); nftables "
+                 "'reject with icmpx type port-unreachable', the default answer of a reject "
+                 "rule in operators' firewalls",
+                 "OONI stunreachability (spec ts-025): connection_refused is among the "
+                 "failures it records for STUN servers"),
+        actions=(UdpReject((REFLECTOR,), REFLECTOR_PORTS), UdpReject(WHATSAPP_RELAY,
+                                                                     WHATSAPP_RELAY_PORTS)),
+        truth=(Expect("telegram-calls*", "udp_blocked", "udp.unreachable"),
+               Expect("whatsapp-calls*", "udp_blocked", "udp.unreachable")),
+        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked"},
+        functions={"telegram": {"messaging": "ok", "calls": "blocked"},
+                   "whatsapp": {"messaging": "ok", "calls": "blocked"}},
+        checks=(
+            stun(REFLECTOR, 597, "refused"),
+            stun("2001:db8:113::25", 3478, "refused"),
+            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, "refused"),
+            stun("203.0.113.44", 3478, CLIENT_MAPPED),
+            stun(REFLECTOR, 597, CONTROL_MAPPED, vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="all-udp-drop",
+        title="No UDP at all but DNS to the ISP's resolver",
+        description="The network carries no UDP except DNS to the ISP's resolver: every "
+        "STUN, TURN, UDP flow and QUIC handshake times out, for every service and for the "
+        "baseline, while everything over TCP works. Calls fail for every app; that is a "
+        "finding about the network ('this network drops all UDP'), not an error.",
+        sources=("Iran's tiered access (2026, net4people/bbs #630) and mobile operators' "
+                 "'TCP only' policies: UDP other than DNS not carried",
+                 "ooni/probe #1677: STUN/TURN cannot be measured by OONI yet, so such "
+                 "networks go unseen"),
+        actions=(AllUdpDrop(),),
+        truth=(Expect("*-quic", "quic_blocked", "quic.timeout"),
+               Expect("*-calls*", "udp_blocked", "udp.timeout"),
+               Expect("*-stun", "udp_blocked", "udp.timeout"),
+               Expect("simplex-turn", "udp_blocked", "udp.timeout"),
+               Expect("signal-sfu", "udp_blocked", "udp.timeout")),
+        services={"baseline": ANY, "telegram": "partially_blocked",
+                  "whatsapp": "partially_blocked", "signal": "partially_blocked",
+                  "facebook": "partially_blocked", "twitter": "partially_blocked",
+                  "simplex": "blocked"},
+        functions={"telegram": {"messaging": "ok", "calls": "blocked"},
+                   "signal": {"messaging": "ok", "calls": "blocked"},
+                   "simplex": {"calls": "blocked"}},
+        network={"udp": "all_udp_dropped", "network_down": False},
+        checks=(
+            stun("203.0.113.100", 3478, "timeout"),
+            quic("203.0.113.100", "www.baseline.lab.test", "timeout"),
+            dns("www.baseline.lab.test", "answer 203.0.113.100"),
+            dns("www.baseline.lab.test", "timeout", resolver=plan.HONEST_RESOLVER),
+            stun("203.0.113.100", 3478, CONTROL_MAPPED, vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="allowlist-mode",
+        title="Allowlist mode: TCP connects everywhere, data only to a few destinations",
+        description="Russian mobile networks since about September 2025: SYN and SYN-ACK "
+        "pass to everyone, but the first data segment is dropped unless the destination is "
+        "allowlisted (domestic services). Here the baseline (a domestic site), the ISP and "
+        "the control helper are allowlisted; everything else connects and then times out "
+        "(the TLS handshake, MTProto, the HTTP request). A connect-only check (WhatsApp's "
+        "chat ports) cannot see it. The network is restricted, not down.",
+        sources=("net4people/bbs #516 and #579 (2025): 'whitelists' on Russian mobile "
+                 "networks, handshakes pass and data does not",
+                 "ARTICLE 19 / Roskomsvoboda reporting on mobile internet 'white lists' in "
+                 "Russian regions (2025)"),
+        actions=(AllowlistMode(ALLOWLIST),),
+        truth=(Expect("telegram-dc*", "protocol_blocked", "protocol.timeout"),
+               Expect("telegram-media", "protocol_blocked", "protocol.timeout"),
+               Expect("news-http", "http_blocked", "http.timeout"),
+               Expect("*-calls*", "ok"), Expect("*-stun", "ok"), Expect("*-quic", "ok"),
+               Expect("signal-sfu", "ok"), Expect("simplex-*", "ok"),
+               Expect("whatsapp-e[12]", "ok"),  # connect only: the handshake passes
+               Expect("baseline-*", "ok"),
+               Expect("*", "tls_blocked", "tls.timeout")),
+        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked",
+                  "signal": "partially_blocked", "facebook": "partially_blocked",
+                  "twitter": "partially_blocked", "news": "blocked"},
+        functions={"telegram": {"messaging": "blocked", "calls": "ok"},
+                   "signal": {"messaging": "blocked"}},
+        network={"restricted": True, "network_down": False},
+        checks=(
+            connect("203.0.113.41", 443, "ok"),
+            tls("203.0.113.41", "www.facebook.lab.test", "timeout"),
+            mtproto("203.0.113.11", 443, "timeout"),
+            http("203.0.113.61", "www.news.lab.test", "timeout"),
+            connect(plan.CONTROL_V4, plan.CONTROL_PORT, "ok"),
+            tls("203.0.113.41", "www.facebook.lab.test", LAB_ROOT, vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="media-dc-blocked",
+        title="Only Telegram's media datacenter blackholed (Russia, February 2026)",
+        description="In February 2026 Russian users could send and read Telegram messages "
+        "while photos and videos stopped loading: the prefix of Telegram's media datacenter "
+        "was blackholed while DC1-DC5 answered. A per-service verdict that is 'ok as soon as "
+        "one datacenter answers' misses it; per function: messaging ok, media blocked.",
+        sources=("telegramdesktop/tdesktop #30274 (2026): media not loading in Russia while "
+                 "messages work",
+                 "ooni/probe #2466: OONI's telegram test is ok if any DC answers, which missed "
+                 "a partial block in Brazil 2023"),
+        actions=(DropTraffic((plan.TELEGRAM_MEDIA_PREFIX,)),),
+        truth=(Expect("telegram-media", "tcp_blocked", "tcp.timeout"),),
+        services={"telegram": "partially_blocked"},
+        functions={"telegram": {"messaging": "ok", "media": "blocked", "calls": "ok"}},
+        checks=(
+            connect(plan.TELEGRAM_MEDIA_DC, 443, "timeout"),
+            connect("203.0.113.11", 443, "ok"),
+            mtproto("203.0.113.12", 443, "answer"),
+            mtproto(plan.TELEGRAM_MEDIA_DC, 443, "answer", vantage="control"),
+        ),
     ),
 )
 

@@ -5,7 +5,11 @@ A scenario's truth is a list of :class:`Expect` rules matched against the
 rule matches must be ``ok`` (with no method). Globs (``fnmatch``) select the
 endpoint id and optionally the address; a port narrows further. Expected
 service statuses work the same way: unlisted services must be ``ok``, ``"*"``
-asserts nothing.
+asserts nothing. Per-function statuses ("telegram: messaging ok, calls
+blocked") are checked only for the services and functions a scenario names,
+against each service row's ``functions`` (``{function: status}``, or a list of
+``{"function", "status"}``); network-wide findings (``{"udp":
+"all_udp_dropped", "restricted": true}``) against the summary's ``network``.
 
 Some conclusions need the control vantage: a timeout or an RST is
 "blocked" only if the control succeeds, and "down" only if it fails the same
@@ -59,7 +63,7 @@ OK = Expect("*", "ok")
 
 @dataclass(frozen=True)
 class Mismatch:
-    what: str  # "endpoint" or "service"
+    what: str  # "endpoint", "service", "function" or "network"
     key: str  # "telegram-dc1 203.0.113.11:443" or "telegram"
     expected: str
     observed: str
@@ -115,6 +119,42 @@ def compare(
                 Mismatch("service", service["id"], wanted, str(service.get("status")), needs)
             )
     return mismatches
+
+
+def _functions(service: Mapping[str, Any]) -> dict[str, str]:
+    value = service.get("functions")
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return {str(item.get("function")): str(item.get("status")) for item in value
+                if isinstance(item, Mapping)}
+    return {}
+
+
+def compare_functions(
+    expected: Mapping[str, Mapping[str, str]], observed_services: Iterable[Mapping[str, Any]],
+) -> list[Mismatch]:
+    """Every named function whose status differs (a missing one reads "not reported")."""
+    observed = {str(s.get("id")): _functions(s) for s in observed_services}
+    mismatches = []
+    for service, functions in expected.items():
+        for function, status in functions.items():
+            got = observed.get(service, {}).get(function, "not reported")
+            if status != ANY and got != status:
+                mismatches.append(Mismatch("function", f"{service} {function}", status, got,
+                                           status not in ("ok", "inconclusive")))
+    return mismatches
+
+
+def compare_network(
+    expected: Mapping[str, Any], observed: Mapping[str, Any] | None,
+) -> list[Mismatch]:
+    """Every expected network-wide finding the summary does not state."""
+    observed = observed or {}
+    return [
+        Mismatch("network", key, str(value), str(observed.get(key, "not reported")), True)
+        for key, value in expected.items() if observed.get(key) != value
+    ]
 
 
 def confusion(

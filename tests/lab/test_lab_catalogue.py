@@ -23,14 +23,22 @@ from probe.lab.scenarios import SCENARIOS, self_checks
 from probe.lab.truth import ANY, Expect, compare, expectation
 
 VERDICTS = {"ok", "dns_blocked", "tcp_blocked", "tls_blocked", "http_blocked",
-            "protocol_blocked", "throttled", "down", "inconclusive"}
+            "protocol_blocked", "udp_blocked", "quic_blocked", "throttled", "down",
+            "inconclusive"}
 METHODS = {"dns.nxdomain", "dns.bogon", "dns.injected", "dns.inconsistent", "dns.timeout",
            "dns.servfail", "tcp.timeout", "tcp.reset", "tcp.refused", "tls.reset", "tls.timeout",
            "tls.eof", "tls.mitm", "http.blockpage", "http.reset", "http.timeout",
            "protocol.timeout", "protocol.invalid", "throttle",
            "dns.blockpage",  # a CNAME to a known blockpage host
            # ICMP rejects, resolver error codes, forged TLS alerts
-           "tcp.prohibited", "dns.refused", "dns.no_answer", "tls.alert"}
+           "tcp.prohibited", "dns.refused", "dns.no_answer", "tls.alert",
+           # calls, UDP flows and QUIC
+           "udp.timeout", "udp.cutoff", "udp.injected", "udp.unreachable", "udp.prohibited",
+           "udp.invalid", "quic.timeout", "quic.handshake", "quic.version", "quic.mitm",
+           "quic.reset", "quic.unreachable", "quic.http"}
+FUNCTIONS = {"messaging", "media", "calls", "registration", "web", "status"}
+NETWORK_FINDINGS = {"udp": {"ok", "all_udp_dropped", "all_quic_dropped", "unknown"},
+                    "restricted": {True, False}, "network_down": {True, False}}
 SERVICE_STATUSES = {"ok", "blocked", "partially_blocked", "down", "inconclusive", ANY}
 
 
@@ -121,6 +129,15 @@ def test_every_scenario_is_well_formed(lab_endpoints):
             assert any(fnmatchcase(i, rule.endpoint) for i in ids), (scenario.name, rule)
         for service, status in scenario.services.items():
             assert service in plan.SERVICES and status in SERVICE_STATUSES, scenario.name
+        functions_of = {}
+        for endpoint in lab_endpoints:
+            functions_of.setdefault(endpoint["service"], set()).add(endpoint["function"])
+        for service, functions in scenario.functions.items():
+            for function, status in functions.items():
+                assert function in FUNCTIONS & functions_of[service], (scenario.name, function)
+                assert status in SERVICE_STATUSES, (scenario.name, service, function)
+        for key, value in scenario.network.items():
+            assert value in NETWORK_FINDINGS[key], (scenario.name, key, value)
 
 
 def test_server_configurations_are_accepted_by_the_servers(lab_directory, tmp_path):
