@@ -90,7 +90,8 @@ def evaluate(scenario: Scenario, result: dict) -> list[Mismatch]:
     services = result.get("services", [])
     return (compare(scenario.truth, result.get("endpoints", []), scenario.services, services)
             + compare_functions(scenario.functions, services)
-            + compare_network(scenario.network, result.get("network")))
+            + compare_network(scenario.network, {**(result.get("network") or {}),
+                                                 "network_down": result.get("network_down")}))
 
 
 def run_scenario(lab: Lab, scenario: Scenario, out_root: Path, with_probe: bool = True,

@@ -65,3 +65,12 @@ def netfilterqueue_missing() -> bool:
     except ImportError:
         return True
     return False
+
+
+QUEUEING_ACTIONS = {"DnsInjection", "QuicSniFilter", "StunInjection"}  # NFQUEUE processes
+
+
+def needs_missing_netfilterqueue(scenario) -> bool:
+    """Whether ``scenario`` runs an NFQUEUE process and NetfilterQueue is missing."""
+    uses_queue = any(type(a).__name__ in QUEUEING_ACTIONS for a in scenario.actions)
+    return uses_queue and netfilterqueue_missing()

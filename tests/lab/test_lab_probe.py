@@ -22,7 +22,7 @@ from probe.lab.demo import ProbeUnavailable, evaluate, run_probe
 from probe.lab.scenarios import SCENARIOS, get
 from probe.lab.truth import confusion, verdict_pairs
 
-from .conftest import netfilterqueue_missing
+from .conftest import needs_missing_netfilterqueue
 
 pytestmark = pytest.mark.lab
 
@@ -45,9 +45,8 @@ def test_probe_reaches_the_ground_truth(clean_lab, tmp_path, name):
     if not _probe_importable():
         pytest.skip("probe run not available yet")
     scenario = get(name)
-    if any(type(a).__name__ == "DnsInjection" for a in scenario.actions) and \
-            netfilterqueue_missing():
-        pytest.skip("the DNS injector needs NetfilterQueue (pip install NetfilterQueue)")
+    if needs_missing_netfilterqueue(scenario):
+        pytest.skip("its NFQUEUE process needs NetfilterQueue (pip install NetfilterQueue)")
     clean_lab.apply(scenario)
     control = clean_lab.control_url()
     assert control is not None, "the lab's control helper is not running"

@@ -11,7 +11,7 @@ from probe.lab import plan, processes, topology
 from probe.lab.scenarios import SCENARIOS, get
 from probe.lab.selftest import run_checks, selftest
 
-from .conftest import netfilterqueue_missing
+from .conftest import needs_missing_netfilterqueue
 
 pytestmark = pytest.mark.lab
 
@@ -19,9 +19,8 @@ pytestmark = pytest.mark.lab
 @pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
 def test_scenario_selftest(clean_lab, name):
     scenario = get(name)
-    if any(type(a).__name__ == "DnsInjection" for a in scenario.actions) and \
-            netfilterqueue_missing():
-        pytest.skip("the DNS injector needs NetfilterQueue (pip install NetfilterQueue)")
+    if needs_missing_netfilterqueue(scenario):
+        pytest.skip("its NFQUEUE process needs NetfilterQueue (pip install NetfilterQueue)")
     clean_lab.apply(scenario)
     assert clean_lab.current_scenario() == name
     results = selftest(scenario)
@@ -33,7 +32,9 @@ def test_reset_reverts_every_scenario_completely(clean_lab):
     """Apply the scenarios that leave the most state, reset, and look for any trace."""
     for name in ("tls-mitm", "throttle", "service-down", "endpoint-down", "client-offline",
                  "ipv6-no-route", "http-blockpage", "dns-nxdomain", "throttle-sni-late",
-                 "dns-cname-blockpage", "mtproto-dpi", "dns-blockpage-https", "dns-lossy-link"):
+                 "dns-cname-blockpage", "mtproto-dpi", "dns-blockpage-https", "dns-lossy-link",
+                 "quic-sni-filter", "stun-forged", "udp-flow-cutoff", "allowlist-mode",
+                 "all-udp-drop"):
         clean_lab.apply(name)
     clean_lab.reset()
     assert clean_lab.censor_rules() == ""
