@@ -56,6 +56,9 @@ UDP_FLOW_CUTOFF = "udp_flow_cutoff"
 STUN_INJECTED = "stun_injected_response"
 STUN_INVALID_RESPONSE = "stun_invalid_response"  # bytes that are not our transaction's answer
 TURN_NO_CHALLENGE = "turn_no_challenge"  # an Allocate answered without 401 + REALM + NONCE
+# An echo service answered the flow with bytes it was never sent (a middlebox
+# answering for it, a port that is not an echo). Test: tests/test_stun.py.
+UDP_INVALID_RESPONSE = "udp_invalid_response"
 # ours: QUIC (probe.net.quic, over aioquic)
 QUIC_VERSION_NEGOTIATION = "quic_version_negotiation"  # the server offered no version we speak
 QUIC_CONNECTION_CLOSED = "quic_connection_closed"  # CONNECTION_CLOSE with a transport error
