@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 from servers import LOOPBACK, LOOPBACK6, TEST_LIMITS, running
-from test_udp import closed_port, silent_port
+from udp_ports import closed_udp_port as closed_port
+from udp_ports import silent_udp_port as silent_port
 
 from probe.certificates import verify_chain
 from probe.lab.servers.quic import QuicHttpServer

@@ -9,13 +9,12 @@ without a challenge, and a flow cut after N datagrams.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from servers import LOOPBACK, LOOPBACK6, TEST_LIMITS, running
+from udp_ports import closed_udp_port as closed_port
+from udp_ports import silent_udp_port as silent_port
 
 from probe import stun
 from probe.lab.servers.stun import StunServer
@@ -26,26 +25,6 @@ from probe.net.network import UdpRequest, UdpResult
 
 def exchange(request: UdpRequest, timeout: float = 2.0) -> UdpResult:
     return asyncio.run(LiveNetwork().udp_exchange(request, timeout))
-
-
-@contextlib.contextmanager
-def silent_port(host: str = LOOPBACK) -> Iterator[int]:
-    """A bound UDP socket nobody reads: datagrams vanish, no ICMP comes back."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        yield sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def closed_port(host: str = LOOPBACK) -> Iterator[int]:
-    """A UDP port nobody listens on (bound then closed): the kernel answers ICMP
-    port unreachable. A race with another process taking it is harmless here."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
-    yield port
 
 
 @pytest.mark.parametrize("host", [LOOPBACK, LOOPBACK6])
