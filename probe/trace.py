@@ -40,8 +40,12 @@ from probe.net.network import (
     MtprotoRequest,
     MtprotoResult,
     Network,
+    QuicRequest,
+    QuicResult,
     TlsRequest,
     TlsResult,
+    UdpRequest,
+    UdpResult,
     from_json,
     to_json,
 )
@@ -60,6 +64,8 @@ RESULT_TYPES: dict[str, type] = {
     "tls_handshake": TlsResult,
     "http_request": HttpResult,
     "mtproto_exchange": MtprotoResult,
+    "udp_exchange": UdpResult,
+    "quic_exchange": QuicResult,
     "control_call": ControlResult,
 }
 REQUEST_TYPES: dict[str, type | None] = {
@@ -69,6 +75,8 @@ REQUEST_TYPES: dict[str, type | None] = {
     "tls_handshake": TlsRequest,
     "http_request": HttpRequest,
     "mtproto_exchange": MtprotoRequest,
+    "udp_exchange": UdpRequest,
+    "quic_exchange": QuicRequest,
     "control_call": ControlRequest,
 }
 
@@ -396,6 +404,18 @@ class RecordingNetwork:
         t0 = self.inner.clock()
         result = await self.inner.mtproto_exchange(request, timeout)
         self._record("mtproto_exchange", t0, {"timeout": timeout}, to_json(request), result)
+        return result
+
+    async def udp_exchange(self, request: UdpRequest, timeout: float) -> UdpResult:
+        t0 = self.inner.clock()
+        result = await self.inner.udp_exchange(request, timeout)
+        self._record("udp_exchange", t0, {"timeout": timeout}, to_json(request), result)
+        return result
+
+    async def quic_exchange(self, request: QuicRequest, timeout: float) -> QuicResult:
+        t0 = self.inner.clock()
+        result = await self.inner.quic_exchange(request, timeout)
+        self._record("quic_exchange", t0, {"timeout": timeout}, to_json(request), result)
         return result
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:

@@ -27,7 +27,7 @@ from probe.lab.servers.http import HttpServer, HttpSite
 from probe.lab.servers.https import HttpsServer
 from probe.lab.servers.mitm import MitmProxy
 from probe.lab.servers.mtproto import MtprotoServer
-from probe.lab.servers.quic import QuicHttpServer
+from probe.lab.servers.quic import RESPONSES, QuicHttpServer
 from probe.lab.servers.stream import Limits, Server
 from probe.lab.servers.stun import TURN_MODES, StunServer
 from probe.lab.servers.tcp import TcpServer
@@ -180,7 +180,10 @@ def _stun(
 def _quic(
     spec: dict[str, Any], listen: list[Any], limits: Limits, where: str, base: Path
 ) -> Server:
-    _check_keys(spec, {"certificate", "title", "body_size"}, where)
+    _check_keys(spec, {"certificate", "title", "body_size", "respond"}, where)
+    respond = optional(spec, "respond", str, where, "answer")
+    if respond not in RESPONSES:
+        raise ConfigError(f"{where}.respond: {respond!r} is not one of {list(RESPONSES)}")
     body_size = optional(spec, "body_size", int, where)
     if body_size is not None and body_size < 0:
         raise ConfigError(f"{where}.body_size: must be >= 0")
@@ -189,6 +192,7 @@ def _quic(
         _key_pair(require(spec, "certificate", dict, where), f"{where}.certificate", base),
         title=optional(spec, "title", str, where, "HTTP/3 works"),
         body_size=body_size,
+        respond=respond,
         limits=limits,
     )
 

@@ -3,9 +3,11 @@
 It completes a QUIC handshake (ALPN ``h3``) with one certificate, given as
 files or PEM, and answers every GET with a small HTML page, or with
 ``body_size`` bytes for a transfer. A server given a leaf from another root is
-the "wrong certificate" server. It speaks QUIC only: no HTTP/1 fallback, no
-0-RTT, no Retry. Connections are bounded: at most ``limits.max_connections``
-at once (more are closed at once), each closed when idle ``limits.idle_timeout``.
+the "wrong certificate" server; ``respond`` makes it reset every request
+stream (``reset``) or answer without a ``:status`` (``no_status``). It speaks
+QUIC only: no HTTP/1 fallback, no 0-RTT, no Retry. Connections are bounded:
+at most ``limits.max_connections`` at once (more are closed at once), each
+closed when idle ``limits.idle_timeout``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from probe.lab.pki import KeyPair
 from probe.lab.servers.stream import Endpoint, Limits, bind_socket
 
 MAX_BODY = 64 << 20
+RESPONSES = ("answer", "reset", "no_status")
 
 
 def page(title: str) -> bytes:
@@ -84,14 +87,21 @@ class _H3Protocol(QuicConnectionProtocol):
             return
         self.requests += 1
         self.server.requests += 1
+        if self.server.respond == "reset":
+            # A server (or a gateway in front of it) refusing the request: RESET_STREAM
+            # with H3_REQUEST_REJECTED (RFC 9114 section 8.1).
+            self._quic.reset_stream(event.stream_id, 0x10B)
+            self.transmit()
+            return
         headers = dict(event.headers)
         method = headers.get(b":method", b"")
         body = self.server.body if method == b"GET" else b""
         status = b"200" if method == b"GET" else b"405"
+        pseudo = [] if self.server.respond == "no_status" else [(b":status", status)]
         self.http.send_headers(
             event.stream_id,
             [
-                (b":status", status),
+                *pseudo,
                 (b"server", b"probe-lab-h3"),
                 (b"content-type", b"text/html" if self.server.body_size is None
                  else b"application/octet-stream"),
@@ -114,12 +124,16 @@ class QuicHttpServer:
         *,
         title: str = "HTTP/3 works",
         body_size: int | None = None,
+        respond: str = "answer",
         limits: Limits | None = None,
     ) -> None:
         if not listen:
             raise ValueError("quic server: nothing to listen on")
         if body_size is not None and not 0 <= body_size <= MAX_BODY:
             raise ValueError(f"body_size must be between 0 and {MAX_BODY}")
+        if respond not in RESPONSES:
+            raise ValueError(f"respond must be one of {RESPONSES}, not {respond!r}")
+        self.respond = respond
         self.listen = [(host, int(port)) for host, port in listen]
         self.limits = limits or Limits()
         self.configuration = quic_configuration(certificate, self.limits.idle_timeout)
