@@ -34,6 +34,17 @@ The rules, in the order they are applied to one endpoint:
    volunteer's network is down (every baseline endpoint and the control
    unreachable) every failure is ``inconclusive``.
 
+5. UDP endpoints (ports are UDP ports) follow rule 2: each STUN, TURN and udp-flow
+   check is compared with the control's same check (``udp_blocked``), the QUIC
+   handshake, certificate and HTTP/3 request with the control's (``quic_blocked``).
+   Two different answers to one STUN transaction are conclusive alone
+   (``udp.injected``, as ``dns.injected``); a flow answered and then cut
+   (``udp.cutoff``) is blocking only next to the control's flow answered to its end.
+6. The network as a whole (``network_findings``): whether it drops every UDP flow
+   or every QUIC handshake (blocking rows then say so: calls fail for every app,
+   not only this one), and whether it is in allowlist mode (TCP opens everywhere,
+   data passes to a few destinations), which is a restricted network, not a down one.
+
 A control that is missing or itself failing can only make a verdict
 ``inconclusive`` or ``down``, never turn a failure into ``ok`` nor a success
 into ``blocked``.
@@ -501,7 +512,7 @@ def dns_verdict(
         return DnsDecision(DOWN, method, failure,
                 "The name does not resolve from the control either: the service looks down "
                 "or the name is stale, not blocked.")
-    if not control_resolves:
+    if not control_resolves or control is None:
         return None
     for view, answers in answer_views(observation):
         if answers and not (set(answers) & set(control_answers)) and _unproven_answers(
@@ -572,8 +583,8 @@ def _unproven_answers(
     own_side = [p for p in control.ports if p.address in control_answers and p.connect]
     unreachable_forgery = (
         bool(probe_side)
-        and all(p.connect.failure is not None for p in probe_side)
-        and any(p.connect.failure is None for p in own_side)
+        and all(p.connect is not None and p.connect.failure is not None for p in probe_side)
+        and any(p.connect is not None and p.connect.failure is None for p in own_side)
     )
     return not validated and (
         checkable or unreachable_forgery or _serves_another_page(ports, own_side)
@@ -812,7 +823,7 @@ def port_verdict(
             return row(HTTP_BLOCKED, "http.blockpage", evidence)
     throttle = throttling(port, control_port, context)
     if throttle is not None:
-        return row(THROTTLED, "throttle", throttle)
+        return row(THROTTLED, Step.THROTTLE.value, throttle)
     return row(OK, None, "Every step worked.")
 
 
