@@ -1018,7 +1018,7 @@ def network_down(
     uplink down) or when connects found no route at all (the client's own link).
     Nor is a network where TCP connections to the baseline open: allowlist mode
     (Russian mobile networks, 2025) completes every handshake and drops the data
-    that follows to all but a list of destinations (``RestrictionEvidence``)."""
+    that follows to all but a list of destinations (``NetworkEvidence``)."""
     if control_available:
         return False
     baseline = list(baseline)
@@ -1083,12 +1083,15 @@ _DATA_STAGES = ("tls_handshake", "mtproto", "http_transaction")
 
 
 @dataclass
-class RestrictionEvidence:
-    """TCP destinations seen so far, for allowlist mode (``network_findings``): how
-    many opened, and of those how many passed their first data exchange (TLS
-    handshake, MTProto, HTTP) or timed out on it, and whether the control's same
-    exchange worked. Counted per address; a run analysed in batches adds each
-    batch (with the control's observations of it) and keeps no observation."""
+class NetworkEvidence:
+    """What the run's destinations said so far about the network as a whole, for
+    ``network_findings``. For allowlist mode: the TCP destinations that opened,
+    and of those the ones that passed their first data exchange (TLS handshake,
+    MTProto, HTTP) or timed out on it, and whether the control's same exchange
+    worked. For UDP: the destinations where any UDP datagram or QUIC handshake
+    was answered (UDP passing anywhere means the network does not drop it all).
+    Counted per address; a run analysed in batches adds each batch (with the
+    control's observations of it) and keeps no observation."""
 
     attempted: set[str] = dataclasses.field(default_factory=set)
     connected: set[str] = dataclasses.field(default_factory=set)
@@ -1097,6 +1100,8 @@ class RestrictionEvidence:
     control_passed: set[str] = dataclasses.field(default_factory=set)  # of the silent ones
     control_silent: set[str] = dataclasses.field(default_factory=set)
     baseline_silent: set[str] = dataclasses.field(default_factory=set)
+    udp_answered: set[str] = dataclasses.field(default_factory=set)
+    quic_worked: set[str] = dataclasses.field(default_factory=set)
 
     def add(
         self,
@@ -1107,6 +1112,12 @@ class RestrictionEvidence:
         for observation in observations:
             control_observation = control.get(observation.endpoint_id) if control else None
             for port in observation.ports:
+                if any(_udp_answered(check) for check in port.udp):
+                    self.udp_answered.add(port.address)
+                if port.quic is not None and port.quic.packets_received:
+                    self.udp_answered.add(port.address)
+                    if port.quic.failed_phase != "handshake":
+                        self.quic_worked.add(port.address)
                 if port.connect is None or port.connect.failure in failures.LOCAL:
                     continue
                 self.attempted.add(port.address)
@@ -1171,15 +1182,16 @@ def network_findings(
     baseline: Iterable[EndpointObservation],
     control: Mapping[str, EndpointObservation] | None,
     reference: Iterable[UdpCheck] = (),
-    restriction: RestrictionEvidence | None = None,
+    evidence: NetworkEvidence | None = None,
 ) -> NetworkFindings:
     """What the run learned about the volunteer's network as a whole.
 
     ``baseline``: the baseline service's observations (TCP and UDP endpoints);
     ``control``: the control's observations by endpoint id (None: no control);
     ``reference``: UDP flows to the control helper's own echo service (it answered
-    the control call, so it is up); ``restriction``: every TCP destination of the
-    run (``RestrictionEvidence``).
+    the control call, so it is up); ``evidence``: every destination of the run
+    (``NetworkEvidence``): any UDP answer or QUIC handshake anywhere means the
+    network does not drop them all.
 
     UDP: every baseline STUN/UDP flow and reference flow unanswered while a baseline
     TCP/TLS measurement worked is ``all_udp_dropped`` (Iran and mobile networks have
@@ -1207,13 +1219,16 @@ def network_findings(
             if port.quic is not None and port.quic.failure not in failures.LOCAL:
                 quic.append((port.quic, None if control_port is None
                              else step_succeeded(control_port, "quic_handshake")))
-    answered = [c for c, _ in flows if _udp_answered(c)]
+    answered = any(_udp_answered(c) for c, _ in flows) or bool(evidence and evidence.udp_answered)
+    quic_worked = bool(evidence and evidence.quic_worked)
     udp = UdpNetwork.UNKNOWN
     if answered:
         # a handshake the control could not do either is a dead server, not a policy
         failed = [theirs for q, theirs in quic
                   if q.failure is not None and q.failed_phase != "http"]
-        if quic and len(failed) == len(quic) and any(theirs is not False for theirs in failed):
+        if quic and not quic_worked and len(failed) == len(quic) and any(
+            theirs is not False for theirs in failed
+        ):
             udp, words = UdpNetwork.ALL_QUIC_DROPPED, (
                 "UDP passes, but no QUIC handshake does: this network drops QUIC "
                 "(browsers and apps fall back to TCP where they can).")
@@ -1223,10 +1238,10 @@ def network_findings(
     elif flows and tcp_works:
         # unanswered flows the control got answered (or to the helper itself); with
         # no control, two destinations unanswered at once
-        evidence = [c for c, theirs in flows if theirs is True]
+        confirmed = [c for c, theirs in flows if theirs is True]
         unknown = [c for c, theirs in flows if theirs is None]
         destinations = {c.result.request.address for c in unknown}
-        if evidence or (control is None and len(destinations) >= 2):
+        if confirmed or (control is None and len(destinations) >= 2):
             udp, words = UdpNetwork.ALL_UDP_DROPPED, (
                 f"No UDP flow was answered ({len(flows)} tried) while TCP works: this "
                 "network drops all UDP, so calls fail for every app here, not only for "
@@ -1239,8 +1254,8 @@ def network_findings(
     else:
         words = "No reference UDP flow was measured."
     restricted = None
-    if restriction is not None:
-        restricted = restriction.restricted(control is not None)
+    if evidence is not None:
+        restricted = evidence.restricted(control is not None)
     explanation = words if restricted is None else f"{restricted} {words}"
     return NetworkFindings(udp=udp.value, restricted=restricted is not None,
                            explanation=explanation)

@@ -371,7 +371,7 @@ def silent_tls(address: str) -> PortObservation:
     return tls_port(address, handshake=F.GENERIC_TIMEOUT)
 
 
-def allowlist(evidence: analysis.RestrictionEvidence, control=True, domestic=1, foreign=5):
+def allowlist(evidence: analysis.NetworkEvidence, control=True, domestic=1, foreign=5):
     base = observe([silent_tls("203.0.113.1")], GOOD_DNS, endpoint="base-web")
     services = [observe([silent_tls(f"203.0.113.{10 + i}")], GOOD_DNS, endpoint=f"f{i}")
                 for i in range(foreign)]
@@ -388,9 +388,9 @@ def allowlist(evidence: analysis.RestrictionEvidence, control=True, domestic=1, 
 
 
 def test_allowlist_mode_is_a_restricted_network_not_a_down_one():
-    evidence = analysis.RestrictionEvidence()
+    evidence = analysis.NetworkEvidence()
     base, services, control_map = allowlist(evidence)
-    findings = analysis.network_findings([base], control_map, restriction=evidence)
+    findings = analysis.network_findings([base], control_map, evidence=evidence)
     assert findings.restricted
     assert findings.explanation.startswith(
         "TCP connections open everywhere (7 of 7 destinations), but data passes to only 1 "
@@ -403,20 +403,20 @@ def test_allowlist_mode_is_a_restricted_network_not_a_down_one():
 
 
 def test_allowlist_mode_without_a_control_needs_some_destination_to_pass():
-    evidence = analysis.RestrictionEvidence()
+    evidence = analysis.NetworkEvidence()
     base, _, _ = allowlist(evidence, control=False)
-    assert analysis.network_findings([base], None, restriction=evidence).restricted
-    nothing_passes = analysis.RestrictionEvidence()
+    assert analysis.network_findings([base], None, evidence=evidence).restricted
+    nothing_passes = analysis.NetworkEvidence()
     base, _, _ = allowlist(nothing_passes, control=False, domestic=0)
-    assert not analysis.network_findings([base], None, restriction=nothing_passes).restricted
+    assert not analysis.network_findings([base], None, evidence=nothing_passes).restricted
 
 
 def test_a_few_silent_servers_are_not_an_allowlist():
-    evidence = analysis.RestrictionEvidence()
+    evidence = analysis.NetworkEvidence()
     base, _, control_map = allowlist(evidence, domestic=5, foreign=2)
-    assert not analysis.network_findings([base], control_map, restriction=evidence).restricted
+    assert not analysis.network_findings([base], control_map, evidence=evidence).restricted
     # the baseline passing: a censor blocking many services, not an allowlist
-    evidence = analysis.RestrictionEvidence()
+    evidence = analysis.NetworkEvidence()
     evidence.add([GOOD], {"ep": GOOD}, baseline=True)
     foreign = [observe([silent_tls(f"203.0.113.{10 + i}")], GOOD_DNS, endpoint=f"f{i}")
                for i in range(6)]
@@ -428,7 +428,7 @@ def test_a_few_silent_servers_are_not_an_allowlist():
 
 
 def test_allowlist_needs_the_control_to_pass_where_we_time_out():
-    evidence = analysis.RestrictionEvidence()
+    evidence = analysis.NetworkEvidence()
     base = observe([silent_tls("203.0.113.1")], GOOD_DNS, endpoint="base-web")
     foreign = [observe([silent_tls(f"203.0.113.{10 + i}")], GOOD_DNS, endpoint=f"f{i}")
                for i in range(5)]
@@ -439,7 +439,7 @@ def test_allowlist_needs_the_control_to_pass_where_we_time_out():
 
 
 def test_connects_failing_is_not_an_allowlist():
-    evidence = analysis.RestrictionEvidence()
+    evidence = analysis.NetworkEvidence()
     evidence.add([observe([tls_port(f"203.0.113.{i}", connect_failure=F.GENERIC_TIMEOUT)],
                           GOOD_DNS, endpoint=f"e{i}") for i in range(1, 6)], None,
                  baseline=True)
@@ -450,3 +450,18 @@ def test_a_loopback_connect_is_no_proof_the_network_is_up():
     local = observe([tls_port("127.0.0.1", handshake=F.GENERIC_TIMEOUT)],
                     (), addresses=("127.0.0.1",))
     assert analysis.network_down([local], control_available=False)
+
+
+def test_udp_answered_by_any_service_means_udp_is_not_all_dropped():
+    evidence = analysis.NetworkEvidence()
+    service = observe([OK_STUN], host=RELAY, addresses=(RELAY,), endpoint="svc-stun")
+    evidence.add([service], None)
+    findings = analysis.network_findings(baseline(TIMEOUT_STUN), control_of(OK_STUN),
+                                         evidence=evidence)
+    assert findings.udp == UdpNetwork.OK
+    # a QUIC handshake that worked anywhere: QUIC is not dropped wholesale
+    evidence.add([observe([quic(address="203.0.113.31")], endpoint="svc-h3")], None)
+    findings = analysis.network_findings(baseline(OK_STUN, quic(F.GENERIC_TIMEOUT)),
+                                         control_of(OK_STUN, quic()), evidence=evidence)
+    assert findings.udp == UdpNetwork.OK
+    assert evidence.quic_worked == {"203.0.113.31"}
