@@ -67,6 +67,31 @@ REFLECTOR_PORTS = frozenset({
 })
 
 WILDCARDS = ("", "0.0.0.0", "::")
+MAX_ECHO_PORTS = 8  # what one baseline endpoint can hold (probe.control.protocol.MAX_PORTS)
+
+
+def parse_ports(values: Sequence[str]) -> tuple[int, ...]:
+    """``--udp-echo`` values: ports, comma lists and ranges ("3478", "443,596-599").
+
+    Raises ValueError with a sentence for the user on anything else."""
+    ports: list[int] = []
+    for value in values:
+        for part in str(value).replace(" ", ",").split(","):
+            if not part:
+                continue
+            first, _, last = part.partition("-")
+            try:
+                low, high = int(first), int(last or first)
+            except ValueError:
+                raise ValueError(f"{part!r} is not a port or a range of ports") from None
+            if not 0 < low <= high < 65536:
+                raise ValueError(f"{part!r}: ports go from 1 to 65535")
+            if high - low >= MAX_ECHO_PORTS:
+                raise ValueError(f"{part!r}: at most {MAX_ECHO_PORTS} ports")
+            ports.extend(p for p in range(low, high + 1) if p not in ports)
+    if len(ports) > MAX_ECHO_PORTS:
+        raise ValueError(f"at most {MAX_ECHO_PORTS} UDP echo ports, got {len(ports)}")
+    return tuple(ports)
 
 
 @dataclass(frozen=True)

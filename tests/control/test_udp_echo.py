@@ -19,7 +19,7 @@ import time
 import pytest
 from servers import running
 
-from probe.control.udp_echo import EchoLimits, EchoPolicy, UdpEcho, source_key
+from probe.control.udp_echo import EchoLimits, EchoPolicy, UdpEcho, parse_ports, source_key
 
 V4 = "127.0.0.1"
 V6 = "::1"
@@ -220,3 +220,12 @@ def test_sources_are_limited_by_address_and_by_ipv6_prefix():
     assert source_key("::ffff:198.51.100.1") == source_key("198.51.100.1")
     assert source_key("198.51.100.1") != source_key("198.51.100.2")
     assert source_key("::1") != source_key("0.0.0.1")  # no family collides with the other
+
+
+def test_udp_echo_ports_as_the_command_line_gives_them():
+    assert parse_ports(["3478", "443,596-599", "1400", "443"]) == (3478, 443, 596, 597, 598, 599,
+                                                                  1400)
+    for bad, reason in (["0"], "1 to 65535"), (["70000"], "1 to 65535"), (["x"], "not a port"), \
+            (["1-100"], "at most 8"), (["1,2,3,4,5,6,7,8,9"], "at most 8"), (["9-3"], "1 to"):
+        with pytest.raises(ValueError, match=reason):
+            parse_ports(bad)
