@@ -42,3 +42,8 @@ class TokenBucket:
             return False
         self.tokens -= cost
         return True
+
+    def give_back(self, amount: float) -> None:
+        """Return tokens taken for a worst case that did not happen (never above ``burst``)."""
+        self._refill()
+        self.tokens = min(self.burst, self.tokens + max(0.0, amount))

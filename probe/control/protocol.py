@@ -44,7 +44,7 @@ MAX_PEM = 64 * 1024
 MAX_FLOW_DATAGRAMS = 100  # one `udp` flow; the probe's default is 50
 MIN_INTERVAL = 0.02  # 50 datagrams/s per flow: a voice call's 20 ms packetisation
 MAX_INTERVAL = 5.0
-MAX_REQUEST_DATAGRAMS = 3000  # worst case over one request (see udp_datagrams)
+MAX_REQUEST_DATAGRAMS = 10_000  # worst case over one request (see udp_datagrams)
 # A Binding Request (or an Allocate) is sent at most 7 times (RFC 5389 7.2.1, Rc = 7).
 STUN_TRANSMISSIONS = 7
 # A QUIC handshake and one HTTP/3 GET: Initials (padded to 1200 bytes, RFC 9000
@@ -148,6 +148,37 @@ def _number(data: dict, key: str, kind: type | tuple[type, ...]) -> Any:
             isinstance(value, float) and not math.isfinite(value)):
         raise ProtocolError(f"field {key!r} must be a {'whole ' if kind is int else ''}number")
     return value
+
+
+def datagrams_sent(observations: dict[str, EndpointObservation]) -> int:
+    """The datagrams a measurement sent (a QUIC handshake counted as ``QUIC_DATAGRAMS``)."""
+    sent = 0
+    for observation in observations.values():
+        for port in observation.ports:
+            sent += sum(len(check.result.sent) for check in port.udp)
+            sent += QUIC_DATAGRAMS if port.quic is not None else 0
+    return sent
+
+
+def split_by_cost(
+    items: list[ControlEndpoint], limit: int = MAX_REQUEST_DATAGRAMS
+) -> list[list[ControlEndpoint]]:
+    """``items`` in order, cut into requests whose UDP cost is at most ``limit`` each
+    (and at most ``MAX_ENDPOINTS`` endpoints); an endpoint costing more alone is
+    a request of its own, which the helper refuses (413) without failing the others."""
+    requests: list[list[ControlEndpoint]] = []
+    current: list[ControlEndpoint] = []
+    cost = 0
+    for item in items:
+        one = udp_datagrams(item.endpoint)
+        if current and (cost + one > limit or len(current) >= MAX_ENDPOINTS):
+            requests.append(current)
+            current, cost = [], 0
+        current.append(item)
+        cost += one
+    if current:
+        requests.append(current)
+    return requests
 
 
 def _udp_fields(data: dict) -> dict[str, Any]:

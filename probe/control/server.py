@@ -43,11 +43,13 @@ DEFAULT_MAX_CONCURRENT = 4
 # Longest wait for a request body: a client trickling it byte by byte (slowloris)
 # gets 408 instead of holding a handler, and never holds a measurement slot.
 BODY_TIMEOUT = 10.0
-# Datagrams all UDP checks together may send (counted for the worst case, see
-# protocol.udp_datagrams): 100/s sustained, about a minute's worth at once. A
-# request over what is left gets 429: the helper must not be a flood on demand.
+# Datagrams all UDP checks together may send: 100/s sustained, 20,000 at once.
+# A request reserves its worst case (protocol.udp_datagrams, at most 10,000) and
+# gets 429 when that is more than what is left: the helper must not be a flood
+# on demand. A probe's run costs far less than its worst case (a STUN answer on
+# the first try is one datagram, not seven), and is charged only what it sent.
 UDP_BUDGET_PER_SECOND = 100.0
-UDP_BUDGET_BURST = 6000
+UDP_BUDGET_BURST = 20_000
 
 
 class ControlHelper:
@@ -130,11 +132,15 @@ class ControlHelper:
             return web.json_response({"error": str(exc)[:300]}, status=400)
         if self._busy >= self.max_concurrent:  # others started while this body arrived
             return web.json_response({"error": "busy, retry later"}, status=503)
-        if query.udp_datagrams and not self.udp_budget.take(query.udp_datagrams):
+        # The request's worst case is reserved while it runs; what it did not send
+        # is given back after, so a probe is charged for its real datagrams
+        reserved = query.udp_datagrams
+        if reserved and not self.udp_budget.take(reserved):
             return web.json_response(
                 {"error": "this helper's budget of UDP datagrams is spent, retry later"},
                 status=429, headers={"Retry-After": "60"})
         self._busy += 1
+        observations: dict | None = None
         try:
             items, timeout = query.items, query.timeout
             timeout = min(timeout, self.max_timeout)
@@ -180,6 +186,8 @@ class ControlHelper:
             return web.json_response(response)
         finally:
             self._busy -= 1
+            if reserved and observations is not None:  # (after a deadline: all may be sent)
+                self.udp_budget.give_back(reserved - protocol.datagrams_sent(observations))
 
 
 async def serve(

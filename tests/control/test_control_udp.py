@@ -60,10 +60,22 @@ def test_the_worst_case_counts_every_address_a_name_may_resolve_to():
     named = udp_endpoint(host="relay.example.org", ports=(3478,), datagrams=100)
     assert protocol.udp_datagrams(flow) == 100
     assert protocol.udp_datagrams(named) == 100 * protocol.ADDRESSES_PER_NAME
-    five = [protocol.ControlEndpoint(named, ())] * 5  # 3,000 datagrams: the cap
-    assert protocol.parse_request(protocol.build_request(five, 5)).udp_datagrams == 3000
-    with pytest.raises(protocol.RequestTooCostly, match="3600 datagrams"):
-        protocol.parse_request(protocol.build_request(five + [five[0]], 5))
+    many = [protocol.ControlEndpoint(named, ())] * 16  # 9,600 datagrams: under the cap
+    assert protocol.parse_request(protocol.build_request(many, 5)).udp_datagrams == 9600
+    with pytest.raises(protocol.RequestTooCostly, match="10200 datagrams"):
+        protocol.parse_request(protocol.build_request(many + [many[0]], 5))
+
+
+def test_a_batch_is_split_into_requests_the_helper_accepts():
+    named = protocol.ControlEndpoint(
+        udp_endpoint(host="relay.example.org", ports=(3478,), datagrams=100), ())
+    tcp = protocol.ControlEndpoint(udp_endpoint(checks=("tcp",)), ())
+    items = [tcp, *[named] * 40, tcp]
+    requests = protocol.split_by_cost(items)
+    assert [len(r) for r in requests] == [17, 16, 9]  # 16 x 600 datagrams fit in 10,000
+    assert [i for r in requests for i in r] == items  # nothing lost, order kept
+    for request in requests:
+        protocol.parse_request(json.loads(json.dumps(protocol.build_request(request, 5))))
 
 
 @pytest.mark.skipif(not hasattr(LiveNetwork, "udp_exchange"),

@@ -250,20 +250,34 @@ def test_udp_checks_that_would_flood_are_413_and_send_nothing(case):
 
 
 def test_the_helpers_udp_budget_is_shared_by_every_request():
-    """One budget of datagrams for all requests: once spent, 429 at once (and a
-    request without UDP checks is still served)."""
+    """One budget of datagrams for all requests: a request reserves its worst case
+    while it runs, so a second one at the same time gets 429 at once; what was
+    not sent comes back afterwards. A request without UDP checks is never refused."""
     budget = TokenBucket(100, 0.001)  # room for one request of 7 x 8 STUN transmissions
-    with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as target, serve(
+
+    async def scenario(helper_port: int, silent: int, stalling: int):
+        stun = measure_body(LOOPBACK, silent, checks=("stun",), timeout=1.0)
+        stun["endpoints"][0]["ports"] = [silent] * 8
+        slow = copy.deepcopy(stun)  # the same, with a TLS handshake that stalls 1 s
+        slow["endpoints"].append({**measure_body(LOOPBACK, stalling, checks=("tls",))[
+            "endpoints"][0], "id": "slow"})
+        first = asyncio.create_task(post(helper_port, slow))
+        await asyncio.sleep(0.3)
+        second = await post(helper_port, stun)
+        tcp = await post(helper_port, measure_body())
+        return await first, second, tcp, await post(helper_port, stun)
+
+    with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as silent, serve(
+        lambda: StreamPeer(hold)) as stalling, serve(
         lambda: HelperServer(helper(routable=LOOPBACK_NET, udp_budget=budget))
     ) as server:
-        body = measure_body(LOOPBACK, target.port, checks=("stun",), timeout=0.5)
-        body["endpoints"][0]["ports"] = [target.port] * 8
-        first = call(server.port, body)
-        second = call(server.port, body)
-        tcp = call(server.port, measure_body())
+        first, second, tcp, third = asyncio.run(
+            scenario(server.port, silent.port, stalling.port))
     assert first[0] == 200, first
-    assert second[0] == 429 and second[1] < 1 and "budget" in second[2]
+    assert second[0] == 429 and second[1] < 0.5 and "budget" in second[2]
     assert tcp[0] == 200
+    # 8 ports x 7 sends reserved, at most 8 x 3 sent within 1 s (RFC 5389: 0, 0.5, 1.5 s)
+    assert third[0] == 200, third
 
 
 def test_ten_thousand_endpoints_is_400():
