@@ -884,3 +884,43 @@ class StunInjection:
     def describe(self) -> str:
         return (f"forged Binding Success ({self.forged}) injected ahead of the answers of "
                 f"{', '.join(self.addresses)}")
+
+
+@dataclass(frozen=True)
+class TurnDrop:
+    """DPI on the STUN message type: TURN Allocate requests (type 0x0003, the first
+    two bytes of the UDP payload, RFC 5766 6.1) to ``ports`` are dropped, while
+    Binding Requests on the same port pass. Relay-only calls (TURN) fail while
+    direct ICE still finds a path; firewalls that classify TURN apart from STUN
+    (application signatures keyed on the message type) can do exactly this."""
+
+    ports: tuple[int, ...]
+
+    def apply(self, lab: Runtime) -> None:
+        _nft_rules(lab, [f"{FROM_CLIENT} udp dport {_ports(self.ports)} "
+                         "@th,64,16 0x0003 drop"])
+
+    def describe(self) -> str:
+        return f"drop TURN Allocate requests to UDP ports {','.join(map(str, self.ports))}"
+
+
+@dataclass(frozen=True)
+class QuicVersionDrop:
+    """QUIC long-header packets of ``version`` (RFC 9000 17.2: the four bytes after
+    the first) to destinations outside ``domestic`` are dropped, so handshakes with
+    foreign servers never complete; other versions and domestic servers pass.
+    Russia's TSPU blocked QUIC v1 to foreign addresses from March 2022 (net4people/
+    bbs #108; Xue et al., 'TSPU', IMC 2022)."""
+
+    version: int = 0x00000001
+    domestic: tuple[str, ...] = ("203.0.113.100", "2001:db8:113::100")
+
+    def apply(self, lab: Runtime) -> None:
+        rules = [f"{FROM_CLIENT} {match} udp dport 443 @th,64,1 1 "
+                 f"@th,72,32 {self.version:#010x} drop"
+                 for match in _daddr(self.domestic, negate=True)]
+        _nft_rules(lab, rules)
+
+    def describe(self) -> str:
+        return (f"drop QUIC version {self.version:#010x} packets except to "
+                f"{', '.join(self.domestic)}")

@@ -35,6 +35,7 @@ from probe.lab.censor import (
     LossyDns,
     PayloadDrop,
     QuicSniFilter,
+    QuicVersionDrop,
     RemoveAddresses,
     ResetConnections,
     ResolverAnswers,
@@ -47,6 +48,7 @@ from probe.lab.censor import (
     Throttle,
     TlsAlert,
     TlsInterception,
+    TurnDrop,
     Udp443Drop,
     UdpDrop,
     UdpFlowCutoff,
@@ -1236,6 +1238,56 @@ SCENARIOS += (
             connect("203.0.113.11", 443, "ok"),
             mtproto("203.0.113.12", 443, "answer"),
             mtproto(plan.TELEGRAM_MEDIA_DC, 443, "answer", vantage="control"),
+        ),
+    ),
+)
+
+
+SCENARIOS += (
+    Scenario(
+        name="turn-blocked",
+        title="TURN Allocate dropped, STUN Binding on the same port passes",
+        description="A filter reads the STUN message type and drops TURN Allocate requests "
+        "(0x0003) on UDP 443 while Binding Requests pass: relayed calls fail, direct ICE "
+        "still works. SimpleX's TURN server times out; its STUN server, and a Binding "
+        "Request to the TURN server's own address and port, are answered.",
+        sources=("RFC 5766 section 6.1 (Allocate is message type 0x0003) and RFC 5389 "
+                 "section 6: the type is in the clear in the first two bytes",
+                 "ooni/probe #1677 and ooni/probe-engine #134: blocking of VoIP relays is "
+                 "not measured today; firewall application signatures tell TURN from STUN"),
+        actions=(TurnDrop((443, 3478)),),
+        truth=(Expect("simplex-turn", "udp_blocked", "udp.timeout"),),
+        services={"simplex": "partially_blocked"},
+        functions={"simplex": {"calls": "partially_blocked"}},
+        checks=(
+            turn("203.0.113.72", 443, "timeout"),
+            stun("203.0.113.72", 443, CLIENT_MAPPED),
+            stun("203.0.113.71", 443, CLIENT_MAPPED),
+            turn("203.0.113.72", 443, "challenge", vantage="control"),
+        ),
+    ),
+    Scenario(
+        name="quic-v1-foreign-drop",
+        title="QUIC version 1 dropped to foreign servers (Russia, March 2022)",
+        description="From March 2022 Russia's TSPU dropped QUIC version 1 packets to foreign "
+        "addresses while domestic servers kept HTTP/3. Here long-header packets carrying "
+        "version 0x00000001 to anything but the baseline (a domestic site) are dropped: "
+        "Facebook's and Twitter's HTTP/3 time out, the baseline's works, TCP is untouched. "
+        "Not a network that drops all QUIC: a block of foreign QUIC.",
+        sources=("net4people/bbs #108 (March 2022): QUIC to foreign hosts blocked in Russia",
+                 "Xue et al., 'TSPU: Russia's Decentralized Censorship System', IMC 2022"),
+        actions=(QuicVersionDrop(),),
+        truth=(Expect("facebook-quic", "quic_blocked", "quic.timeout"),
+               Expect("twitter-quic", "quic_blocked", "quic.timeout")),
+        services={"facebook": "partially_blocked", "twitter": "partially_blocked"},
+        functions={"facebook": {"web": "partially_blocked"}},
+        network={"udp": "ok"},
+        checks=(
+            quic("203.0.113.41", "www.facebook.lab.test", "timeout"),
+            quic("2001:db8:113::51", "www.twitter.lab.test", "timeout"),
+            quic("203.0.113.100", "www.baseline.lab.test", "h3 200"),
+            stun("203.0.113.44", 3478, CLIENT_MAPPED),
+            quic("203.0.113.41", "www.facebook.lab.test", "h3 200", vantage="control"),
         ),
     ),
 )
