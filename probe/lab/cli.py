@@ -101,7 +101,9 @@ def scenarios(as_json: bool) -> None:
         click.echo(json.dumps([
             {"name": s.name, "title": s.title, "description": s.description,
              "sources": list(s.sources), "actions": [a.describe() for a in s.actions],
-             "truth": [vars(t) for t in s.truth], "services": dict(s.services)}
+             "truth": [vars(t) for t in s.truth], "services": dict(s.services),
+             "functions": {k: dict(v) for k, v in s.functions.items()},
+             "network": dict(s.network)}
             for s in SCENARIOS
         ], indent=2))
         return
@@ -114,6 +116,12 @@ def scenarios(as_json: bool) -> None:
             where += f":{rule.port}" if rule.port else ""
             method = f"/{rule.method}" if rule.method else ""
             click.echo(f"{'':30}expect: {rule.endpoint}{where} {rule.verdict}{method}")
+        for service, functions in s.functions.items():
+            said = " · ".join(f"{function} {status}" for function, status in functions.items())
+            click.echo(f"{'':30}expect: {service}: {said}")
+        if s.network:
+            said = ", ".join(f"{key} {value}" for key, value in s.network.items())
+            click.echo(f"{'':30}expect: network {said}")
 
 
 @lab.command()
