@@ -193,3 +193,23 @@ def test_flow_with_a_forged_mapping_is_injection() -> None:
     answers[4] = success(transaction(request, 4), "10.10.34.35")
     check = stun.judge_flow("stun", result(request, answers))
     assert check.failure == failures.STUN_INJECTED
+
+
+def test_scrubbing_hides_the_volunteer_but_keeps_a_forged_mapping() -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 2.0)
+    tid = transaction(request)
+    volunteer = success(tid, "203.0.113.77", 40000)
+    scrubbed = stun.scrub_mapped_addresses(volunteer, ["203.0.113.77"])
+    assert bytes([203, 0, 113, 77]) not in scrubbed
+    assert stun.parse(scrubbed).mapped_address() == "192.0.2.1:40000"  # fingerprint redone
+    v6 = success(tid, "2001:db8:77::5", 1)
+    assert stun.parse(stun.scrub_mapped_addresses(v6, ["2001:db8:77::5"])).mapped_address() == (
+        "[2001:db8::1]:1")
+    forged = success(tid, "10.10.34.35")
+    assert stun.scrub_mapped_addresses(forged, ["203.0.113.77"]) == forged
+    assert stun.scrub_mapped_addresses(b"not stun", ["203.0.113.77"]) == b"not stun"
+    # a forged answer next to the volunteer's real one is still a forgery once scrubbed
+    clean = stun.scrub_udp_result(result(request, [volunteer, forged]), ["203.0.113.77"])
+    assert stun.judge_stun(clean).failure == failures.STUN_INJECTED
+    alone = stun.judge_stun(stun.scrub_udp_result(result(request, [volunteer]), ["203.0.113.77"]))
+    assert alone.failure is None and alone.mapped_address == "192.0.2.1:40000"

@@ -7,7 +7,10 @@ recorded ones and conclude exactly as the live run did.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
+from aioice import stun as aioice_stun
 from servers import LOOPBACK, TEST_LIMITS, running
 from udp_ports import closed_udp_port as closed_port
 
@@ -16,11 +19,17 @@ from probe.lab.servers.quic import QuicHttpServer
 from probe.lab.servers.stun import StunServer
 from probe.net import failures as F
 from probe.net.live import LiveNetwork
-from probe.net.network import QuicRequest
+from probe.net.network import QuicRequest, Timing, UdpReceived, UdpResult, UdpSent
 from probe.replay import REPLAY_MISSING_OPERATION, ReplayNetwork
 from probe.runner import RunOptions
 from probe.targets import parse_targets
-from probe.trace import RunInfo, finish_recording, load_trace, start_recording
+from probe.trace import (
+    RunInfo,
+    finish_recording,
+    load_trace,
+    scrub_trace_file,
+    start_recording,
+)
 
 TARGETS = """\
 version: 1
@@ -96,3 +105,41 @@ def test_udp_and_quic_replay_identically(tmp_path, lab_pki) -> None:
     # an operation the trace does not hold is a result, never an exception
     missing = asyncio.run(perform(ReplayNetwork(load_trace(path)), requests(1, 2, 3, 4)))
     assert all(result.failure == REPLAY_MISSING_OPERATION for _, result in missing)
+
+
+def test_scrubbed_trace_hides_the_mapped_address(tmp_path) -> None:
+    """The XOR-MAPPED-ADDRESS of a STUN answer is the volunteer's public address,
+    XOR-encoded: scrubbing a trace must find it there too."""
+    request = stun.stun_request("203.0.113.5", 3478, 1.0)
+    tid = base64.b64decode(request.datagrams[0])[8:20]
+    answer = aioice_stun.Message(aioice_stun.Method.BINDING, aioice_stun.Class.RESPONSE, tid,
+                                 {"XOR-MAPPED-ADDRESS": ("198.51.100.77", 50000)})
+    answer.add_fingerprint()
+    raw = bytes(answer)
+    live = UdpResult(request, (UdpSent(0.0, 0),),
+                     (UdpReceived(0.05, base64.b64encode(raw).decode(), len(raw)),), (), None,
+                     Timing(0.0, 1.05))
+    info = RunInfo(parse_targets(TARGETS), RunOptions())
+
+    class Canned:
+        def clock(self) -> float:
+            return 0.0
+
+        async def udp_exchange(self, request, timeout):
+            return live
+
+        async def aclose(self) -> None:
+            return None
+
+        tls_handshake = None  # start_recording takes objects with it for networks
+
+    recording = start_recording(tmp_path / "t.jsonl", info, inner=Canned())
+    asyncio.run(recording.udp_exchange(request, 1.0))
+    path = finish_recording(recording, None)
+    assert stun.judge_stun(live).mapped_address == "198.51.100.77:50000"
+    assert scrub_trace_file(path, ["198.51.100.77"]) == 0
+    (op,) = load_trace(path).ops
+    replayed = asyncio.run(ReplayNetwork(load_trace(path)).udp_exchange(request, 1.0))
+    assert "198.51.100.77" not in json.dumps(op)  # nor in any textual or packed form
+    check = stun.judge_stun(replayed)
+    assert check.failure is None and check.mapped_address == "192.0.2.1:50000"

@@ -114,3 +114,13 @@ def test_flood_is_capped() -> None:
     assert len(result.received) == 10
     assert all(r.length >= len(r.data) * 3 // 4 > 0 for r in result.received)
     assert stun.judge_flow("echo", result).answered  # cut copies still match what we sent
+
+
+def test_a_flow_longer_than_its_timeout_is_cut_short_by_it() -> None:
+    with running(lambda: StunServer([(LOOPBACK, 0)], limits=TEST_LIMITS)) as server:
+        request = stun.flow_request(LOOPBACK, server.port, "echo", 100, 0.1, linger=1.0)
+        started = time.monotonic()
+        result = exchange(request, 0.55)
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.9 and len(result.sent) == 6
+    assert result.failure is None and result.timing.t - result.timing.t0 < 0.9
