@@ -902,12 +902,27 @@ class Ipv6Evidence:
     def add(self, observations: Iterable[EndpointObservation]) -> None:
         for observation in observations:
             for port in observation.ports:
-                if port.connect is None or not is_ipv6(port.address):
+                if not is_ipv6(port.address):
                     continue
-                if port.connect.failure is None:
+                if port.connect is None:
+                    self._add_udp(port)
+                elif port.connect.failure is None:
                     self.worked += 1
                 else:
                     self.failed += 1
+
+    def _add_udp(self, port: PortObservation) -> None:
+        """A UDP port: an answer proves IPv6 works; only "no route" proves it does not
+        (an unanswered datagram may be a filter, which TCP would also have met)."""
+        checks = [check.result for check in port.udp]
+        if any(result.received for result in checks) or (
+            port.quic is not None and port.quic.packets_received
+        ):
+            self.worked += 1
+        elif any(result.failure in failures.UNREACHABLE for result in checks) or (
+            port.quic is not None and port.quic.failure in failures.UNREACHABLE
+        ):
+            self.failed += 1
 
     @property
     def has_ipv6(self) -> bool:

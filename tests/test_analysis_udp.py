@@ -31,12 +31,13 @@ def flow(check="stun", failure=None, answered=None, sent=1, address=RELAY, port=
     """A STUN/TURN exchange or a udp flow of ``sent`` datagrams, ``answered`` of them."""
     if answered is None:
         answered = () if failure in (F.GENERIC_TIMEOUT, F.CONNECTION_REFUSED,
-                                     F.HOST_UNREACHABLE, F.ADMINISTRATIVELY_PROHIBITED) \
-            else tuple(range(sent))
+                                     F.HOST_UNREACHABLE, F.NETWORK_UNREACHABLE,
+                                     F.ADMINISTRATIVELY_PROHIBITED) else tuple(range(sent))
     request = UdpRequest(address, port, ("AAAA",) * sent, tuple(0.1 * i for i in range(sent)))
     if received is None:
         received = tuple(UdpReceived(0.1 * i + 0.05, "AAAA", 3) for i in answered)
-    network_failure = None if received else (icmp[0].failure if icmp else F.GENERIC_TIMEOUT)
+    silence = failure if failure in F.UNREACHABLE else F.GENERIC_TIMEOUT
+    network_failure = None if received else (icmp[0].failure if icmp else silence)
     result = UdpResult(request, tuple(UdpSent(0.1 * i, i) for i in range(sent)), received,
                        tuple(icmp), network_failure, T)
     return UdpCheck(check, result, tuple(answered), failure,
@@ -465,3 +466,15 @@ def test_udp_answered_by_any_service_means_udp_is_not_all_dropped():
                                          control_of(OK_STUN, quic()), evidence=evidence)
     assert findings.udp == UdpNetwork.OK
     assert evidence.quic_worked == {"203.0.113.31"}
+
+
+def test_ipv6_evidence_from_udp_flows():
+    no_route = udp_port(flow(failure=F.NETWORK_UNREACHABLE, address="2001:db8::20"),
+                        address="2001:db8::20")
+    answered = udp_port(flow(address="2001:db8::21"), address="2001:db8::21")
+    silent = udp_port(flow(failure=F.GENERIC_TIMEOUT, address="2001:db8::22"),
+                      address="2001:db8::22")
+    assert analysis.has_ipv6([observe([no_route])]) is False
+    assert analysis.has_ipv6([observe([no_route]), observe([answered])]) is True
+    assert analysis.has_ipv6([observe([silent])]) is True  # a filter, not a missing route
+    assert analysis.has_ipv6([observe([quic(address="2001:db8::23")])]) is True
