@@ -499,19 +499,21 @@ def dns_verdict(
         method = _DNS_METHOD.get(failure, "dns.failure")
         if failure in failures.LOCAL or failure.startswith(failures.UNKNOWN_PREFIX):
             return DnsDecision(INCONCLUSIVE, method, failure,
-                    "The probe itself failed to resolve the name, not the network.")
+                               "The probe itself failed to resolve the name, not the network.")
         if context.network_down:
             return DnsDecision(INCONCLUSIVE, method, failure,
-                    "Name resolution failed, but your network seems to be down.")
+                               "Name resolution failed, but your network seems to be down.")
         if control is None:
             return DnsDecision(INCONCLUSIVE, method, failure,
-                    "Name resolution failed and there is no control measurement to compare with.")
+                               "Name resolution failed and there is no control measurement "
+                               "to compare with.")
         if control_resolves:
             return DnsDecision(DNS_BLOCKED, method, failure,
-                    f"Your resolver failed ({failure}) while the control resolved the name.")
+                               f"Your resolver failed ({failure}) while the control resolved "
+                               "the name.")
         return DnsDecision(DOWN, method, failure,
-                "The name does not resolve from the control either: the service looks down "
-                "or the name is stale, not blocked.")
+                           "The name does not resolve from the control either: the service "
+                           "looks down or the name is stale, not blocked.")
     if not control_resolves or control is None:
         return None
     for view, answers in answer_views(observation):
@@ -574,7 +576,7 @@ def _unproven_answers(
     validated = any(_validated(p) for p in ports)
     validated |= any(_validated(p) for p in control.ports if p.address in answers)
     checkable = observation.endpoint_id in context.tls_checked or any(
-        p.mtproto for p in observation.ports
+        p.mtproto or p.quic is not None for p in observation.ports
     )
     # Without TLS or MTProto to prove an address, the control's reachability does:
     # the control reaches the addresses its resolver gave and cannot reach the ones

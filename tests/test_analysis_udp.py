@@ -478,3 +478,19 @@ def test_ipv6_evidence_from_udp_flows():
     assert analysis.has_ipv6([observe([no_route]), observe([answered])]) is True
     assert analysis.has_ipv6([observe([silent])]) is True  # a filter, not a missing route
     assert analysis.has_ipv6([observe([quic(address="2001:db8::23")])]) is True
+
+
+def test_a_quic_endpoint_can_prove_or_disprove_its_dns_answers():
+    """A forged answer on a QUIC-only endpoint: no certificate for the name came back
+    from the resolver's address, so it is dns.inconsistent; a valid one proves it."""
+    from test_analysis import exchange, reply
+
+    forged = observe([quic(F.GENERIC_TIMEOUT, address="203.0.113.66")],
+                     (exchange(reply("203.0.113.66")),), host="h3.example.org")
+    control = {"ep": observe([quic(address="203.0.113.30")], (exchange(reply("203.0.113.30")),),
+                             host="h3.example.org")}
+    (row,) = analysis.endpoint_verdicts(forged, ctx(control))
+    assert (row.verdict, row.method) == ("dns_blocked", "dns.inconsistent")
+    cdn = observe([quic(address="203.0.113.66")], (exchange(reply("203.0.113.66")),),
+                  host="h3.example.org")
+    assert [r.verdict for r in analysis.endpoint_verdicts(cdn, ctx(control))] == ["ok"]
