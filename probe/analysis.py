@@ -499,19 +499,21 @@ def dns_verdict(
         method = _DNS_METHOD.get(failure, "dns.failure")
         if failure in failures.LOCAL or failure.startswith(failures.UNKNOWN_PREFIX):
             return DnsDecision(INCONCLUSIVE, method, failure,
-                    "The probe itself failed to resolve the name, not the network.")
+                               "The probe itself failed to resolve the name, not the network.")
         if context.network_down:
             return DnsDecision(INCONCLUSIVE, method, failure,
-                    "Name resolution failed, but your network seems to be down.")
+                               "Name resolution failed, but your network seems to be down.")
         if control is None:
             return DnsDecision(INCONCLUSIVE, method, failure,
-                    "Name resolution failed and there is no control measurement to compare with.")
+                               "Name resolution failed and there is no control measurement "
+                               "to compare with.")
         if control_resolves:
             return DnsDecision(DNS_BLOCKED, method, failure,
-                    f"Your resolver failed ({failure}) while the control resolved the name.")
+                               f"Your resolver failed ({failure}) while the control resolved "
+                               "the name.")
         return DnsDecision(DOWN, method, failure,
-                "The name does not resolve from the control either: the service looks down "
-                "or the name is stale, not blocked.")
+                           "The name does not resolve from the control either: the service "
+                           "looks down or the name is stale, not blocked.")
     if not control_resolves or control is None:
         return None
     for view, answers in answer_views(observation):
@@ -574,7 +576,7 @@ def _unproven_answers(
     validated = any(_validated(p) for p in ports)
     validated |= any(_validated(p) for p in control.ports if p.address in answers)
     checkable = observation.endpoint_id in context.tls_checked or any(
-        p.mtproto for p in observation.ports
+        p.mtproto or p.quic is not None for p in observation.ports
     )
     # Without TLS or MTProto to prove an address, the control's reachability does:
     # the control reaches the addresses its resolver gave and cannot reach the ones
@@ -902,12 +904,27 @@ class Ipv6Evidence:
     def add(self, observations: Iterable[EndpointObservation]) -> None:
         for observation in observations:
             for port in observation.ports:
-                if port.connect is None or not is_ipv6(port.address):
+                if not is_ipv6(port.address):
                     continue
-                if port.connect.failure is None:
+                if port.connect is None:
+                    self._add_udp(port)
+                elif port.connect.failure is None:
                     self.worked += 1
                 else:
                     self.failed += 1
+
+    def _add_udp(self, port: PortObservation) -> None:
+        """A UDP port: an answer proves IPv6 works; only "no route" proves it does not
+        (an unanswered datagram may be a filter, which TCP would also have met)."""
+        checks = [check.result for check in port.udp]
+        if any(result.received for result in checks) or (
+            port.quic is not None and port.quic.packets_received
+        ):
+            self.worked += 1
+        elif any(result.failure in failures.UNREACHABLE for result in checks) or (
+            port.quic is not None and port.quic.failure in failures.UNREACHABLE
+        ):
+            self.failed += 1
 
     @property
     def has_ipv6(self) -> bool:

@@ -31,12 +31,13 @@ def flow(check="stun", failure=None, answered=None, sent=1, address=RELAY, port=
     """A STUN/TURN exchange or a udp flow of ``sent`` datagrams, ``answered`` of them."""
     if answered is None:
         answered = () if failure in (F.GENERIC_TIMEOUT, F.CONNECTION_REFUSED,
-                                     F.HOST_UNREACHABLE, F.ADMINISTRATIVELY_PROHIBITED) \
-            else tuple(range(sent))
+                                     F.HOST_UNREACHABLE, F.NETWORK_UNREACHABLE,
+                                     F.ADMINISTRATIVELY_PROHIBITED) else tuple(range(sent))
     request = UdpRequest(address, port, ("AAAA",) * sent, tuple(0.1 * i for i in range(sent)))
     if received is None:
         received = tuple(UdpReceived(0.1 * i + 0.05, "AAAA", 3) for i in answered)
-    network_failure = None if received else (icmp[0].failure if icmp else F.GENERIC_TIMEOUT)
+    silence = failure if failure in F.UNREACHABLE else F.GENERIC_TIMEOUT
+    network_failure = None if received else (icmp[0].failure if icmp else silence)
     result = UdpResult(request, tuple(UdpSent(0.1 * i, i) for i in range(sent)), received,
                        tuple(icmp), network_failure, T)
     return UdpCheck(check, result, tuple(answered), failure,
@@ -465,3 +466,31 @@ def test_udp_answered_by_any_service_means_udp_is_not_all_dropped():
                                          control_of(OK_STUN, quic()), evidence=evidence)
     assert findings.udp == UdpNetwork.OK
     assert evidence.quic_worked == {"203.0.113.31"}
+
+
+def test_ipv6_evidence_from_udp_flows():
+    no_route = udp_port(flow(failure=F.NETWORK_UNREACHABLE, address="2001:db8::20"),
+                        address="2001:db8::20")
+    answered = udp_port(flow(address="2001:db8::21"), address="2001:db8::21")
+    silent = udp_port(flow(failure=F.GENERIC_TIMEOUT, address="2001:db8::22"),
+                      address="2001:db8::22")
+    assert analysis.has_ipv6([observe([no_route])]) is False
+    assert analysis.has_ipv6([observe([no_route]), observe([answered])]) is True
+    assert analysis.has_ipv6([observe([silent])]) is True  # a filter, not a missing route
+    assert analysis.has_ipv6([observe([quic(address="2001:db8::23")])]) is True
+
+
+def test_a_quic_endpoint_can_prove_or_disprove_its_dns_answers():
+    """A forged answer on a QUIC-only endpoint: no certificate for the name came back
+    from the resolver's address, so it is dns.inconsistent; a valid one proves it."""
+    from test_analysis import exchange, reply
+
+    forged = observe([quic(F.GENERIC_TIMEOUT, address="203.0.113.66")],
+                     (exchange(reply("203.0.113.66")),), host="h3.example.org")
+    control = {"ep": observe([quic(address="203.0.113.30")], (exchange(reply("203.0.113.30")),),
+                             host="h3.example.org")}
+    (row,) = analysis.endpoint_verdicts(forged, ctx(control))
+    assert (row.verdict, row.method) == ("dns_blocked", "dns.inconsistent")
+    cdn = observe([quic(address="203.0.113.66")], (exchange(reply("203.0.113.66")),),
+                  host="h3.example.org")
+    assert [r.verdict for r in analysis.endpoint_verdicts(cdn, ctx(control))] == ["ok"]
