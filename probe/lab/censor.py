@@ -742,6 +742,11 @@ class UdpReject:
     ports: tuple[int, ...]
 
     def apply(self, lab: Runtime) -> None:
+        # The kernel sends at most ~1 ICMP error per second to one host after a small
+        # burst; a probe's flows of 40 datagrams would leave its STUN requests without
+        # an answer. Real routers limit too, but the lab must answer every datagram.
+        lab.censor_command(["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])
+        lab.censor_command(["sysctl", "-qw", "net.ipv6.icmp.ratelimit=0"])
         _nft_rules(lab, [f"{FROM_CLIENT} {match} udp dport {_ports(self.ports)} "
                          "reject with icmpx type port-unreachable"
                          for match in _daddr(self.addresses)])

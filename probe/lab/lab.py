@@ -247,6 +247,8 @@ class Lab(Runtime):
         run(in_ns(ns, ["tc", "qdisc", "del", "dev", plan.CENSOR_CLIENT_DEV, "root"]), check=False)
         # per-flow packet counting (flow cutoff, allowlist mode) back to the default
         run(in_ns(ns, ["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=0"]), check=False)
+        run(in_ns(ns, ["sysctl", "-qw", "net.ipv4.icmp_ratelimit=1000"]), check=False)
+        run(in_ns(ns, ["sysctl", "-qw", "net.ipv6.icmp.ratelimit=1000"]), check=False)
 
     def censor_rules(self) -> str:
         """The censor's firewall as nft prints it ('' when clean)."""

@@ -374,12 +374,15 @@ def observe_turn(check: Check) -> str:
 def observe_udp_flow(check: Check) -> str:
     """``count`` datagrams on one socket, one every 0.05 s; "all N" when every
     one was answered, "cut K/N" when the first K were and then none, "none",
-    "some K/N" for holes that are not a cut, or a socket error."""
+    "some K/N" for holes that are not a cut, "refused all" when (nearly) every
+    datagram drew an ICMP port unreachable (none lost to the kernel's ICMP rate
+    limit), "refused K/N" when only some did, or another socket error."""
     import os
 
     stun = check.sni == "stun"
     answered: set[int] = set()
     tokens: dict[bytes, int] = {}
+    refused = 0
     with _udp_socket(check) as sock:
         sock.settimeout(0.05)
         try:
@@ -389,12 +392,18 @@ def observe_udp_flow(check: Check) -> str:
                 if sent < check.count:
                     token = os.urandom(12)
                     tokens[token] = sent
-                    sock.send(_stun_request(0x0001, token) if stun else
-                              b"probe-lab-flow " + token + os.urandom(160))
+                    try:
+                        sock.send(_stun_request(0x0001, token) if stun else
+                                  b"probe-lab-flow " + token + os.urandom(160))
+                    except ConnectionRefusedError:  # the previous datagram's ICMP error
+                        refused += 1
                     sent += 1
                 try:
                     data = sock.recv(2048)
                 except TimeoutError:
+                    continue
+                except ConnectionRefusedError:
+                    refused += 1
                     continue
                 key = data[8:20] if stun else data[15:27]
                 if key in tokens:
@@ -402,6 +411,8 @@ def observe_udp_flow(check: Check) -> str:
         except OSError as exc:
             return _socket_error(exc)
     count = check.count
+    if refused and not answered:
+        return "refused all" if refused >= count * 0.9 else f"refused {refused}/{count}"
     if len(answered) == count:
         return f"all {count}"
     if not answered:

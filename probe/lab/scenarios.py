@@ -1143,7 +1143,9 @@ SCENARIOS += (
         checks=(
             stun(REFLECTOR, 597, "refused"),
             stun("2001:db8:113::25", 3478, "refused"),
-            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, "refused"),
+            # every datagram of two flows rejected: the router's ICMP is not rate-limited
+            udp_flow("203.0.113.25", plan.WHATSAPP_RELAY_ECHO_PORT, "refused all"),
+            udp_flow(REFLECTOR, 1400, "refused all", payload="stun"),
             stun("203.0.113.44", 3478, CLIENT_MAPPED),
             stun(REFLECTOR, 597, CONTROL_MAPPED, vantage="control"),
         ),
