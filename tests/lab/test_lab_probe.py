@@ -18,7 +18,7 @@ import re
 import pytest
 
 from probe.lab import plan
-from probe.lab.demo import ProbeUnavailable, evaluate, run_probe
+from probe.lab.demo import ProbeUnavailable, evaluate, run_probe, unreported
 from probe.lab.scenarios import SCENARIOS, get
 from probe.lab.truth import confusion, verdict_pairs
 
@@ -60,21 +60,13 @@ def test_probe_reaches_the_ground_truth(clean_lab, tmp_path, name):
     # Until `probe run --json` reports functions and network findings at all, their
     # truth cannot be compared: an expected failure, never a pass. A wrong value, or
     # any endpoint or service difference, fails.
-    unreported = [m for m in mismatches if m.what in ("function", "network")
-                  and m.observed == "not reported" and not _reports(result, m.what)]
-    wrong = [m for m in mismatches if m not in unreported]
+    unchecked = unreported(result, mismatches)
+    wrong = [m for m in mismatches if m not in unchecked]
     assert not wrong, f"{name}: the probe disagrees with the ground truth:\n" + "\n".join(
         map(str, wrong))
-    if unreported:
-        pytest.xfail(f"{name}: the --json summary does not report {unreported[0].what} "
-                     f"findings yet ({len(unreported)} expectations unchecked)")
-
-
-def _reports(result: dict, what: str) -> bool:
-    """Whether the summary has the field at all (for any service, or the run)."""
-    if what == "function":
-        return any("functions" in service for service in result.get("services", []))
-    return "network" in result
+    if unchecked:
+        pytest.xfail(f"{name}: the --json summary does not report {unchecked[0].what} "
+                     f"findings yet ({len(unchecked)} expectations unchecked)")
 
 
 def test_confusion_matrix_is_diagonal():
