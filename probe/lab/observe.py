@@ -192,6 +192,8 @@ def observe_tls(check: Check) -> str:
         der = tls.getpeercert(binary_form=True)
     finally:
         tls.close()
+    if der is None:
+        return "no certificate"
     issuer = x509.load_der_x509_certificate(der).issuer
     names = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     return "issuer " + (str(names[0].value) if names else issuer.rfc4514_string())
@@ -287,7 +289,8 @@ def _stun_request(kind: int, transaction: bytes) -> bytes:
 
 
 def _stun_attributes(message: bytes) -> dict[int, bytes]:
-    attributes, offset = {}, 20
+    attributes: dict[int, bytes] = {}
+    offset = 20
     while offset + 4 <= len(message):
         kind = int.from_bytes(message[offset:offset + 2], "big")
         length = int.from_bytes(message[offset + 2:offset + 4], "big")
