@@ -21,6 +21,8 @@ how a changed analysis rule shows up.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import tempfile
 from collections import deque
@@ -41,9 +43,13 @@ from probe.net.network import (
     HttpResult,
     MtprotoRequest,
     MtprotoResult,
+    QuicRequest,
+    QuicResult,
     Timing,
     TlsRequest,
     TlsResult,
+    UdpRequest,
+    UdpResult,
     to_json,
 )
 from probe.trace import Trace, TraceError, decode_result, load_trace
@@ -68,9 +74,26 @@ def operation_key(op: str, request: dict[str, Any]) -> tuple:
         return (op, request["url"], request["address"], request.get("method", "GET"))
     if op == "mtproto_exchange":  # the payload carries a fresh random nonce each run
         return (op, request["address"], request["port"], request.get("transport", "intermediate"))
+    if op == "udp_exchange":
+        # STUN transaction ids and echo payloads are random each run: what the flow
+        # is (its length, retransmitted or not, and the first datagram's leading
+        # bytes: STUN method or RTP header) tells a Binding from an Allocate.
+        datagrams = request.get("datagrams") or [""]
+        return (op, request["address"], request["port"], len(datagrams),
+                bool(request.get("stop_on_reply")), _leading_bytes(datagrams[0]))
+    if op == "quic_exchange":
+        return (op, request["url"], request["address"], request["port"], request.get("sni"),
+                tuple(request.get("alpn", ("h3",))))
     if op == "control_call":  # the body lists the addresses this run resolved
         return (op, request["url"])
     raise KeyError(op)
+
+
+def _leading_bytes(datagram: Any) -> str:
+    try:
+        return base64.b64decode(str(datagram))[:2].hex()
+    except (binascii.Error, ValueError):
+        return ""
 
 
 class _VirtualSelector:
@@ -211,6 +234,21 @@ class ReplayNetwork:
             t = self._timing()
             connect = ConnectResult(request.address, request.port, REPLAY_MISSING_OPERATION, t)
             return MtprotoResult(request, connect, REPLAY_MISSING_OPERATION, "", t)
+        return result
+
+    async def udp_exchange(self, request: UdpRequest, timeout: float) -> UdpResult:
+        # The recorded result carries the recorded request (its transaction ids and
+        # payloads), which is what probe.stun judges the answers against.
+        result = await self._take("udp_exchange", to_json(request))
+        if result is None:
+            return UdpResult(request, (), (), (), REPLAY_MISSING_OPERATION, self._timing())
+        return result
+
+    async def quic_exchange(self, request: QuicRequest, timeout: float) -> QuicResult:
+        result = await self._take("quic_exchange", to_json(request))
+        if result is None:
+            return QuicResult(request, REPLAY_MISSING_OPERATION, "handshake", None, None, None,
+                              None, (), None, (), "", 0, 0, self._timing())
         return result
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:

@@ -1,7 +1,8 @@
 """Measures endpoints concurrently through the network seam.
 
 Every endpoint is its own task; each endpoint runs its steps in order (DNS, then
-every address x port: connect / TLS / MTProto / HTTP), each step under its own
+every address x port: connect / TLS / MTProto / HTTP, or, on an endpoint of UDP
+checks, STUN / TURN / UDP flow / QUIC side by side), each step under its own
 timeout, and a semaphore bounds how many operations are in flight. A run with
 every endpoint blackholed therefore takes about one DNS timeout plus one step
 timeout, not their sum over endpoints. Cancelling the run (Ctrl-C) keeps what
@@ -22,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from probe import mtproto
+from probe import mtproto, stun
 from probe.bogons import IPNetwork, is_bogon
 from probe.certificates import verify_chain
 from probe.net.network import (
@@ -31,10 +32,13 @@ from probe.net.network import (
     HttpRequest,
     MtprotoRequest,
     Network,
+    QuicRequest,
+    QuicResult,
     TlsRequest,
 )
-from probe.observations import EndpointObservation, MtprotoCheck, PortObservation
+from probe.observations import EndpointObservation, MtprotoCheck, PortObservation, UdpCheck
 from probe.targets import Endpoint
+from probe.vocabulary import UDP_CHECKS, Check
 
 log = logging.getLogger("probe.runner")
 
@@ -143,7 +147,11 @@ class Measurer:
         self._rate = RateLimiter(options.rate)
 
     async def _step(self, operation, *args):
-        if operation in (self.network.dns_exchange, self.network.getaddrinfo):
+        # UDP flows, like DNS, move a few hundred bytes a second and open no
+        # connection: no rate pacing, and slots of their own, so that a flow
+        # listening for seconds never holds up connections.
+        if operation in (self.network.dns_exchange, self.network.getaddrinfo,
+                         self.network.udp_exchange):
             async with self._dns_slots:
                 return await operation(*args)
         async with self._slots:
@@ -194,6 +202,8 @@ class Measurer:
         )
 
     async def measure_port(self, endpoint: Endpoint, address: str, port: int) -> PortObservation:
+        if set(endpoint.checks) & UDP_CHECKS:
+            return await self.measure_udp_port(endpoint, address, port)
         o = self.options
         checks = set(endpoint.checks)
         connect = tls = None
@@ -230,6 +240,65 @@ class Measurer:
         return PortObservation(
             address, port, connect, tls, verification, tuple(mtproto_checks), tuple(http)
         )
+
+    async def measure_udp_port(
+        self, endpoint: Endpoint, address: str, port: int
+    ) -> PortObservation:
+        """The UDP checks of one address and UDP port, run side by side: each waits
+        out its own timeout when UDP is blackholed, so together they take about
+        one step timeout, not four."""
+        checks = set(endpoint.checks)
+        udp_steps = []
+        if Check.STUN in checks:
+            udp_steps.append(self.stun_check(address, port))
+        if Check.TURN in checks:
+            udp_steps.append(self.turn_check(address, port))
+        if Check.UDP in checks:
+            udp_steps.append(self.udp_flow_check(endpoint, address, port))
+        quic_step = (self.quic_check(endpoint, address, port) if Check.QUIC in checks
+                     else _nothing())
+        udp_checks, quic = await asyncio.gather(asyncio.gather(*udp_steps), quic_step)
+        verification = None
+        if quic is not None and quic.peer_certificates and quic.failed_phase != "handshake":
+            trust = endpoint.ca_pem if endpoint.ca_pem is not None else self.options.trust_pem
+            verification = verify_chain(
+                quic.peer_certificates, endpoint.sni or address, trust, self.options.started_at
+            )
+        return PortObservation(
+            address, port, None, None, None, (), (),
+            udp=tuple(udp_checks), quic=quic, quic_verification=verification,
+        )
+
+    async def stun_check(self, address: str, port: int) -> UdpCheck:
+        """A Binding Request retransmitted on RFC 5389's schedule within the step,
+        then a second of listening for a forged second answer."""
+        timeout = self.options.timeout
+        request = stun.stun_request(address, port, timeout)
+        return stun.judge_stun(await self._step(self.network.udp_exchange, request, timeout))
+
+    async def turn_check(self, address: str, port: int) -> UdpCheck:
+        """An Allocate without credentials: a TURN server challenges it with a 401."""
+        timeout = self.options.timeout
+        request = stun.turn_request(address, port, timeout)
+        return stun.judge_turn(await self._step(self.network.udp_exchange, request, timeout))
+
+    async def udp_flow_check(self, endpoint: Endpoint, address: str, port: int) -> UdpCheck:
+        """``endpoint.datagrams`` datagrams every ``endpoint.interval`` s on one 5-tuple;
+        the step lasts the whole flow and its linger, at least one step timeout."""
+        request = stun.flow_request(
+            address, port, endpoint.payload, endpoint.datagrams, endpoint.interval
+        )
+        duration = (request.schedule[-1] if request.schedule else 0.0) + request.linger
+        timeout = max(self.options.timeout, duration + 0.5)
+        result = await self._step(self.network.udp_exchange, request, timeout)
+        return stun.judge_flow(endpoint.payload, result)
+
+    async def quic_check(self, endpoint: Endpoint, address: str, port: int) -> QuicResult:
+        request = QuicRequest(
+            _url("https", endpoint.host, port, endpoint.path), address, port, endpoint.sni,
+            max_body=min(self.options.body_bytes, 1 << 16),
+        )
+        return await self._step(self.network.quic_exchange, request, self.options.timeout)
 
     async def download(self, endpoint: Endpoint, port: PortObservation) -> PortObservation:
         """The throughput transfer of one address and port, when its steps passed.
@@ -278,6 +347,10 @@ class Measurer:
         request = MtprotoRequest(address, port, base64.b64encode(payload).decode(), transport)
         result = await self._step(self.network.mtproto_exchange, request, self.options.timeout)
         return judge_mtproto(result)
+
+
+async def _nothing() -> QuicResult | None:
+    return None
 
 
 def sent_nonce(request: MtprotoRequest) -> bytes:

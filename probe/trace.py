@@ -40,12 +40,17 @@ from probe.net.network import (
     MtprotoRequest,
     MtprotoResult,
     Network,
+    QuicRequest,
+    QuicResult,
     TlsRequest,
     TlsResult,
+    UdpRequest,
+    UdpResult,
     from_json,
     to_json,
 )
 from probe.runner import RunOptions
+from probe.stun import scrub_udp_result
 from probe.targets import Targets
 
 FORMAT = "probe-trace"
@@ -60,6 +65,8 @@ RESULT_TYPES: dict[str, type] = {
     "tls_handshake": TlsResult,
     "http_request": HttpResult,
     "mtproto_exchange": MtprotoResult,
+    "udp_exchange": UdpResult,
+    "quic_exchange": QuicResult,
     "control_call": ControlResult,
 }
 REQUEST_TYPES: dict[str, type | None] = {
@@ -69,6 +76,8 @@ REQUEST_TYPES: dict[str, type | None] = {
     "tls_handshake": TlsRequest,
     "http_request": HttpRequest,
     "mtproto_exchange": MtprotoRequest,
+    "udp_exchange": UdpRequest,
+    "quic_exchange": QuicRequest,
     "control_call": ControlRequest,
 }
 
@@ -204,7 +213,7 @@ def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
     dropped = 0
     for raw in raw_lines:
         try:
-            lines.append(scrub_measurement(json.loads(raw), addresses))
+            lines.append(scrub_measurement(_unmask_stun(json.loads(raw), addresses), addresses))
         except ScrubError:
             dropped += 1
         except ValueError:
@@ -224,6 +233,18 @@ def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
         temporary.unlink(missing_ok=True)
         raise TraceError(f"{path}: cannot write the scrubbed trace ({exc})") from None
     return dropped
+
+
+def _unmask_stun(line: Any, addresses: list[str]) -> Any:
+    """A udp_exchange line whose STUN answers no longer name the volunteer: their
+    XOR-MAPPED-ADDRESS hides the address from the reports' scrubber."""
+    if not isinstance(line, dict) or line.get("op") != "udp_exchange":
+        return line
+    try:
+        result = decode_result("udp_exchange", line["result"])
+    except (KeyError, TypeError, ValueError):
+        return line
+    return {**line, "result": to_json(scrub_udp_result(result, addresses))}
 
 
 class TraceWriter:
@@ -396,6 +417,18 @@ class RecordingNetwork:
         t0 = self.inner.clock()
         result = await self.inner.mtproto_exchange(request, timeout)
         self._record("mtproto_exchange", t0, {"timeout": timeout}, to_json(request), result)
+        return result
+
+    async def udp_exchange(self, request: UdpRequest, timeout: float) -> UdpResult:
+        t0 = self.inner.clock()
+        result = await self.inner.udp_exchange(request, timeout)
+        self._record("udp_exchange", t0, {"timeout": timeout}, to_json(request), result)
+        return result
+
+    async def quic_exchange(self, request: QuicRequest, timeout: float) -> QuicResult:
+        t0 = self.inner.clock()
+        result = await self.inner.quic_exchange(request, timeout)
+        self._record("quic_exchange", t0, {"timeout": timeout}, to_json(request), result)
         return result
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:

@@ -68,6 +68,9 @@ UDP_FLOW_CUTOFF = "udp_flow_cutoff"
 STUN_INJECTED = "stun_injected_response"
 STUN_INVALID_RESPONSE = "stun_invalid_response"  # bytes that are not our transaction's answer
 TURN_NO_CHALLENGE = "turn_no_challenge"  # an Allocate answered without 401 + REALM + NONCE
+# An echo service answered the flow with bytes it was never sent (a middlebox
+# answering for it, a port that is not an echo). Test: tests/test_stun.py.
+UDP_INVALID_RESPONSE = "udp_invalid_response"
 # ours: QUIC (probe.net.quic, over aioquic)
 QUIC_VERSION_NEGOTIATION = "quic_version_negotiation"  # the server offered no version we speak
 QUIC_CONNECTION_CLOSED = "quic_connection_closed"  # CONNECTION_CLOSE with a transport error
@@ -140,6 +143,40 @@ def icmp_failure(version: int, icmp_type: int, code: int) -> str | None:
     if code in _ICMP_PROHIBITED.get((version, icmp_type), ()):
         return ADMINISTRATIVELY_PROHIBITED
     return None
+
+
+def icmp_error_failure(error: int, version: int, icmp_type: int, code: int) -> str:
+    """The failure of an ICMP error read from a socket's error queue (a UDP flow's):
+    the precise ICMP reading first, then the errno the kernel gave it. A closed
+    UDP port answers ICMP port unreachable (IPv4 type 3 code 3, ICMPv6 type 1
+    code 4), which Linux reports as ECONNREFUSED: ``connection_refused``.
+    Test: tests/net/test_udp.py (closed port)."""
+    precise = icmp_failure(version, icmp_type, code)
+    if precise is not None:
+        return precise
+    if error in _ERRNO:
+        return _ERRNO[error]
+    return f"{UNKNOWN_PREFIX}icmp type {icmp_type} code {code}"
+
+
+# QUIC CONNECTION_CLOSE (RFC 9000 section 20): a transport close (it names a
+# frame type) with 0x100-0x1ff carries a TLS alert, as a TCP handshake's alert
+# does; an application close (no frame type) with 0x101-0x110 is an HTTP/3
+# error (RFC 9114 section 8.1) about what we or the server sent.
+_QUIC_CRYPTO_ERRORS = range(0x100, 0x200)
+_H3_ERRORS = range(0x101, 0x111)
+
+
+def quic_close_failure(error_code: int, frame_type: int | None, reason: str) -> str:
+    """The failure of a QUIC connection that ended before our request was answered.
+    Test: tests/net/test_quic.py (wrong ALPN: no_application_protocol alert)."""
+    if reason == "Idle timeout":  # aioquic's own close: nothing more came back
+        return GENERIC_TIMEOUT
+    if frame_type is not None and error_code in _QUIC_CRYPTO_ERRORS:
+        return SSL_FAILED_HANDSHAKE
+    if frame_type is None and error_code in _H3_ERRORS:
+        return HTTP3_INVALID_RESPONSE
+    return QUIC_CONNECTION_CLOSED
 
 
 DNS_RCODES = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from probe.net import dns, http, tcp, tls
+from probe.net import dns, http, quic, tcp, tls, udp
 from probe.net.network import (
     ConnectResult,
     ControlRequest,
@@ -16,8 +16,12 @@ from probe.net.network import (
     HttpResult,
     MtprotoRequest,
     MtprotoResult,
+    QuicRequest,
+    QuicResult,
     TlsRequest,
     TlsResult,
+    UdpRequest,
+    UdpResult,
 )
 
 
@@ -49,6 +53,12 @@ class LiveNetwork:
 
     async def mtproto_exchange(self, request: MtprotoRequest, timeout: float) -> MtprotoResult:
         return await tcp.mtproto_exchange(request, timeout, self.clock)
+
+    async def udp_exchange(self, request: UdpRequest, timeout: float) -> UdpResult:
+        return await udp.udp_exchange(request, timeout, self.clock)
+
+    async def quic_exchange(self, request: QuicRequest, timeout: float) -> QuicResult:
+        return await quic.quic_exchange(request, timeout, self.clock)
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:
         return await http.control_call(request, timeout, self.clock)

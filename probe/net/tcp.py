@@ -8,7 +8,7 @@ import socket
 import struct
 
 from probe import mtproto
-from probe.net import failures
+from probe.net import failures, icmp
 from probe.net.network import ConnectResult, MtprotoRequest, MtprotoResult, Timing
 
 MAX_MTPROTO_REPLY = 64 * 1024
@@ -18,31 +18,16 @@ EVIDENCE_GRACE = 0.2
 EVIDENCE_BYTES = 4096
 
 
-# Linux's extended socket errors (ip(7), ipv6(7)): with IP_RECVERR set, an ICMP error
-# answering our SYN is queued on the socket with its type and code, which errno alone
-# loses (EHOSTUNREACH is a dead host and a censor's "administratively prohibited" alike).
-_RECVERR = {
-    socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
-    socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25)),
-}
-_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-_ICMP_ORIGIN = {2: 4, 3: 6}  # SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6
 _UNREACHABLE_LIKE = failures.UNREACHABLE | {failures.ADMINISTRATIVELY_PROHIBITED}
 
 
 def _icmp_reason(sock: socket.socket) -> str | None:
-    """What the queued ICMP error says, when it is more precise than errno."""
-    try:
-        _, ancillary, _, _ = sock.recvmsg(1, 512, _MSG_ERRQUEUE)
-    except OSError:  # nothing queued, or no extended errors on this platform
+    """What the queued ICMP error says, when it is more precise than errno
+    (EHOSTUNREACH is a dead host and a censor's "administratively prohibited" alike)."""
+    error = icmp.read_error(sock)
+    if error is None:
         return None
-    for level, kind, data in ancillary:
-        if (level, kind) in _RECVERR.values() and len(data) >= 16:
-            _errno, origin, icmp_type, code = struct.unpack_from("=IBBB", data)
-            version = _ICMP_ORIGIN.get(origin)
-            if version is not None:
-                return failures.icmp_failure(version, icmp_type, code)
-    return None
+    return failures.icmp_failure(error.version, error.icmp_type, error.icmp_code)
 
 
 async def _open(address: str, port: int):
@@ -56,12 +41,7 @@ async def _open(address: str, port: int):
     sock = socket.socket(family, kind, proto)
     try:
         sock.setblocking(False)
-        level_option = _RECVERR.get(family)
-        if level_option is not None:
-            try:
-                sock.setsockopt(*level_option, 1)
-            except OSError:
-                level_option = None
+        level_option = icmp.RECVERR.get(family) if icmp.enable(sock) else None
         try:
             await asyncio.get_running_loop().sock_connect(sock, sockaddr)
         except OSError as exc:

@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from probe import mtproto
 from probe.control import protocol
+from probe.lab.servers.stun import StunServer
 from probe.net import dns as netdns
 from probe.net import failures
 from probe.net.network import (
@@ -47,9 +48,15 @@ from probe.net.network import (
     HttpResult,
     MtprotoRequest,
     MtprotoResult,
+    QuicRequest,
+    QuicResult,
     Timing,
     TlsRequest,
     TlsResult,
+    UdpReceived,
+    UdpRequest,
+    UdpResult,
+    UdpSent,
 )
 from probe.runner import RunOptions, run_endpoints
 
@@ -211,6 +218,22 @@ class World:
         return mtproto.frame(answer, request.transport, initial=False)
 
 
+    # UDP, QUIC -----------------------------------------------------------------
+    def udp(self, request: UdpRequest) -> list[list[bytes]] | str:
+        """Per datagram sent, the datagrams answering it (a STUN/TURN server that
+        echoes anything else); or a failure string for the whole flow."""
+        server = StunServer([("0.0.0.0", 0)])
+        source = (self.probe_address, 40000)
+        return [server.replies(base64.b64decode(d), source, ("flow",))
+                for d in request.datagrams]
+
+    def quic(self, request: QuicRequest) -> str | tuple[int, tuple[str, ...]]:
+        """A handshake failure, or the HTTP/3 status and the chain the peer sends."""
+        return 200, self.authority.chain(request.sni or request.address)
+
+    probe_address = "192.0.2.77"
+
+
 # --------------------------------------------------------------------------- #
 # The network                                                                  #
 # --------------------------------------------------------------------------- #
@@ -308,6 +331,38 @@ class ScriptedNetwork:
             return MtprotoResult(request, connect, answer, "", self._span(duration))
         return MtprotoResult(request, connect, None, base64.b64encode(answer).decode(),
                              self._span(0.06))
+
+    async def udp_exchange(self, request: UdpRequest, timeout: float) -> UdpResult:
+        answers = self.world.udp(request)
+        if isinstance(answers, str):
+            span = self._span(timeout if answers == failures.GENERIC_TIMEOUT else 0.05)
+            sent = (UdpSent(span.t0, 0),)
+            return UdpResult(request, sent, (), (), answers, span)
+        t0 = self.clock()
+        sent, received = [], []
+        for index, replies in enumerate(answers):
+            sent.append(UdpSent(round(t0 + request.schedule[index], 6), index))
+            for reply in replies:
+                received.append(UdpReceived(round(t0 + request.schedule[index] + 0.04, 6),
+                                            base64.b64encode(reply).decode(), len(reply)))
+            if request.stop_on_reply and replies:
+                break
+        last = sent[-1].t - t0 if sent else 0.0
+        span = self._span(min(timeout, last + request.linger))
+        failure = None if received else failures.GENERIC_TIMEOUT
+        return UdpResult(request, tuple(sent), tuple(received), (), failure, span)
+
+    async def quic_exchange(self, request: QuicRequest, timeout: float) -> QuicResult:
+        answer = self.world.quic(request)
+        if isinstance(answer, str):
+            span = self._span(timeout if answer == failures.GENERIC_TIMEOUT else 0.05)
+            return QuicResult(request, answer, "handshake", None, None, None, None, (), None,
+                              (), "", 0, 0, span)
+        status, chain = answer
+        body = b"<html><title>h3</title></html>"
+        return QuicResult(request, None, None, "0x00000001", 0.05, "TLSv1.3", "h3", chain,
+                          status, (("content-type", "text/html"),),
+                          base64.b64encode(body).decode(), len(body), 6, self._span(0.1))
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:
         if self.control is None:

@@ -34,13 +34,24 @@ set of them from JSON (``fleet.Fleet``)::
         {"kind": "mitm", "listen": ["198.51.100.1:443"],
          "ca": {"cert": "roots/censor.pem", "key": "roots/censor.key"},
          "upstream": "203.0.113.10:443", "upstreams": {"www.example.org": "203.0.113.10:443"},
-         "original_destination": false, "upstream_tls": true, "upstream_ca": null}
+         "original_destination": false, "upstream_tls": true, "upstream_ca": null},
+        {"kind": "stun", "listen": ["203.0.113.70:3478", "203.0.113.70:596"],
+         "echo": true, "answer_first": null, "forge": null,
+         "turn": "challenge | open | silent"},
+        {"kind": "quic", "listen": ["203.0.113.10:443"],
+         "certificate": {"cert": "leaves/www.example.org.pem",
+                         "key": "leaves/www.example.org.key"},
+         "title": "HTTP/3 works", "body_size": null}
       ]
     }
 
 Every server also takes its own ``"limits"``. Behaviours are ``answer``,
 ``nxdomain``, ``servfail``, ``refused``, ``drop`` or ``{"forge": ADDRESSES}``;
 the behaviour file holds the same object as ``behaviours`` and its entries win.
+``stun`` answers Binding and (unauthenticated) TURN Allocate requests and echoes
+other datagrams; ``answer_first: N`` cuts each flow after N datagrams, ``forge``
+adds a second Binding Success mapping to that address (see ``servers/stun.py``).
+``quic`` is an HTTP/3 origin (aioquic); ``body_size`` serves that many bytes.
 """
 
 from probe.lab.servers.config import ConfigError
@@ -50,7 +61,9 @@ from probe.lab.servers.http import TELEGRAM_SITE, HttpServer, HttpSite
 from probe.lab.servers.https import HttpsServer
 from probe.lab.servers.mitm import MitmProxy
 from probe.lab.servers.mtproto import MtprotoServer
+from probe.lab.servers.quic import QuicHttpServer
 from probe.lab.servers.stream import Limits, Server, StreamServer, serve_until
+from probe.lab.servers.stun import StunServer
 from probe.lab.servers.tcp import TcpServer
 
 __all__ = [
@@ -65,8 +78,10 @@ __all__ = [
     "Limits",
     "MitmProxy",
     "MtprotoServer",
+    "QuicHttpServer",
     "Server",
     "StreamServer",
+    "StunServer",
     "TcpServer",
     "answer_query",
     "build_server",

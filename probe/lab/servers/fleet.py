@@ -27,7 +27,9 @@ from probe.lab.servers.http import HttpServer, HttpSite
 from probe.lab.servers.https import HttpsServer
 from probe.lab.servers.mitm import MitmProxy
 from probe.lab.servers.mtproto import MtprotoServer
+from probe.lab.servers.quic import RESPONSES, QuicHttpServer
 from probe.lab.servers.stream import Limits, Server
+from probe.lab.servers.stun import TURN_MODES, StunServer
 from probe.lab.servers.tcp import TcpServer
 
 _COMMON = {"kind", "listen", "limits", "name"}
@@ -151,6 +153,50 @@ def _mitm(
     )
 
 
+def _stun(
+    spec: dict[str, Any], listen: list[Any], limits: Limits, where: str, base: Path
+) -> Server:
+    _check_keys(spec, {"echo", "answer_first", "forge", "turn"}, where)
+    turn = optional(spec, "turn", str, where, "challenge")
+    if turn not in TURN_MODES:
+        raise ConfigError(f"{where}.turn: {turn!r} is not one of {list(TURN_MODES)}")
+    answer_first = optional(spec, "answer_first", int, where)
+    if answer_first is not None and answer_first < 0:
+        raise ConfigError(f"{where}.answer_first: must be >= 0")
+    forge = optional(spec, "forge", str, where)
+    if forge is not None:
+        forge = parse_endpoint(f"[{forge}]:0" if ":" in forge else f"{forge}:0",
+                               f"{where}.forge")[0]
+    return StunServer(
+        listen,
+        echo=optional(spec, "echo", bool, where, True),
+        answer_first=answer_first,
+        forge=forge,
+        turn=turn,
+        limits=limits,
+    )
+
+
+def _quic(
+    spec: dict[str, Any], listen: list[Any], limits: Limits, where: str, base: Path
+) -> Server:
+    _check_keys(spec, {"certificate", "title", "body_size", "respond"}, where)
+    respond = optional(spec, "respond", str, where, "answer")
+    if respond not in RESPONSES:
+        raise ConfigError(f"{where}.respond: {respond!r} is not one of {list(RESPONSES)}")
+    body_size = optional(spec, "body_size", int, where)
+    if body_size is not None and body_size < 0:
+        raise ConfigError(f"{where}.body_size: must be >= 0")
+    return QuicHttpServer(
+        listen,
+        _key_pair(require(spec, "certificate", dict, where), f"{where}.certificate", base),
+        title=optional(spec, "title", str, where, "HTTP/3 works"),
+        body_size=body_size,
+        respond=respond,
+        limits=limits,
+    )
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Limits, str, Path], Server]] = {
     "dns": _dns,
     "https": _https,
@@ -158,6 +204,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Limits, str, Path], Ser
     "mtproto": _mtproto,
     "tcp": _tcp,
     "mitm": _mitm,
+    "stun": _stun,
+    "quic": _quic,
 }
 
 

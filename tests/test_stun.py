@@ -1,0 +1,215 @@
+"""The STUN/TURN codec and the judges of UDP flows, on constructed results (pure).
+
+Each failure the judges give is made here from the datagrams that would cause
+it; tests/net/test_udp.py makes the same ones for real over loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+import pytest
+from aioice import stun as aioice_stun
+
+from probe import stun
+from probe.net import failures
+from probe.net.network import IcmpError, Timing, UdpReceived, UdpRequest, UdpResult, UdpSent
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def transaction(request: UdpRequest, index: int = 0) -> bytes:
+    return base64.b64decode(request.datagrams[index])[8:20]
+
+
+def success(tid: bytes, address: str = "198.51.100.7", port: int = 40000) -> bytes:
+    message = aioice_stun.Message(aioice_stun.Method.BINDING, aioice_stun.Class.RESPONSE, tid,
+                                  {"XOR-MAPPED-ADDRESS": (address, port)})
+    message.add_fingerprint()
+    return bytes(message)
+
+
+def challenge(tid: bytes, nonce: bytes = b"abc", realm: str | None = "example.org") -> bytes:
+    attributes = {"ERROR-CODE": (401, "Unauthorized"), "NONCE": nonce}
+    if realm is not None:
+        attributes["REALM"] = realm
+    message = aioice_stun.Message(aioice_stun.Method.ALLOCATE, aioice_stun.Class.ERROR, tid,
+                                  attributes)
+    return bytes(message)
+
+
+def result(request: UdpRequest, received: list[bytes], *, sent: int | None = None,
+           icmp: tuple[IcmpError, ...] = (), failure: str | None = None) -> UdpResult:
+    count = len(request.datagrams) if sent is None else sent
+    return UdpResult(
+        request,
+        tuple(UdpSent(request.schedule[i], i) for i in range(count)),
+        tuple(UdpReceived(0.1 + i / 100, b64(d), len(d)) for i, d in enumerate(received)),
+        icmp,
+        failure if failure or received else failures.GENERIC_TIMEOUT,
+        Timing(0.0, 2.0),
+    )
+
+
+def test_binding_request_is_what_a_stun_server_parses() -> None:
+    raw = stun.binding_request()
+    message = aioice_stun.parse_message(raw)  # also checks our FINGERPRINT
+    assert message.message_method == aioice_stun.Method.BINDING
+    assert message.message_class == aioice_stun.Class.REQUEST
+    assert len(message.transaction_id) == 12
+    assert stun.binding_request()[8:20] != raw[8:20]  # a fresh transaction each time
+    allocate = aioice_stun.parse_message(stun.allocate_request())
+    assert allocate.message_method == aioice_stun.Method.ALLOCATE
+    assert allocate.attributes["REQUESTED-TRANSPORT"] == 17 << 24
+
+
+def test_parse_reads_the_mapped_address_v4_and_v6() -> None:
+    tid = b"t" * 12
+    assert stun.parse(success(tid)).mapped_address() == "198.51.100.7:40000"
+    assert stun.parse(success(tid, "2001:db8::5", 9)).mapped_address() == "[2001:db8::5]:9"
+
+
+@pytest.mark.parametrize("damage", ["cookie", "length", "fingerprint", "short", "rtp"])
+def test_parse_refuses_what_is_not_stun(damage: str) -> None:
+    raw = bytearray(success(b"t" * 12))
+    if damage == "cookie":
+        raw[4] ^= 1
+    elif damage == "length":
+        raw[3] += 4
+    elif damage == "fingerprint":
+        raw[-1] ^= 1
+    elif damage == "short":
+        raw = raw[:10]
+    else:
+        raw[0] = 0x80
+    with pytest.raises(stun.StunError):
+        stun.parse(bytes(raw))
+
+
+def test_retransmission_schedule_follows_rfc_5389_within_the_budget() -> None:
+    assert stun.retransmission_schedule(10.0) == (0.0, 0.5, 1.5, 3.5, 7.5)
+    assert stun.retransmission_schedule(2.0) == (0.0, 0.5, 1.5)
+    assert stun.retransmission_schedule(100.0) == (0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5)
+    request = stun.stun_request("203.0.113.1", 3478, 4.0)
+    assert request.stop_on_reply and len(set(request.datagrams)) == 1  # same transaction
+
+
+def test_stun_success_records_the_mapped_address() -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 4.0)
+    tid = transaction(request)
+    # a duplicate answer to a retransmission says the same thing: still success
+    check = stun.judge_stun(result(request, [success(tid), success(tid)], sent=2))
+    assert check.failure is None
+    assert check.mapped_address == "198.51.100.7:40000"
+    assert check.answered == (0,)
+
+
+def test_silence_and_icmp() -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 2.0)
+    assert stun.judge_stun(result(request, [])).failure == failures.GENERIC_TIMEOUT
+    icmp = (IcmpError(0.01, failures.CONNECTION_REFUSED, 3, 3, "203.0.113.1"),)
+    refused = result(request, [], icmp=icmp, failure=failures.CONNECTION_REFUSED)
+    assert stun.judge_stun(refused).failure == failures.CONNECTION_REFUSED
+
+
+def test_two_different_answers_are_injection() -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 2.0)
+    tid = transaction(request)
+    forged = result(request, [success(tid, "10.10.34.35"), success(tid)])
+    check = stun.judge_stun(forged)
+    assert check.failure == failures.STUN_INJECTED and check.error == stun.CONFLICTING_ANSWERS
+    garbage = result(request, [b"\x00\x01\x00\x00" + b"\0" * 16, success(tid)])
+    assert stun.judge_stun(garbage).failure == failures.STUN_INJECTED
+
+
+def test_answers_that_are_not_ours_are_invalid() -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 2.0)
+    check = stun.judge_stun(result(request, [success(b"x" * 12)]))
+    assert check.failure == failures.STUN_INVALID_RESPONSE
+    assert check.error == stun.WRONG_TRANSACTION
+    assert stun.judge_stun(result(request, [b"HTTP/1.1 400\r\n"])).error == stun.NOT_STUN
+    error = aioice_stun.Message(aioice_stun.Method.BINDING, aioice_stun.Class.ERROR,
+                                transaction(request), {"ERROR-CODE": (400, "Bad")})
+    assert stun.judge_stun(result(request, [bytes(error)])).error == stun.ERROR_RESPONSE
+
+
+def test_turn_challenge_and_its_absence() -> None:
+    request = stun.turn_request("203.0.113.1", 3478, 2.0)
+    tid = transaction(request)
+    # two challenges to two sends carry two nonces: that is one answer, not a forgery
+    ok = stun.judge_turn(result(request, [challenge(tid, b"n1"), challenge(tid, b"n2")], sent=2))
+    assert ok.failure is None and ok.answered == (0,)
+    bare = stun.judge_turn(result(request, [challenge(tid, realm=None)]))
+    assert bare.failure == failures.TURN_NO_CHALLENGE
+    assert stun.judge_turn(result(request, [success(tid)])).failure == failures.TURN_NO_CHALLENGE
+
+
+def flow(payload: str, count: int = 20) -> UdpRequest:
+    return stun.flow_request("203.0.113.1", 3478, payload, count, 0.05)
+
+
+def stun_answers(request: UdpRequest, indices) -> list[bytes]:
+    return [success(transaction(request, i)) for i in indices]
+
+
+def echo_answers(request: UdpRequest, indices) -> list[bytes]:
+    return [base64.b64decode(request.datagrams[i]) for i in indices]
+
+
+@pytest.mark.parametrize("answers", [stun_answers, echo_answers])
+def test_flow_cut_after_n_datagrams(answers) -> None:
+    payload = "stun" if answers is stun_answers else "echo"
+    request = flow(payload)
+    check = stun.judge_flow(payload, result(request, answers(request, range(7))))
+    assert check.failure == failures.UDP_FLOW_CUTOFF
+    assert check.last_answered == 6 and check.answered == tuple(range(7))
+
+
+@pytest.mark.parametrize("answers", [stun_answers, echo_answers])
+def test_flow_with_ordinary_loss_is_answered(answers) -> None:
+    payload = "stun" if answers is stun_answers else "echo"
+    request = flow(payload)
+    lossy = [i for i in range(20) if i not in (3, 9, 10, 18, 19)]  # last two lost too
+    check = stun.judge_flow(payload, result(request, answers(request, lossy)))
+    assert check.failure is None and check.answered == tuple(lossy)
+
+
+def test_echo_datagrams_look_like_rtp_of_call_sizes() -> None:
+    request = flow("echo", 50)
+    raws = [base64.b64decode(d) for d in request.datagrams]
+    assert {len(r) for r in raws} <= set(stun.ECHO_SIZES) and len({len(r) for r in raws}) > 2
+    assert [struct.unpack("!H", r[2:4])[0] for r in raws] == list(range(50))
+    assert all(r[0] == 0x80 for r in raws) and len(set(raws)) == 50
+    noise = stun.judge_flow("echo", result(request, [b"not ours"]))
+    assert noise.failure == failures.UDP_INVALID_RESPONSE
+
+
+def test_flow_with_a_forged_mapping_is_injection() -> None:
+    request = flow("stun", 10)
+    answers = stun_answers(request, range(10))
+    answers[4] = success(transaction(request, 4), "10.10.34.35")
+    check = stun.judge_flow("stun", result(request, answers))
+    assert check.failure == failures.STUN_INJECTED
+
+
+def test_scrubbing_hides_the_volunteer_but_keeps_a_forged_mapping() -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 2.0)
+    tid = transaction(request)
+    volunteer = success(tid, "203.0.113.77", 40000)
+    scrubbed = stun.scrub_mapped_addresses(volunteer, ["203.0.113.77"])
+    assert bytes([203, 0, 113, 77]) not in scrubbed
+    assert stun.parse(scrubbed).mapped_address() == "192.0.2.1:40000"  # fingerprint redone
+    v6 = success(tid, "2001:db8:77::5", 1)
+    assert stun.parse(stun.scrub_mapped_addresses(v6, ["2001:db8:77::5"])).mapped_address() == (
+        "[2001:db8::1]:1")
+    forged = success(tid, "10.10.34.35")
+    assert stun.scrub_mapped_addresses(forged, ["203.0.113.77"]) == forged
+    assert stun.scrub_mapped_addresses(b"not stun", ["203.0.113.77"]) == b"not stun"
+    # a forged answer next to the volunteer's real one is still a forgery once scrubbed
+    clean = stun.scrub_udp_result(result(request, [volunteer, forged]), ["203.0.113.77"])
+    assert stun.judge_stun(clean).failure == failures.STUN_INJECTED
+    alone = stun.judge_stun(stun.scrub_udp_result(result(request, [volunteer]), ["203.0.113.77"]))
+    assert alone.failure is None and alone.mapped_address == "192.0.2.1:40000"
