@@ -96,3 +96,20 @@ def test_mutated_bundled_file_is_read_alike(data):
                                max_size=8))
     fast, slow = both(text[:start] + insert + text[end:], REPO_ROOT)
     assert fast == slow
+
+
+def test_the_fast_paths_live_apart_from_the_rules():
+    """probe.targets_fast decides only whether libyaml reads a text as PyYAML does; it
+    imports nothing of probe, so every rule and message stays in probe.targets."""
+    import ast
+    import inspect
+
+    from probe import targets_fast
+
+    tree = ast.parse(inspect.getsource(targets_fast))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported == {"__future__", "collections", "typing", "yaml"}
+    assert targets_module._compose_fast is targets_fast.compose_fast
