@@ -7,19 +7,31 @@ apart from a blocked one). The answer carries the helper's own observations in
 the same shapes the probe records, and the address the request came from.
 Parsing never trusts the peer: sizes and counts are capped and every field is
 type-checked; a bad message is a ``ProtocolError`` with a reason.
+
+UDP checks (stun, turn, udp, quic) make the helper send datagrams to a
+destination the requester chose, so a request's UDP cost is bounded before
+anything is measured: at most ``MAX_FLOW_DATAGRAMS`` per flow, no faster than
+one datagram per ``MIN_INTERVAL`` (a call's pace, not a flood's), and at most
+``MAX_REQUEST_DATAGRAMS`` over the whole request (``udp_datagrams``), counted
+for the worst case. Beyond that the request is refused (``RequestTooCostly``,
+HTTP 413), never silently cut: a cut flow would read as a censor's cutoff.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from probe.net.network import from_json, to_json
+from probe.net.network import QuicResult, from_json, to_json
 from probe.observations import EndpointObservation
-from probe.targets import CHECKS, Endpoint
+from probe.targets import Endpoint
+from probe.vocabulary import TCP_CHECKS, UDP_CHECKS, Check, Function, UdpPayload
 
 VERSION = 1
 MAX_ENDPOINTS = 2000
@@ -28,9 +40,35 @@ MAX_PORTS = 8
 MAX_TEXT = 4096
 MAX_PEM = 64 * 1024
 
+# --- the cost of UDP checks ---------------------------------------------------- #
+MAX_FLOW_DATAGRAMS = 100  # one `udp` flow; the probe's default is 50
+MIN_INTERVAL = 0.02  # 50 datagrams/s per flow: a voice call's 20 ms packetisation
+MAX_INTERVAL = 5.0
+MAX_REQUEST_DATAGRAMS = 10_000  # worst case over one request (see udp_datagrams)
+# A Binding Request (or an Allocate) is sent at most 7 times (RFC 5389 7.2.1, Rc = 7).
+STUN_TRANSMISSIONS = 7
+# A QUIC handshake and one HTTP/3 GET: Initials (padded to 1200 bytes, RFC 9000
+# 14.1), their retransmissions and the client's acknowledgements, bounded generously.
+QUIC_DATAGRAMS = 24
+# Addresses the helper may measure per endpoint named by a host name: its own
+# answers plus the probe's, at most 3 per family (probe.runner.RunOptions).
+ADDRESSES_PER_NAME = 6
+
+# --- the size of what a helper answers ------------------------------------------- #
+MAX_QUIC_BODY = 16 * 1024  # the helper keeps this much of an HTTP/3 body
+MAX_UDP_CHECKS_PER_PORT = 4
+MAX_UDP_EVENTS = 4 * MAX_FLOW_DATAGRAMS  # sent, received or ICMP records of one flow
+MAX_DATAGRAM_BYTES = 2048  # probe.net.network.UdpRequest.max_bytes
+MAX_CERTIFICATES = 16
+MAX_PORTS_ANSWERED = MAX_ADDRESSES * MAX_PORTS
+
 
 class ProtocolError(ValueError):
     """A control message that does not follow the protocol."""
+
+
+class RequestTooCostly(ProtocolError):
+    """A well-formed request that would make the helper send too many datagrams."""
 
 
 # The targets file's rule for names (probe.targets): LDH labels of 1 to 63 chars.
@@ -69,12 +107,112 @@ def _text(data: dict, key: str, required: bool = True, limit: int = MAX_TEXT) ->
     return value
 
 
+def _required(data: dict, key: str, limit: int = MAX_TEXT) -> str:
+    value = _text(data, key, limit=limit)
+    assert value is not None  # _text raises for a missing required field
+    return value
+
+
 def endpoint_to_request(endpoint: Endpoint, addresses: tuple[str, ...]) -> dict[str, Any]:
     return {
         "id": endpoint.id, "service": endpoint.service, "host": endpoint.host,
         "ports": list(endpoint.ports), "checks": list(endpoint.checks), "sni": endpoint.sni,
         "ca_pem": endpoint.ca_pem, "path": endpoint.path, "addresses": list(addresses),
+        "function": endpoint.function, "payload": endpoint.payload,
+        "datagrams": endpoint.datagrams, "interval": endpoint.interval,
     }
+
+
+def udp_datagrams(endpoint: Endpoint) -> int:
+    """The most datagrams measuring ``endpoint`` can send, over every address and port.
+
+    Counted for the worst case (every STUN request retransmitted, every address a
+    name may resolve to), so that the bound holds whatever the network answers."""
+    per_port = 0
+    for check in endpoint.checks:
+        if check in (Check.STUN, Check.TURN):
+            per_port += STUN_TRANSMISSIONS
+        elif check == Check.UDP:
+            per_port += endpoint.datagrams
+        elif check == Check.QUIC:
+            per_port += QUIC_DATAGRAMS
+    addresses = 1 if endpoint.host_is_address else ADDRESSES_PER_NAME
+    return per_port * len(endpoint.ports) * addresses
+
+
+def _number(data: dict, key: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise ProtocolError(f"field {key!r} must be a {'whole ' if kind is int else ''}number")
+    return value
+
+
+def datagrams_sent(observations: dict[str, EndpointObservation]) -> int:
+    """The datagrams a measurement sent (a QUIC handshake counted as ``QUIC_DATAGRAMS``)."""
+    sent = 0
+    for observation in observations.values():
+        for port in observation.ports:
+            sent += sum(len(check.result.sent) for check in port.udp)
+            sent += QUIC_DATAGRAMS if port.quic is not None else 0
+    return sent
+
+
+def split_by_cost(
+    items: list[ControlEndpoint], limit: int = MAX_REQUEST_DATAGRAMS
+) -> list[list[ControlEndpoint]]:
+    """``items`` in order, cut into requests whose UDP cost is at most ``limit`` each
+    (and at most ``MAX_ENDPOINTS`` endpoints); an endpoint costing more alone is
+    a request of its own, which the helper refuses (413) without failing the others."""
+    requests: list[list[ControlEndpoint]] = []
+    current: list[ControlEndpoint] = []
+    cost = 0
+    for item in items:
+        one = udp_datagrams(item.endpoint)
+        if current and (cost + one > limit or len(current) >= MAX_ENDPOINTS):
+            requests.append(current)
+            current, cost = [], 0
+        current.append(item)
+        cost += one
+    if current:
+        requests.append(current)
+    return requests
+
+
+def _udp_fields(data: dict) -> dict[str, Any]:
+    """The optional function and the `udp` flow's shape, checked; absent means default.
+
+    A value of the wrong type is a ``ProtocolError``; a flow denser or longer than
+    the helper sends for anyone is ``RequestTooCostly``."""
+    fields: dict[str, Any] = {}
+    function = data.get("function")
+    if function is not None:
+        if not isinstance(function, str) or function not in set(Function):
+            raise ProtocolError(f"function must be one of {', '.join(Function)}")
+        fields["function"] = function
+    payload = data.get("payload")
+    if payload is not None:
+        if not isinstance(payload, str) or payload not in set(UdpPayload):
+            raise ProtocolError(f"payload must be one of {', '.join(UdpPayload)}")
+        fields["payload"] = payload
+    datagrams = _number(data, "datagrams", int)
+    if datagrams is not None:
+        if datagrams < 1:
+            raise ProtocolError("datagrams must be at least 1")
+        if datagrams > MAX_FLOW_DATAGRAMS:
+            raise RequestTooCostly(f"datagrams: at most {MAX_FLOW_DATAGRAMS} per flow")
+        fields["datagrams"] = datagrams
+    interval = _number(data, "interval", (int, float))
+    if interval is not None:
+        if not 0 < interval <= MAX_INTERVAL:
+            raise ProtocolError(f"interval must be more than 0 and at most {MAX_INTERVAL} s")
+        if interval < MIN_INTERVAL:
+            raise RequestTooCostly(
+                f"interval: at least {MIN_INTERVAL} s between two datagrams of a flow")
+        fields["interval"] = float(interval)
+    return fields
 
 
 def build_request(
@@ -95,6 +233,7 @@ class ControlQuery:
     items: list[ControlEndpoint]
     timeout: float
     trust_pem: str | None
+    udp_datagrams: int = 0  # the most datagrams its UDP checks can send (udp_datagrams)
 
 
 def parse_request(body: Any) -> ControlQuery:
@@ -120,9 +259,12 @@ def parse_request(body: Any) -> ControlQuery:
         checks = data.get("checks")
         if (
             not isinstance(checks, list) or not checks
-            or not all(isinstance(c, str) and c in CHECKS for c in checks)
+            or not all(isinstance(c, str) and c in set(Check) for c in checks)
         ):
-            raise ProtocolError(f"checks must be a non-empty list drawn from {', '.join(CHECKS)}")
+            raise ProtocolError(f"checks must be a non-empty list drawn from {', '.join(Check)}")
+        if set(checks) & TCP_CHECKS and set(checks) & UDP_CHECKS:
+            # an endpoint's ports are UDP ports when its checks are UDP checks
+            raise ProtocolError("an endpoint mixes TCP checks and UDP checks; split it in two")
         addresses = data.get("addresses", [])
         if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES:
             raise ProtocolError(f"addresses must be a list of at most {MAX_ADDRESSES}")
@@ -137,15 +279,72 @@ def parse_request(body: Any) -> ControlQuery:
         if not path.startswith("/"):
             raise ProtocolError("path must start with /")
         endpoint = Endpoint(
-            id=_text(data, "id"), service=_text(data, "service"), host=_host(data, "host"),
+            id=_required(data, "id"), service=_required(data, "service"),
+            host=_host(data, "host") or "",
             ports=tuple(ports), checks=tuple(checks), sni=_host(data, "sni", required=False),
             ca_pem=_text(data, "ca_pem", required=False, limit=MAX_PEM), path=path,
+            **_udp_fields(data),
         )
         items.append(ControlEndpoint(endpoint, tuple(addresses)))
+    cost = sum(udp_datagrams(item.endpoint) for item in items)
+    if cost > MAX_REQUEST_DATAGRAMS:
+        raise RequestTooCostly(
+            f"the UDP checks of this request could send {cost} datagrams, more than "
+            f"{MAX_REQUEST_DATAGRAMS}: send fewer endpoints, ports or datagrams per request")
     trust = body.get("trust_pem")
     if trust is not None and (not isinstance(trust, str) or len(trust) > MAX_PEM * 4):
         raise ProtocolError("trust_pem must be PEM text of at most 256 KiB")
-    return ControlQuery(items, float(timeout), trust)
+    return ControlQuery(items, float(timeout), trust, cost)
+
+
+def _decoded_length(text: str) -> int:
+    """The bytes a base64 text stands for, without decoding it."""
+    return len(text) * 3 // 4 - text[-2:].count("=")
+
+
+def _capped_quic(result: QuicResult | None) -> QuicResult | None:
+    if result is None or _decoded_length(result.body) <= MAX_QUIC_BODY:
+        return result
+    body = base64.b64encode(base64.b64decode(result.body)[:MAX_QUIC_BODY]).decode()
+    return dataclasses.replace(result, body=body)  # body_length keeps the real size
+
+
+def cap_observation(observation: EndpointObservation) -> EndpointObservation:
+    """What the helper answers of an observation: HTTP/3 bodies cut to
+    ``MAX_QUIC_BODY`` (their length is kept), so that a QUIC check's answer stays
+    small whatever the page a requester pointed it at."""
+    ports = tuple(
+        dataclasses.replace(port, quic=_capped_quic(port.quic)) if port.quic else port
+        for port in observation.ports
+    )
+    return dataclasses.replace(observation, ports=ports)
+
+
+def _check_sizes(observation: EndpointObservation) -> None:
+    """Refuse an answer whose UDP and QUIC parts are larger than any request can
+    produce: the probe keeps control observations for the whole run."""
+    if len(observation.ports) > MAX_PORTS_ANSWERED:
+        raise ValueError(f"more than {MAX_PORTS_ANSWERED} ports")
+    for port in observation.ports:
+        if len(port.udp) > MAX_UDP_CHECKS_PER_PORT:
+            raise ValueError(f"more than {MAX_UDP_CHECKS_PER_PORT} UDP checks on one port")
+        for check in port.udp:
+            if check.check not in (Check.STUN, Check.TURN, Check.UDP):
+                raise ValueError(f"unknown UDP check {check.check[:20]!r}")
+            flow = check.result
+            events = (len(flow.sent), len(flow.received), len(flow.icmp), len(check.answered),
+                      len(flow.request.datagrams))
+            if max(events) > MAX_UDP_EVENTS:
+                raise ValueError(f"a UDP flow with more than {MAX_UDP_EVENTS} events")
+            if any(_decoded_length(d.data) > MAX_DATAGRAM_BYTES for d in flow.received) or any(
+                    _decoded_length(d) > MAX_DATAGRAM_BYTES for d in flow.request.datagrams):
+                raise ValueError(f"a UDP datagram larger than {MAX_DATAGRAM_BYTES} bytes")
+        quic = port.quic
+        if quic is not None:
+            if _decoded_length(quic.body) > MAX_QUIC_BODY:
+                raise ValueError(f"an HTTP/3 body larger than {MAX_QUIC_BODY} bytes")
+            if len(quic.peer_certificates) > MAX_CERTIFICATES or len(quic.headers) > 256:
+                raise ValueError("a QUIC handshake with too many certificates or headers")
 
 
 def build_response(
@@ -163,7 +362,7 @@ def build_response(
     for endpoint_id, observation in observations.items():
         entry = {
             "endpoint_id": endpoint_id, "measured_at": measured_at, "helper": helper,
-            "observation": to_json(observation),
+            "observation": to_json(cap_observation(observation)),
         }
         entries[endpoint_id] = sign(entry) if sign is not None else entry
     return {"version": VERSION, "helper": helper, "probe_address": probe_address,
@@ -207,6 +406,7 @@ def parse_response(body: Any) -> ParsedResponse:
             raise ProtocolError(f"endpoint {key[:60]!r}: malformed entry")
         try:
             observations[key] = from_json(EndpointObservation, entry.get("observation"))
+            _check_sizes(observations[key])
         except (ValueError, TypeError) as exc:
             raise ProtocolError(f"endpoint {key[:60]!r}: {exc}"[:300]) from None
         entries[key] = value

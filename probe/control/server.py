@@ -2,12 +2,19 @@
 
 NGOs deploy it on an uncensored network. It answers ``POST /measure`` (see
 ``probe.control.protocol``) by running the very same steps as the probe
-(``probe.runner.Measurer``) over the live network, and ``GET /`` with a health
-line. It is built to be exposed to the Internet: request bodies are capped,
+(``probe.runner.Measurer``) over the live network, ``GET /`` with a health
+line, and ``GET /info`` (or ``POST /info``, for the probe's network seam, which
+only POSTs) with what it offers: the ports of its UDP echo
+(``probe.control.udp_echo``), served next to it with ``--udp-echo``.
+
+It is built to be exposed to the Internet: request bodies are capped,
 concurrent measurements are bounded (extra requests get 503 at once, never a
 hang), every measurement has a deadline, and it refuses to measure bogon
-addresses (it must not become a proxy into its own private network). The
-address a request came from is echoed to the probe and never stored or logged.
+addresses (it must not become a proxy into its own private network). UDP
+checks send datagrams where a requester says: a request that could send too
+many is refused (413), and a helper-wide budget of datagrams (429 when spent)
+bounds what all requests together can make it send. The address a request
+came from is echoed to the probe and never stored or logged.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from aiohttp import web
 from probe import __version__
 from probe.bogons import IPNetwork, is_bogon
 from probe.control import protocol
+from probe.control.budget import TokenBucket
+from probe.control.udp_echo import DEFAULT_LIMITS, EchoLimits, UdpEcho
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
 
@@ -34,6 +43,13 @@ DEFAULT_MAX_CONCURRENT = 4
 # Longest wait for a request body: a client trickling it byte by byte (slowloris)
 # gets 408 instead of holding a handler, and never holds a measurement slot.
 BODY_TIMEOUT = 10.0
+# Datagrams all UDP checks together may send: 100/s sustained, 20,000 at once.
+# A request reserves its worst case (protocol.udp_datagrams, at most 10,000) and
+# gets 429 when that is more than what is left: the helper must not be a flood
+# on demand. A probe's run costs far less than its worst case (a STUN answer on
+# the first try is one datagram, not seven), and is charged only what it sent.
+UDP_BUDGET_PER_SECOND = 100.0
+UDP_BUDGET_BURST = 20_000
 
 
 class ControlHelper:
@@ -46,6 +62,9 @@ class ControlHelper:
         key=None,  # probe.report.keys.SigningKey: attest every answer with it
         network_factory=LiveNetwork,
         body_timeout: float = BODY_TIMEOUT,
+        udp_echo_ports: tuple[int, ...] = (),
+        echo_limits: EchoLimits = DEFAULT_LIMITS,
+        udp_budget: TokenBucket | None = None,
     ) -> None:
         self.resolver = resolver
         self.max_concurrent = max_concurrent
@@ -54,16 +73,45 @@ class ControlHelper:
         self.key = key
         self.network_factory = network_factory
         self.body_timeout = body_timeout
+        self.udp_echo_ports = udp_echo_ports
+        self.echo_limits = echo_limits
+        self.udp_budget = udp_budget or TokenBucket(UDP_BUDGET_BURST, UDP_BUDGET_PER_SECOND)
+        self.echo: UdpEcho | None = None  # running while served with udp_echo_ports
         self._busy = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/", self.health)
+        app.router.add_get("/info", self.info)
+        app.router.add_post("/info", self.info)
         app.router.add_post("/measure", self.measure)
         return app
 
+    async def start_udp_echo(self, host: str) -> None:
+        """Serve the UDP echo on ``udp_echo_ports`` of ``host`` (OSError if a port is taken)."""
+        if self.udp_echo_ports and self.echo is None:
+            echo = UdpEcho(self.udp_echo_ports, host, self.echo_limits)
+            await echo.start()
+            self.echo = echo
+
+    async def stop_udp_echo(self) -> None:
+        if self.echo is not None:
+            await self.echo.stop()
+            self.echo = None
+
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text=f"probe control helper {__version__}: ok\n")
+
+    async def info(self, request: web.Request) -> web.Response:
+        """What this helper offers a probe, beyond ``/measure`` (the body of a POST is ignored)."""
+        body: dict[str, Any] = {
+            "version": protocol.VERSION, "software_name": "probe-control",
+            "software_version": __version__,
+            "udp_echo": list(self.echo.ports) if self.echo is not None else [],
+        }
+        if self.echo is not None:
+            body["udp_echo_limits"] = self.echo_limits.advertised()
+        return web.json_response(body)
 
     async def measure(self, request: web.Request) -> web.Response:
         if self._busy >= self.max_concurrent:
@@ -77,12 +125,22 @@ class ControlHelper:
             return web.json_response({"error": "request too large"}, status=413)
         try:
             query = protocol.parse_request(json.loads(raw))
+        except protocol.RequestTooCostly as exc:
+            return web.json_response({"error": str(exc)[:300]}, status=413)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack ("[[[[...").
             return web.json_response({"error": str(exc)[:300]}, status=400)
         if self._busy >= self.max_concurrent:  # others started while this body arrived
             return web.json_response({"error": "busy, retry later"}, status=503)
+        # The request's worst case is reserved while it runs; what it did not send
+        # is given back after, so a probe is charged for its real datagrams
+        reserved = query.udp_datagrams
+        if reserved and not self.udp_budget.take(reserved):
+            return web.json_response(
+                {"error": "this helper's budget of UDP datagrams is spent, retry later"},
+                status=429, headers={"Retry-After": "60"})
         self._busy += 1
+        observations: dict | None = None
         try:
             items, timeout = query.items, query.timeout
             timeout = min(timeout, self.max_timeout)
@@ -128,6 +186,8 @@ class ControlHelper:
             return web.json_response(response)
         finally:
             self._busy -= 1
+            if reserved and observations is not None:  # (after a deadline: all may be sent)
+                self.udp_budget.give_back(reserved - protocol.datagrams_sent(observations))
 
 
 async def serve(
@@ -136,13 +196,16 @@ async def serve(
 ) -> None:
     runner = web.AppRunner(helper.app(), access_log=None)  # no access log: no addresses
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    if ready is not None:
-        bound = runner.addresses[0] if runner.addresses else (host, port)
-        shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-        ready(f"control helper listening on {shown}:{bound[1]}")
     try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        await helper.start_udp_echo(host)
+        if ready is not None:
+            bound = runner.addresses[0] if runner.addresses else (host, port)
+            shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
+            echo = f", UDP echo on {' '.join(map(str, helper.echo.ports))}" if helper.echo else ""
+            ready(f"control helper listening on {shown}:{bound[1]}{echo}")
         await (stop.wait() if stop is not None else asyncio.Event().wait())
     finally:
+        await helper.stop_udp_echo()
         await runner.cleanup()

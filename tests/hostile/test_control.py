@@ -4,14 +4,18 @@ The helper is built to face the Internet: oversized bodies get 413, malformed
 or ill-typed requests 400, a client trickling its body 408 (while everyone else
 is served), a flood of measurements 503 at once (``GET /`` still answers), and
 it never measures loopback, private or link-local addresses for anyone unless
-started with --allow-network. On the probe side, a helper that answers garbage,
-too much, or entries whose signature does not match is simply an unavailable
+started with --allow-network. UDP checks that could send more datagrams than a
+request may (a flood on demand) get 413 before a datagram leaves, and once the
+helper's budget of datagrams is spent, 429. On the probe side, a helper that
+answers garbage, too much (UDP flows or HTTP/3 bodies larger than any request
+produces), or entries whose signature does not match is simply an unavailable
 control: the run goes on without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import time
@@ -20,18 +24,29 @@ import tracemalloc
 import aiohttp
 import pytest
 
+from probe.control import protocol
+from probe.control.budget import TokenBucket
 from probe.control.server import ControlHelper
 from probe.net import failures as F
 from probe.net.live import LiveNetwork
-from probe.net.network import to_json
-from probe.observations import EndpointObservation
+from probe.net.network import (
+    QuicRequest,
+    QuicResult,
+    Timing,
+    UdpReceived,
+    UdpRequest,
+    UdpResult,
+    UdpSent,
+    to_json,
+)
+from probe.observations import EndpointObservation, PortObservation, UdpCheck
 from probe.report.keys import generate_ephemeral
 from probe.report.signing import attest_control_response
 from probe.session import ControlConfig, ask_control
 from probe.targets import parse_targets
 
 from .harness import LOOPBACK_NET, MIB
-from .servers import HelperServer, StreamPeer, hold, serve
+from .servers import DatagramPeer, HelperServer, StreamPeer, hold, serve
 
 LOOPBACK = "127.0.0.1"
 
@@ -158,6 +173,20 @@ WRONG_TYPES = {
     "sni-number": (("endpoints", 0, "sni"), 7),
     "path-relative": (("endpoints", 0, "path"), "no-slash"),
     "ca-pem-number": (("endpoints", 0, "ca_pem"), 5),
+    "function-unknown": (("endpoints", 0, "function"), "spying"),
+    "function-list": (("endpoints", 0, "function"), ["calls"]),
+    "payload-unknown": (("endpoints", 0, "payload"), "dns"),
+    "datagrams-bool": (("endpoints", 0, "datagrams"), True),
+    "datagrams-string": (("endpoints", 0, "datagrams"), "50"),
+    "datagrams-float": (("endpoints", 0, "datagrams"), 50.0),
+    "datagrams-zero": (("endpoints", 0, "datagrams"), 0),
+    "interval-string": (("endpoints", 0, "interval"), "0.1"),
+    "interval-negative": (("endpoints", 0, "interval"), -1),
+    "interval-huge": (("endpoints", 0, "interval"), 1e308),
+    "check-udp-unknown": (("endpoints", 0, "checks"), ["sctp"]),
+    # an endpoint's ports are either TCP ports or UDP ports
+    "checks-mix-tcp-and-udp": (("endpoints", 0, "checks"), ["tcp", "udp"]),
+    "checks-mix-tls-and-quic": (("endpoints", 0, "checks"), ["tls", "quic"]),
 }
 
 
@@ -168,6 +197,87 @@ def test_wrong_types_are_400(case):
         status, seconds, text = call(server.port, _mutate(path, value))
     assert status == 400, text
     assert seconds < 2
+
+
+def test_interval_nan_is_400():
+    body = json.dumps(measure_body()).replace('"timeout": 1.0', '"timeout": 1.0').encode()
+    body = body.replace(b'"checks": ["tcp"]', b'"checks": ["udp"], "interval": NaN')
+    with serve(lambda: HelperServer(helper())) as server:
+        status, _, text = call(server.port, body)
+    assert status == 400 and "interval" in text, text
+
+
+def test_the_new_checks_and_fields_are_accepted():
+    """stun, turn, udp and quic endpoints with a function and a flow's shape: 200."""
+    with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as target, serve(
+        lambda: HelperServer(helper(routable=LOOPBACK_NET))
+    ) as server:
+        body = measure_body(LOOPBACK, target.port, checks=("stun", "turn", "udp"), timeout=0.5)
+        body["endpoints"][0].update(function="calls", payload="echo", datagrams=5,
+                                    interval=0.02)
+        body["endpoints"].append({**body["endpoints"][0], "id": "q", "checks": ["dns", "quic"],
+                                  "function": "web"})
+        status, _, text = call(server.port, body)
+    assert status == 200, text
+    assert sorted(json.loads(text)["endpoints"]) == ["e0", "q"]
+
+
+# (what the request asks) -> what the answer says
+COSTLY = {
+    "flow-too-long": ({"datagrams": protocol.MAX_FLOW_DATAGRAMS + 1}, 1, "per flow"),
+    "flow-too-dense": ({"interval": 0.001}, 1, "between two datagrams"),
+    "too-many-flows": ({"datagrams": 100}, 40, "send fewer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COSTLY))
+def test_udp_checks_that_would_flood_are_413_and_send_nothing(case):
+    """A 2 KB request must not make the helper send 32,000 datagrams (40 endpoints x
+    8 ports x 100) at a destination the requester chose: refused before any is sent."""
+    fields, count, reason = COSTLY[case]
+    with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as target, serve(
+        lambda: HelperServer(helper(routable=LOOPBACK_NET))
+    ) as server:
+        body = measure_body(LOOPBACK, target.port, count=count, checks=("udp",))
+        for endpoint in body["endpoints"]:
+            endpoint.update(ports=[target.port] * 8, payload="echo", **fields)
+        status, seconds, text = call(server.port, body)
+        time.sleep(0.2)
+        received = target.received
+    assert status == 413 and reason in text, text
+    assert seconds < 2
+    assert received == 0
+
+
+def test_the_helpers_udp_budget_is_shared_by_every_request():
+    """One budget of datagrams for all requests: a request reserves its worst case
+    while it runs, so a second one at the same time gets 429 at once; what was
+    not sent comes back afterwards. A request without UDP checks is never refused."""
+    budget = TokenBucket(100, 0.001)  # room for one request of 7 x 8 STUN transmissions
+
+    async def scenario(helper_port: int, silent: int, stalling: int):
+        stun = measure_body(LOOPBACK, silent, checks=("stun",), timeout=1.0)
+        stun["endpoints"][0]["ports"] = [silent] * 8
+        slow = copy.deepcopy(stun)  # the same, with a TLS handshake that stalls 1 s
+        slow["endpoints"].append({**measure_body(LOOPBACK, stalling, checks=("tls",))[
+            "endpoints"][0], "id": "slow"})
+        first = asyncio.create_task(post(helper_port, slow))
+        await asyncio.sleep(0.3)
+        second = await post(helper_port, stun)
+        tcp = await post(helper_port, measure_body())
+        return await first, second, tcp, await post(helper_port, stun)
+
+    with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as silent, serve(
+        lambda: StreamPeer(hold)) as stalling, serve(
+        lambda: HelperServer(helper(routable=LOOPBACK_NET, udp_budget=budget))
+    ) as server:
+        first, second, tcp, third = asyncio.run(
+            scenario(server.port, silent.port, stalling.port))
+    assert first[0] == 200, first
+    assert second[0] == 429 and second[1] < 0.5 and "budget" in second[2]
+    assert tcp[0] == 200
+    # 8 ports x 7 sends reserved, at most 8 x 3 sent within 1 s (RFC 5389: 0, 0.5, 1.5 s)
+    assert third[0] == 200, third
 
 
 def test_ten_thousand_endpoints_is_400():
@@ -356,6 +466,53 @@ async def _trickle(reader, writer):
 VALID = {"version": 1, "probe_address": None, "helper": {},
          "endpoints": {"example-tcp": _entry()}}
 
+
+def _udp_observation(received: int = 3, body: bytes = b"<html>ok</html>",
+                     check: str = "udp") -> EndpointObservation:
+    """A control observation with a UDP flow and a QUIC handshake, as a helper answers."""
+    timing = Timing(0.0, 1.0)
+    datagrams = ("AAAA",) * 5
+    flow = UdpResult(
+        UdpRequest("198.51.100.7", 3478, datagrams, (0.0, 0.1, 0.2, 0.3, 0.4)),
+        tuple(UdpSent(0.1 * i, i) for i in range(5)),
+        tuple(UdpReceived(0.1 * i + 0.05, "AAAA", 3) for i in range(received)),
+        (), None, timing,
+    )
+    quic = QuicResult(
+        QuicRequest("https://example.org/", "198.51.100.7", 443, "example.org"), None, None,
+        "0x00000001", 0.05, "TLSv1.3", "h3", ("MIIB",), 200, ((":status", "200"),),
+        base64.b64encode(body).decode(), len(body), 7, timing,
+    )
+    udp = PortObservation("198.51.100.7", 3478, None, None, None, (), (),
+                          udp=(UdpCheck(check, flow, tuple(range(min(received, 5))), None),))
+    h3 = PortObservation("198.51.100.7", 443, None, None, None, (), (), quic=quic)
+    return EndpointObservation("example-tcp", "example", "198.51.100.7", None, (),
+                               ("198.51.100.7",), (), (udp, h3))
+
+
+def _udp_answer(observation: EndpointObservation) -> bytes:
+    return json.dumps({**VALID, "endpoints": {"example-tcp": _entry(observation)}}).encode()
+
+
+def test_an_answer_with_udp_and_quic_parts_round_trips():
+    """What a helper answers of a UDP flow and a QUIC handshake is what the probe reads."""
+    observation = _udp_observation()
+    with serve(lambda: StreamPeer(_answering(_response(_udp_answer(observation))))) as peer:
+        outcome = asyncio.run(ask_control(
+            LiveNetwork(), TARGETS, {OBSERVATION.endpoint_id: OBSERVATION},
+            ControlConfig(urls=(f"http://{LOOPBACK}:{peer.port}",), timeout=2.0), 1.0))
+    assert outcome.available, outcome.problems
+    assert outcome.observations == {"example-tcp": observation}
+
+
+def test_the_helper_answers_at_most_a_small_http3_body():
+    big = _udp_observation(body=b"x" * (1 << 20))
+    answered = protocol.parse_response(json.loads(json.dumps(protocol.build_response(
+        {"example-tcp": big}, None, {}, "2026-01-01T00:00:00Z"))))
+    quic = answered.observations["example-tcp"].ports[1].quic
+    assert len(base64.b64decode(quic.body)) == protocol.MAX_QUIC_BODY
+    assert quic.body_length == 1 << 20  # the real size is still told
+
 # case -> (the hostile helper, what the probe's problem list says)
 HOSTILE_ANSWERS = {
     "garbage": (_answering(_response(b"\x00\xffnot json at all")), F.JSON_PARSE_ERROR),
@@ -387,6 +544,12 @@ HOSTILE_ANSWERS = {
         # the answer's size cap follows the request (one endpoint asked): cut before parsing
         F.CONTROL_RESPONSE_TOO_LARGE),
     "huge": (_huge, F.CONTROL_RESPONSE_TOO_LARGE),
+    "udp-flow-too-long": (_answering(_response(_udp_answer(_udp_observation(received=401)))),
+                          "UDP flow with more than"),
+    "http3-body-too-large": (_answering(_response(_udp_answer(_udp_observation(
+        body=b"x" * (protocol.MAX_QUIC_BODY + 1))))), "HTTP/3 body larger"),
+    "udp-check-unknown": (_answering(_response(_udp_answer(_udp_observation(check="sctp")))),
+                          "unknown UDP check"),
     "trickle": (_trickle, F.GENERIC_TIMEOUT),
 }
 
