@@ -63,7 +63,7 @@ def test_default_path_is_the_checkout_file():
 def test_bundled_services_and_counts(bundled):
     counts = {service.id: len(service.endpoints) for service in bundled.services}
     assert counts["telegram"] == 13
-    assert counts["whatsapp"] == 20
+    assert counts["whatsapp"] == 21
     assert counts["signal"] == 7
     assert counts["facebook_messenger"] == 8
     assert counts["baseline"] >= 3
@@ -104,11 +104,14 @@ def test_bundled_whatsapp(bundled):
     assert [e.host for e in numbered] == [f"e{n}.whatsapp.net" for n in range(1, 17)]
     for endpoint in numbered:
         assert endpoint.ports == (443, 5222) and endpoint.checks == ("dns", "tcp")
-    by_host = {e.host: e for e in whatsapp.endpoints}
-    assert by_host["v.whatsapp.net"].role == "registration"
-    assert by_host["web.whatsapp.com"].role == "web"
-    for host in ("v.whatsapp.net", "web.whatsapp.com", "g.whatsapp.net", "mmg.whatsapp.net"):
-        assert "https" in by_host[host].checks
+    by_role = {e.role: e for e in whatsapp.endpoints}
+    assert by_role["registration"].host == "v.whatsapp.net"
+    assert by_role["web"].host == "web.whatsapp.com"
+    assert (by_role["websocket"].host, by_role["websocket"].path) == (
+        "web.whatsapp.com", "/ws/chat"
+    )
+    for role in ("registration", "web", "websocket", "gateway", "media"):
+        assert "https" in by_role[role].checks
 
 
 def test_bundled_signal_pins_only_signal_root_hosts(bundled):
