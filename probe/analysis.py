@@ -45,34 +45,39 @@ import base64
 import dataclasses
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from probe import blockpages
 from probe.bogons import IPNetwork, is_bogon
 from probe.net import failures
-from probe.net.network import DnsExchange, HttpResult
+from probe.net.network import DnsExchange, HttpResult, QuicResult
 from probe.observations import (
-    BLOCKED_VERDICTS,
-    DNS_BLOCKED,
-    DOWN,
-    HTTP_BLOCKED,
-    INCONCLUSIVE,
-    OK,
-    PROTOCOL_BLOCKED,
-    SERVICE_BLOCKED,
-    SERVICE_DOWN,
-    SERVICE_INCONCLUSIVE,
-    SERVICE_OK,
-    SERVICE_PARTIALLY_BLOCKED,
-    TCP_BLOCKED,
-    THROTTLED,
-    TLS_BLOCKED,
     EndpointObservation,
+    FunctionVerdict,
+    NetworkFindings,
     PortObservation,
+    UdpCheck,
     Verdict,
 )
+from probe.vocabulary import (
+    BLOCKED,
+    Check,
+    Function,
+    ServiceStatus,
+    Step,
+    UdpNetwork,
+    VerdictName,
+)
+
+OK = VerdictName.OK
+DNS_BLOCKED = VerdictName.DNS_BLOCKED
+HTTP_BLOCKED = VerdictName.HTTP_BLOCKED
+THROTTLED = VerdictName.THROTTLED
+DOWN = VerdictName.DOWN
+INCONCLUSIVE = VerdictName.INCONCLUSIVE
+BLOCKED_VERDICTS = BLOCKED
 
 THROTTLE_RATIO = 0.1  # probe throughput below a tenth of the control's...
 THROTTLE_FLOOR_BPS = 250_000  # ...and below 2 Mbit/s (Russia 2021 held Twitter at ~150 kbit/s)
@@ -94,26 +99,92 @@ class Context:
     # the chosen resolver replied to the baseline's names: its silence for one name is
     # then about that name, not about the path to the resolver
     resolver_reachable: bool = False
+    # what the run learned about UDP as a whole (network_findings): a UDP or QUIC
+    # blocking says so when the network drops every flow, not only this service's
+    udp_network: str = UdpNetwork.UNKNOWN
+
+
+class _ReadsAsTuple:
+    """Unpacks like the tuple a result replaced (``status, explanation = ...``) so
+    that callers written before it had names keep working; new code reads names."""
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __getitem__(self, index: int) -> object:
+        return self._values()[index]
+
+
+@dataclass(frozen=True)
+class DnsDecision(_ReadsAsTuple):
+    """What DNS alone decides for an endpoint (one row, address None)."""
+
+    verdict: VerdictName
+    method: str
+    failure: str | None
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Judgement(_ReadsAsTuple):
+    """A failing step's verdict after comparing it with the control."""
+
+    verdict: VerdictName
+    explanation: str
+
+
+@dataclass(frozen=True)
+class StatusSummary(_ReadsAsTuple):
+    """The status of a service, or of one function of it, and why in one sentence."""
+
+    status: ServiceStatus
+    explanation: str
 
 
 # --------------------------------------------------------------------------- #
 # helpers                                                                      #
 # --------------------------------------------------------------------------- #
 
+# The stages a port observation goes through, each with the step it belongs to
+# (the method's prefix) and the verdict its blocking gives. A TCP port runs
+# connect -> TLS -> certificate -> MTProto -> HTTP; a UDP port runs its STUN, TURN
+# and udp-flow checks (each on its own) and a QUIC handshake -> certificate -> HTTP/3.
 _STEP_PREFIX = {
-    "connect": "tcp",
-    "tls_handshake": "tls",
-    "tls_verify": "tls",
-    "mtproto": "protocol",
-    "http_transaction": "http",
+    "connect": Step.TCP,
+    "tls_handshake": Step.TLS,
+    "tls_verify": Step.TLS,
+    "mtproto": Step.PROTOCOL,
+    "http_transaction": Step.HTTP,
+    "stun": Step.UDP,
+    "turn": Step.UDP,
+    "udp": Step.UDP,
+    "quic_handshake": Step.QUIC,
+    "quic_verify": Step.QUIC,
+    "quic_http": Step.QUIC,
 }
 _STEP_VERDICT = {
-    "connect": TCP_BLOCKED,
-    "tls_handshake": TLS_BLOCKED,
-    "tls_verify": TLS_BLOCKED,
-    "mtproto": PROTOCOL_BLOCKED,
-    "http_transaction": HTTP_BLOCKED,
+    "connect": VerdictName.TCP_BLOCKED,
+    "tls_handshake": VerdictName.TLS_BLOCKED,
+    "tls_verify": VerdictName.TLS_BLOCKED,
+    "mtproto": VerdictName.PROTOCOL_BLOCKED,
+    "http_transaction": VerdictName.HTTP_BLOCKED,
+    "stun": VerdictName.UDP_BLOCKED,
+    "turn": VerdictName.UDP_BLOCKED,
+    "udp": VerdictName.UDP_BLOCKED,
+    "quic_handshake": VerdictName.QUIC_BLOCKED,
+    "quic_verify": VerdictName.QUIC_BLOCKED,
+    "quic_http": VerdictName.QUIC_BLOCKED,
 }
+_TCP_STAGES = ("connect", "tls_handshake", "tls_verify", "mtproto", "http_transaction")
+_UDP_STAGES = ("stun", "turn", "udp")  # each a check of its own: none depends on another
+_QUIC_STAGES = ("quic_handshake", "quic_verify", "quic_http")
+_VERIFY_STAGES = ("tls_verify", "quic_verify")
 _FAILURE_SUFFIX = {
     failures.GENERIC_TIMEOUT: "timeout",
     failures.CONNECTION_RESET: "reset",
@@ -132,6 +203,26 @@ _FAILURE_SUFFIX = {
     failures.HTTP_INVALID_RESPONSE: "invalid",
     failures.HTTP_TOO_MANY_REDIRECTS: "redirect_loop",
 }
+# Where a UDP or QUIC failure reads differently from the same string over TCP.
+_STEP_FAILURE_SUFFIX: dict[Step, dict[str, str]] = {
+    Step.UDP: {
+        # an ICMP port unreachable answering a datagram: UDP has no RST to refuse with
+        failures.CONNECTION_REFUSED: "unreachable",
+        failures.UDP_FLOW_CUTOFF: "cutoff",
+        failures.STUN_INJECTED: "injected",
+        failures.STUN_INVALID_RESPONSE: "invalid",
+        failures.TURN_NO_CHALLENGE: "invalid",
+    },
+    Step.QUIC: {
+        failures.CONNECTION_REFUSED: "unreachable",
+        failures.ADMINISTRATIVELY_PROHIBITED: "unreachable",
+        failures.SSL_FAILED_HANDSHAKE: "handshake",
+        failures.QUIC_CONNECTION_CLOSED: "handshake",
+        failures.QUIC_VERSION_NEGOTIATION: "version",
+        failures.QUIC_STREAM_RESET: "reset",
+        failures.HTTP3_INVALID_RESPONSE: "http",
+    },
+}
 _DNS_METHOD = {
     failures.DNS_NXDOMAIN: "dns.nxdomain",
     failures.DNS_SERVFAIL: "dns.servfail",
@@ -149,8 +240,11 @@ _DNS_METHOD = {
 
 
 def method_for(step: str, failure: str | None) -> str:
-    suffix = _FAILURE_SUFFIX.get(failure or "", "failure")
-    return f"{_STEP_PREFIX[step]}.{suffix}"
+    prefix = _STEP_PREFIX[step]
+    if step == "quic_http" and failure != failures.QUIC_STREAM_RESET:
+        return f"{prefix}.http"  # the handshake worked: whatever failed is HTTP/3's
+    suffix = _STEP_FAILURE_SUFFIX.get(prefix, {}).get(failure or "")
+    return f"{prefix}.{suffix or _FAILURE_SUFFIX.get(failure or '', 'failure')}"
 
 
 def is_ipv6(address: str) -> bool:
@@ -171,7 +265,7 @@ class StepOutcome:
 
 def first_failure(port: PortObservation) -> StepOutcome:
     if port.connect is None:
-        return StepOutcome(None, None, None)
+        return _udp_first_failure(port)
     if port.connect.failure is not None:
         return StepOutcome("connect", port.connect.failure, "tcp_connect")
     if port.tls is not None:
@@ -190,16 +284,56 @@ def first_failure(port: PortObservation) -> StepOutcome:
     return StepOutcome(None, None, None)
 
 
+def _udp_first_failure(port: PortObservation) -> StepOutcome:
+    """A UDP port: its STUN, TURN and flow checks in the order they ran, then QUIC."""
+    for check in port.udp:
+        if check.failure is not None:
+            return StepOutcome(check.check, check.failure, "udp_exchange")
+    if port.quic is not None:
+        return _quic_outcome(port.quic, port.quic_verification)
+    return StepOutcome(None, None, None)
+
+
+def _quic_outcome(quic: QuicResult, verification: str | None) -> StepOutcome:
+    if quic.failure is not None and quic.failed_phase != "http":
+        return StepOutcome("quic_handshake", quic.failure, "quic_handshake")
+    if verification is not None:
+        return StepOutcome("quic_verify", verification, "quic_handshake")
+    if quic.failure is not None:
+        return StepOutcome("quic_http", quic.failure, "http_transaction")
+    return StepOutcome(None, None, None)
+
+
+def _udp_check(port: PortObservation | None, check: str) -> UdpCheck | None:
+    if port is None:
+        return None
+    return next((c for c in port.udp if c.check == check), None)
+
+
 def step_succeeded(port: PortObservation, step: str) -> bool | None:
     """Did ``step`` succeed in this observation? None when it was not run."""
-    outcome = first_failure(port)
-    order = ["connect", "tls_handshake", "tls_verify", "mtproto", "http_transaction"]
+    if step in _UDP_STAGES:
+        check = _udp_check(port, step)
+        return None if check is None else check.failure is None
+    order: tuple[str, ...]
+    if step in _QUIC_STAGES:
+        if port.quic is None:
+            return None
+        outcome, order = _quic_outcome(port.quic, port.quic_verification), _QUIC_STAGES
+    else:
+        outcome, order = first_failure(port), _TCP_STAGES
+        if outcome.step not in order:
+            outcome = StepOutcome(None, None, None)
     ran = {
         "connect": port.connect is not None,
         "tls_handshake": port.tls is not None,
         "tls_verify": port.tls is not None,
         "mtproto": bool(port.mtproto),
         "http_transaction": bool(port.http),
+        "quic_handshake": port.quic is not None,
+        "quic_verify": port.quic is not None,
+        "quic_http": port.quic is not None
+        and (port.quic.status is not None or port.quic.failed_phase == "http"),
     }
     if outcome.step is None:
         return True if ran[step] else None
@@ -297,7 +431,11 @@ def resolved_addresses(observation: EndpointObservation) -> list[str]:
 
 
 def _validated(port: PortObservation) -> bool:
-    """Did this address prove to be the real service (valid TLS or valid resPQ)?"""
+    """Did this address prove to be the real service (valid TLS, QUIC or resPQ)?"""
+    if port.quic is not None and port.quic.failed_phase != "handshake" and (
+        port.quic.peer_certificates and port.quic_verification is None
+    ):
+        return True
     if port.connect is None or port.connect.failure is not None:
         return False
     if port.tls is not None and port.tls.failure is None and port.tls_verification is None:
@@ -312,8 +450,8 @@ def _validated(port: PortObservation) -> bool:
 
 def dns_verdict(
     observation: EndpointObservation, control: EndpointObservation | None, context: Context
-) -> tuple[str, str, str | None, str] | None:
-    """(verdict, method, failure, explanation) when DNS decides the endpoint, else None."""
+) -> DnsDecision | None:
+    """The verdict when DNS decides the endpoint, else None."""
     probe_answers = resolved_addresses(observation)
     control_answers = resolved_addresses(control) if control is not None else []
     control_real = [a for a in control_answers if not is_bogon(a, context.routable)]
@@ -324,7 +462,7 @@ def dns_verdict(
     )
 
     if injected(observation.dns):
-        return (
+        return DnsDecision(
             DNS_BLOCKED, "dns.injected", None,
             "More than one different reply arrived for one DNS query: someone on the path "
             "forged an answer that raced the resolver's.",
@@ -333,14 +471,14 @@ def dns_verdict(
     if blockpage_host is not None and (
         control is None or _cname_to_blockpage(control.dns) != blockpage_host
     ):
-        return (
+        return DnsDecision(
             DNS_BLOCKED, "dns.blockpage", None,
             f"The resolver sent the name to {blockpage_host.name}, a known blockpage host "
             f"({blockpage_host.country}; {blockpage_host.source}).",
         )
     bogons = [a for a in probe_answers if is_bogon(a, context.routable)]
     if bogons and not (set(bogons) & set(control_answers)):
-        return (
+        return DnsDecision(
             DNS_BLOCKED, "dns.bogon", failures.DNS_BOGON,
             f"The resolver answered {', '.join(bogons[:3])}, an address no public service can "
             "have (a typical censor answer).",
@@ -349,18 +487,18 @@ def dns_verdict(
     if failure is not None:
         method = _DNS_METHOD.get(failure, "dns.failure")
         if failure in failures.LOCAL or failure.startswith(failures.UNKNOWN_PREFIX):
-            return (INCONCLUSIVE, method, failure,
+            return DnsDecision(INCONCLUSIVE, method, failure,
                     "The probe itself failed to resolve the name, not the network.")
         if context.network_down:
-            return (INCONCLUSIVE, method, failure,
+            return DnsDecision(INCONCLUSIVE, method, failure,
                     "Name resolution failed, but your network seems to be down.")
         if control is None:
-            return (INCONCLUSIVE, method, failure,
+            return DnsDecision(INCONCLUSIVE, method, failure,
                     "Name resolution failed and there is no control measurement to compare with.")
         if control_resolves:
-            return (DNS_BLOCKED, method, failure,
+            return DnsDecision(DNS_BLOCKED, method, failure,
                     f"Your resolver failed ({failure}) while the control resolved the name.")
-        return (DOWN, method, failure,
+        return DnsDecision(DOWN, method, failure,
                 "The name does not resolve from the control either: the service looks down "
                 "or the name is stale, not blocked.")
     if not control_resolves:
@@ -370,7 +508,7 @@ def dns_verdict(
             observation, control, answers, control_answers, context, whole=not view
         ):
             where = f" ({view}, while other queries got real addresses)" if view else ""
-            return (
+            return DnsDecision(
                 DNS_BLOCKED, "dns.inconsistent", None,
                 f"Your resolver's addresses{where} share nothing with the control's and none "
                 "of them proved to be the real service.",
@@ -551,29 +689,76 @@ def blockpage_evidence(
 
 def _down_or_inconclusive(
     step: str, failure: str, address: str, control_port: PortObservation | None, context: Context
-) -> tuple[str, str]:
+) -> Judgement:
     if failure in failures.LOCAL or failure.startswith(failures.UNKNOWN_PREFIX):
         # the probe's own trouble (out of file descriptors, a bug): not evidence
-        return INCONCLUSIVE, f"The probe itself failed here ({failure[:80]}), not the network."
+        return Judgement(INCONCLUSIVE,
+                         f"The probe itself failed here ({failure[:80]}), not the network.")
     if context.network_down:
-        return INCONCLUSIVE, "Your network seems to be down (the baseline and the control fail)."
+        return Judgement(INCONCLUSIVE,
+                         "Your network seems to be down (the baseline and the control fail).")
     if is_ipv6(address) and not context.probe_has_ipv6:
-        return INCONCLUSIVE, "Your network has no IPv6 connectivity, so IPv6 failures say nothing."
+        return Judgement(INCONCLUSIVE,
+                         "Your network has no IPv6 connectivity, so IPv6 failures say nothing.")
     if context.control is None:
-        return INCONCLUSIVE, "There is no control measurement to tell blocking from an outage."
+        return Judgement(INCONCLUSIVE,
+                         "There is no control measurement to tell blocking from an outage.")
     if control_port is None:
-        return INCONCLUSIVE, "The control did not measure this address."
+        return Judgement(INCONCLUSIVE, "The control did not measure this address.")
     if is_ipv6(address) and not context.control_has_ipv6:
-        return INCONCLUSIVE, "The control has no IPv6 connectivity to compare with."
+        return Judgement(INCONCLUSIVE, "The control has no IPv6 connectivity to compare with.")
     control_step = step_succeeded(control_port, step)
     if control_step is True:
-        verdict = _STEP_VERDICT[step]
-        return verdict, f"This step failed for you ({failure}) but worked from the control."
+        return Judgement(_STEP_VERDICT[step],
+                         f"This step failed for you ({failure}) but worked from the control.")
     if control_step is False:
-        return DOWN, "The control fails at the same step: the endpoint is down, not blocked."
+        return Judgement(DOWN,
+                         "The control fails at the same step: the endpoint is down, not blocked.")
     if step_succeeded(control_port, "connect") is False:
-        return DOWN, "The control cannot connect either: the endpoint is down, not blocked."
-    return INCONCLUSIVE, "The control did not reach this step, so there is nothing to compare."
+        return Judgement(DOWN,
+                         "The control cannot connect either: the endpoint is down, not blocked.")
+    if step in _QUIC_STAGES and step_succeeded(control_port, "quic_handshake") is False:
+        return Judgement(DOWN, "The control's QUIC handshake fails too: the endpoint is down, "
+                               "not blocked.")
+    return Judgement(INCONCLUSIVE,
+                     "The control did not reach this step, so there is nothing to compare.")
+
+
+def _cutoff(
+    port: PortObservation, control_port: PortObservation | None, step: str
+) -> Judgement | None:
+    """A flow answered at first, then cut, is blocking only next to the control's
+    same flow answered to its last datagram (mobile DPI in Russia, 2025, cut
+    unrecognised UDP flows after their first packets; a relay that rate-limits
+    answers everyone the same way)."""
+    mine, theirs = _udp_check(port, step), _udp_check(control_port, step)
+    if mine is None:
+        return None
+    sent = len(mine.result.request.datagrams)
+    if theirs is None or theirs.last_answered is None or theirs.last_answered < sent - 1:
+        return Judgement(INCONCLUSIVE,
+                         "Your UDP flow stopped being answered, but the control's same flow "
+                         "was not answered to its end either, so a cut cannot be told from "
+                         "a relay that stops answering.")
+    answered = "no datagram" if mine.last_answered is None else (
+        f"datagram {mine.last_answered + 1} of {sent}")
+    return Judgement(VerdictName.UDP_BLOCKED,
+                     f"Your UDP flow was answered up to {answered}, then no more, while the "
+                     "control's was answered to the end: the flow is cut after its first "
+                     "datagrams.")
+
+
+def _network_note(verdict: str, udp_network: str) -> str:
+    """What a UDP or QUIC blocking means when the whole network drops UDP or QUIC."""
+    if udp_network == UdpNetwork.ALL_UDP_DROPPED and verdict in (
+        VerdictName.UDP_BLOCKED, VerdictName.QUIC_BLOCKED
+    ):
+        return (" Your network drops all UDP, not only this service's: calls and QUIC fail "
+                "for every app here.")
+    if udp_network == UdpNetwork.ALL_QUIC_DROPPED and verdict == VerdictName.QUIC_BLOCKED:
+        return (" Your network drops every QUIC handshake, not only this service's "
+                "(apps fall back to TCP where they can).")
+    return ""
 
 
 def port_verdict(
@@ -586,6 +771,7 @@ def port_verdict(
     outcome = first_failure(port)
 
     def row(verdict: str, method: str | None, explanation: str) -> Verdict:
+        explanation += _network_note(verdict, context.udp_network)
         return Verdict(
             observation.endpoint_id, observation.service, observation.host, port.address,
             port.port, verdict, method, outcome.failure, outcome.failed_operation, explanation,
@@ -594,19 +780,27 @@ def port_verdict(
     if outcome.step is not None:
         method = method_for(outcome.step, outcome.failure)
         # Conclusive without a control: a certificate failing the endpoint's own pin
-        # for the right name (an interception certificate), a known blockpage.
+        # for the right name (an interception certificate), a known blockpage, two
+        # different answers to one STUN transaction (like DNS injection: no server
+        # answers one transaction twice with different contents).
         if (
-            outcome.step == "tls_verify"
+            outcome.step in _VERIFY_STAGES
             and outcome.failure == failures.SSL_UNKNOWN_AUTHORITY
             and observation.endpoint_id in context.pinned
         ):
-            return row(TLS_BLOCKED, "tls.mitm",
+            return row(_STEP_VERDICT[outcome.step], method,
                        "The certificate is for the right name but not from the service's own "
                        "pinned authority: the connection is being intercepted.")
-        verdict, explanation = _down_or_inconclusive(
+        if outcome.failure == failures.STUN_INJECTED:
+            return row(VerdictName.UDP_BLOCKED, method,
+                       "More than one different answer arrived for one STUN request: someone "
+                       "on the path forged an answer that raced the server's.")
+        judgement = _down_or_inconclusive(
             outcome.step, outcome.failure or "", port.address, control_port, context
         )
-        return row(verdict, method, explanation)
+        if judgement.verdict in BLOCKED and outcome.failure == failures.UDP_FLOW_CUTOFF:
+            judgement = _cutoff(port, control_port, outcome.step) or judgement
+        return row(judgement.verdict, method, judgement.explanation)
 
     # Every step passed: look at the content and the speed.
     for index, http in enumerate(port.http):
@@ -661,10 +855,9 @@ def endpoint_verdicts(
     if observation.dns or observation.getaddrinfo is not None:
         dns = dns_verdict(observation, control, context)
     if dns is not None:
-        verdict, method, failure, explanation = dns
         return [Verdict(observation.endpoint_id, observation.service, observation.host, None,
-                        None, verdict, method, failure,
-                        "resolve" if failure else None, explanation)]
+                        None, dns.verdict, dns.method, dns.failure,
+                        "resolve" if dns.failure else None, dns.explanation)]
     if not observation.ports:
         rows = [Verdict(observation.endpoint_id, observation.service, observation.host, None,
                         None, OK, None, None, None, "The name resolves consistently.")]
@@ -710,20 +903,95 @@ class Ipv6Evidence:
         return bool(self.worked) or not self.failed
 
 
-def service_status(verdicts: Iterable[Verdict]) -> tuple[str, str]:
+def service_status(verdicts: Iterable[Verdict]) -> StatusSummary:
     verdicts = list(verdicts)
     kinds = {v.verdict for v in verdicts}
     blocked = kinds & BLOCKED_VERDICTS
     counts = f"{sum(v.verdict in BLOCKED_VERDICTS for v in verdicts)} of {len(verdicts)}"
     if blocked and OK in kinds:
-        return SERVICE_PARTIALLY_BLOCKED, f"{counts} measurements blocked, others work."
+        return StatusSummary(ServiceStatus.PARTIALLY_BLOCKED,
+                             f"{counts} measurements blocked, others work.")
     if blocked:
-        return SERVICE_BLOCKED, f"{counts} measurements blocked, none works."
+        return StatusSummary(ServiceStatus.BLOCKED, f"{counts} measurements blocked, none works.")
     if OK in kinds:
-        return SERVICE_OK, "Reachable."
+        return StatusSummary(ServiceStatus.OK, "Reachable.")
     if kinds == {DOWN}:
-        return SERVICE_DOWN, "Down for the control too: an outage, not blocking."
-    return SERVICE_INCONCLUSIVE, "Not enough evidence to tell blocking from an outage."
+        return StatusSummary(ServiceStatus.DOWN,
+                             "Down for the control too: an outage, not blocking.")
+    return StatusSummary(ServiceStatus.INCONCLUSIVE,
+                         "Not enough evidence to tell blocking from an outage.")
+
+
+# What most of a function's blocked measurements met, in a user's words.
+_METHOD_WORDS = {
+    "udp.timeout": "UDP to the call relays unanswered",
+    "udp.cutoff": "UDP flows cut after their first datagrams",
+    "udp.injected": "forged STUN answers",
+    "udp.unreachable": "UDP refused with ICMP errors",
+    "udp.prohibited": "UDP refused by a filter",
+    "udp.invalid": "UDP answered with something else",
+    "quic.timeout": "QUIC handshakes unanswered",
+    "quic.handshake": "QUIC handshakes broken",
+    "quic.version": "QUIC version negotiation forced",
+    "quic.mitm": "QUIC certificates intercepted",
+    "quic.reset": "HTTP/3 requests reset",
+    "quic.unreachable": "QUIC refused with ICMP errors",
+    "quic.http": "HTTP/3 failing after the handshake",
+    "tcp.timeout": "TCP connections time out",
+    "tcp.reset": "TCP connections reset",
+    "tcp.refused": "TCP connections refused",
+    "tls.timeout": "TLS handshakes time out",
+    "tls.reset": "TLS handshakes reset",
+    "tls.mitm": "TLS certificates intercepted",
+    "http.blockpage": "a blockpage instead of the service",
+    "throttle": "transfers throttled",
+}
+
+
+def _blocked_reason(verdicts: list[Verdict]) -> str:
+    methods = [v.method or v.verdict for v in verdicts if v.verdict in BLOCKED_VERDICTS]
+    if not methods:
+        return ""
+    common = max(dict.fromkeys(methods), key=methods.count)  # first of the most frequent
+    if common in _METHOD_WORDS:
+        return f" ({_METHOD_WORDS[common]})"
+    if common.startswith("dns."):
+        return " (name resolution blocked)"
+    return f" ({common})"
+
+
+def function_statuses(
+    verdicts: Iterable[Verdict], functions: Mapping[str, str | None]
+) -> tuple[FunctionVerdict, ...]:
+    """One status per function present among a service's endpoints, in Function order.
+
+    ``functions`` maps an endpoint id to its function (``Endpoint.function``);
+    endpoints without one contribute to none. Each function's rows aggregate as a
+    service's do (``service_status``), so "calls blocked, messaging ok" reads the
+    same way as a service's status: users describe blocking per function ("calls
+    do not go through, messages do": Russia, August 2025)."""
+    rows: dict[str, list[Verdict]] = {}
+    for verdict in verdicts:
+        function = functions.get(verdict.endpoint_id)
+        if function is not None:
+            rows.setdefault(function, []).append(verdict)
+    out = []
+    for function in Function:
+        if function not in rows:
+            continue
+        summary = service_status(rows[function])
+        name = function.value.capitalize()
+        blocked = sum(v.verdict in BLOCKED_VERDICTS for v in rows[function])
+        counts = f"{blocked} of {len(rows[function])}"
+        reason = _blocked_reason(rows[function])
+        if summary.status == ServiceStatus.PARTIALLY_BLOCKED:
+            explanation = f"{name}: {counts} measurements blocked{reason}, others work."
+        elif summary.status == ServiceStatus.BLOCKED:
+            explanation = f"{name}: {counts} measurements blocked{reason}."
+        else:
+            explanation = f"{name}: {summary.explanation[0].lower()}{summary.explanation[1:]}"
+        out.append(FunctionVerdict(function.value, summary.status.value, explanation))
+    return tuple(out)
 
 
 def network_down(
@@ -736,11 +1004,19 @@ def network_down(
     ISP's resolver still answers while everything abroad, the control included, is
     unreachable. Those failures stay inconclusive, but "your network is down" would
     be false. Not when the resolver is on this machine (a cache answers with the
-    uplink down) or when connects found no route at all (the client's own link)."""
+    uplink down) or when connects found no route at all (the client's own link).
+    Nor is a network where TCP connections to the baseline open: allowlist mode
+    (Russian mobile networks, 2025) completes every handshake and drops the data
+    that follows to all but a list of destinations (``RestrictionEvidence``)."""
     if control_available:
         return False
     baseline = list(baseline)
     for observation in baseline:
+        if any(
+            p.connect is not None and p.connect.failure is None and not _is_loopback(p.address)
+            for p in observation.ports
+        ):
+            return False
         if _resolver_answered_over_the_network(observation) and not any(
             p.connect is not None and p.connect.failure == failures.NETWORK_UNREACHABLE
             for p in observation.ports
@@ -773,3 +1049,187 @@ def _resolver_answered_over_the_network(observation: EndpointObservation) -> boo
         ):
             return True
     return False
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- #
+# the network as a whole                                                       #
+# --------------------------------------------------------------------------- #
+
+# Allowlist mode: TCP opens to (nearly) every destination...
+RESTRICTED_CONNECT_RATIO = 0.9
+# ...and the first data exchange times out to (nearly) every one that opened...
+RESTRICTED_SILENT_RATIO = 0.75
+# ...over at least this many destinations (a few dead servers are not a policy).
+RESTRICTED_MIN_DESTINATIONS = 3
+_DATA_STAGES = ("tls_handshake", "mtproto", "http_transaction")
+
+
+@dataclass
+class RestrictionEvidence:
+    """TCP destinations seen so far, for allowlist mode (``network_findings``): how
+    many opened, and of those how many passed their first data exchange (TLS
+    handshake, MTProto, HTTP) or timed out on it, and whether the control's same
+    exchange worked. Counted per address; a run analysed in batches adds each
+    batch (with the control's observations of it) and keeps no observation."""
+
+    attempted: set[str] = dataclasses.field(default_factory=set)
+    connected: set[str] = dataclasses.field(default_factory=set)
+    passed: set[str] = dataclasses.field(default_factory=set)
+    silent: set[str] = dataclasses.field(default_factory=set)
+    control_passed: set[str] = dataclasses.field(default_factory=set)  # of the silent ones
+    control_silent: set[str] = dataclasses.field(default_factory=set)
+    baseline_silent: set[str] = dataclasses.field(default_factory=set)
+
+    def add(
+        self,
+        observations: Iterable[EndpointObservation],
+        control: Mapping[str, EndpointObservation] | None = None,
+        baseline: bool = False,
+    ) -> None:
+        for observation in observations:
+            control_observation = control.get(observation.endpoint_id) if control else None
+            for port in observation.ports:
+                if port.connect is None or port.connect.failure in failures.LOCAL:
+                    continue
+                self.attempted.add(port.address)
+                if port.connect.failure is not None:
+                    continue
+                self.connected.add(port.address)
+                outcome = first_failure(port)
+                if outcome.step is None or outcome.step not in _DATA_STAGES + ("tls_verify",):
+                    if _has_data_stage(port):
+                        self.passed.add(port.address)
+                    continue
+                if outcome.step == "tls_verify" or outcome.failure not in failures.TIMEOUTS:
+                    self.passed.add(port.address)  # something came back: data passes
+                    continue
+                self.silent.add(port.address)
+                if baseline:
+                    self.baseline_silent.add(port.address)
+                theirs = _control_port(control_observation, port.address, port.port)
+                if theirs is not None:
+                    worked = step_succeeded(theirs, outcome.step)
+                    if worked is True:
+                        self.control_passed.add(port.address)
+                    elif worked is False:
+                        self.control_silent.add(port.address)
+
+    def restricted(self, control_available: bool) -> str | None:
+        """The explanation when this is an allowlist-mode network, else None."""
+        silent = self.silent - self.passed  # an address that passed once is not filtered
+        data = len(silent) + len(self.passed)
+        if data < RESTRICTED_MIN_DESTINATIONS or not self.attempted:
+            return None
+        if len(self.connected) < RESTRICTED_CONNECT_RATIO * len(self.attempted):
+            return None
+        if len(silent) < RESTRICTED_SILENT_RATIO * data or not (self.baseline_silent & silent):
+            return None
+        # The control's same exchange worked to those destinations (they are up); with
+        # no control at all, the few destinations that do pass show the link carries
+        # data, which a dead link or an overloaded one would not do selectively.
+        confirmed = self.control_passed & silent
+        if control_available:
+            if not confirmed or len(confirmed) < len(self.control_silent & silent):
+                return None
+        elif not self.passed:
+            return None
+        return (
+            f"TCP connections open everywhere ({len(self.connected)} of "
+            f"{len(self.attempted)} destinations), but data passes to only "
+            f"{len(self.passed)} of {data} destinations: this network allows only a list "
+            "of destinations."
+        )
+
+
+def _has_data_stage(port: PortObservation) -> bool:
+    return port.tls is not None or bool(port.mtproto) or bool(port.http)
+
+
+def _udp_answered(check: UdpCheck) -> bool:
+    return bool(check.answered) or bool(check.result.received)
+
+
+def network_findings(
+    baseline: Iterable[EndpointObservation],
+    control: Mapping[str, EndpointObservation] | None,
+    reference: Iterable[UdpCheck] = (),
+    restriction: RestrictionEvidence | None = None,
+) -> NetworkFindings:
+    """What the run learned about the volunteer's network as a whole.
+
+    ``baseline``: the baseline service's observations (TCP and UDP endpoints);
+    ``control``: the control's observations by endpoint id (None: no control);
+    ``reference``: UDP flows to the control helper's own echo service (it answered
+    the control call, so it is up); ``restriction``: every TCP destination of the
+    run (``RestrictionEvidence``).
+
+    UDP: every baseline STUN/UDP flow and reference flow unanswered while a baseline
+    TCP/TLS measurement worked is ``all_udp_dropped`` (Iran and mobile networks have
+    black-holed UDP wholesale: calls fail for every app, a finding, not an error);
+    a baseline flow the control could not get answered either is a dead relay and
+    says nothing. UDP answered and every baseline QUIC handshake failing is
+    ``all_quic_dropped`` (Russia's TSPU, 2022, to foreign addresses); UDP answered
+    and QUIC working (or not measured) is ``ok``; no reference UDP at all is
+    ``unknown``."""
+    baseline = list(baseline)
+    tcp_works = any(
+        p.connect is not None and first_failure(p).step is None
+        for o in baseline for p in o.ports
+    )
+    flows: list[tuple[UdpCheck, bool | None]] = [(c, True) for c in reference]
+    quic: list[tuple[QuicResult, bool | None]] = []
+    for observation in baseline:
+        theirs = control.get(observation.endpoint_id) if control else None
+        for port in observation.ports:
+            control_port = _control_port(theirs, port.address, port.port)
+            for check in port.udp:
+                if check.check in (Check.STUN, Check.UDP) and check.failure not in failures.LOCAL:
+                    other = _udp_check(control_port, check.check)
+                    flows.append((check, None if other is None else _udp_answered(other)))
+            if port.quic is not None and port.quic.failure not in failures.LOCAL:
+                quic.append((port.quic, None if control_port is None
+                             else step_succeeded(control_port, "quic_handshake")))
+    answered = [c for c, _ in flows if _udp_answered(c)]
+    udp = UdpNetwork.UNKNOWN
+    if answered:
+        # a handshake the control could not do either is a dead server, not a policy
+        failed = [theirs for q, theirs in quic
+                  if q.failure is not None and q.failed_phase != "http"]
+        if quic and len(failed) == len(quic) and any(theirs is not False for theirs in failed):
+            udp, words = UdpNetwork.ALL_QUIC_DROPPED, (
+                "UDP passes, but no QUIC handshake does: this network drops QUIC "
+                "(browsers and apps fall back to TCP where they can).")
+        else:
+            udp, words = UdpNetwork.OK, "UDP passes" + (
+                " and QUIC handshakes work." if quic else " (QUIC was not measured).")
+    elif flows and tcp_works:
+        # unanswered flows the control got answered (or to the helper itself); with
+        # no control, two destinations unanswered at once
+        evidence = [c for c, theirs in flows if theirs is True]
+        unknown = [c for c, theirs in flows if theirs is None]
+        destinations = {c.result.request.address for c in unknown}
+        if evidence or (control is None and len(destinations) >= 2):
+            udp, words = UdpNetwork.ALL_UDP_DROPPED, (
+                f"No UDP flow was answered ({len(flows)} tried) while TCP works: this "
+                "network drops all UDP, so calls fail for every app here, not only for "
+                "one service.")
+        else:
+            words = ("The baseline's UDP flows were not answered, but not for the control "
+                     "either: nothing to say about UDP on this network.")
+    elif flows:
+        words = "Neither UDP nor TCP to the baseline worked: nothing to say about UDP."
+    else:
+        words = "No reference UDP flow was measured."
+    restricted = None
+    if restriction is not None:
+        restricted = restriction.restricted(control is not None)
+    explanation = words if restricted is None else f"{restricted} {words}"
+    return NetworkFindings(udp=udp.value, restricted=restricted is not None,
+                           explanation=explanation)

@@ -4,6 +4,8 @@
 in the file becomes one `TargetsError` naming the file, the line and the field, with a
 sentence that tells the volunteer what to fix. This module only reads local files: it never
 resolves a name or opens a connection, and it never lets a YAML, OS or Unicode error escape.
+The libyaml fast paths (composing and streaming) live in ``probe.targets_fast``; every rule
+and every message lives here.
 """
 
 import ipaddress
@@ -18,8 +20,15 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from probe import targets_fast
+from probe.targets_fast import MAP_TAG as _MAP_TAG
+from probe.targets_fast import SEQ_TAG as _SEQ_TAG
+from probe.vocabulary import TCP_CHECKS, UDP_CHECKS, Check, Function, UdpPayload
+
 __all__ = [
     "CHECKS",
+    "FUNCTIONS",
+    "PAYLOADS",
     "Endpoint",
     "Service",
     "Targets",
@@ -29,12 +38,22 @@ __all__ = [
     "parse_targets",
 ]
 
-CHECKS = ("dns", "tcp", "tls", "https", "http", "mtproto", "download")
+CHECKS = tuple(check.value for check in Check)
+FUNCTIONS = tuple(function.value for function in Function)
+PAYLOADS = tuple(payload.value for payload in UdpPayload)
 
 SUPPORTED_VERSION = 1
 
 # Checks that need a TLS server name; on a literal IP host the file must say which one.
-_CHECKS_NEEDING_SNI = ("tls", "https")
+_CHECKS_NEEDING_SNI = (Check.TLS, Check.HTTPS, Check.QUIC)
+
+# The udp check's flow: enough datagrams to see a flow cut after its first few
+# (Russian mobile DPI, 2025, cut unrecognised UDP flows after about a dozen), and
+# short enough to stay within one step timeout.
+DATAGRAMS_RANGE = (1, 500)
+INTERVAL_RANGE = (0.01, 1.0)
+DEFAULT_DATAGRAMS = 50
+DEFAULT_INTERVAL = 0.1
 
 _SERVICE_ID = re.compile(r"[a-z0-9_-]+\Z")
 _ENDPOINT_ID = re.compile(r"[a-z0-9_.-]+\Z")
@@ -48,11 +67,8 @@ _TOP_KEYS = ("version", "ca_bundle", "routable_networks", "services")
 _SERVICE_KEYS = ("id", "name", "test_name", "baseline", "ca", "notes", "endpoints")
 _ENDPOINT_KEYS = (
     "id", "host", "port", "ports", "checks", "sni", "ca", "path", "role", "expected_asns",
-    "notes",
+    "notes", "function", "payload", "datagrams", "interval",
 )
-
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
 class TargetsError(Exception):
@@ -98,9 +114,9 @@ class Endpoint:
     expected_asns: tuple[int, ...] = ()
     notes: str = ""
     function: str | None = None  # probe.vocabulary.Function: what users do with it
-    payload: str = "stun"  # udp check: probe.vocabulary.UdpPayload
-    datagrams: int = 50  # udp check: datagrams in the flow
-    interval: float = 0.1  # udp check: seconds between two datagrams
+    payload: str = UdpPayload.STUN.value  # udp check: probe.vocabulary.UdpPayload
+    datagrams: int = DEFAULT_DATAGRAMS  # udp check: datagrams in the flow
+    interval: float = DEFAULT_INTERVAL  # udp check: seconds between two datagrams
 
     @property
     def host_is_address(self) -> bool:
@@ -237,139 +253,26 @@ def parse_targets(
     return _Parser(source, base_dir if base_dir is not None else Path.cwd()).targets(root)
 
 
-_FAST_FAILED = object()
-_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
-
-
-def _compose_fast(text: str) -> yaml.Node | None | object:
-    """The node tree from libyaml (ten times faster), or _FAST_FAILED.
-
-    Only for text both parsers read alike: anything libyaml refuses, any
-    character PyYAML's reader refuses, tabs (libyaml takes "p\tort:" as a key,
-    PyYAML refuses the tab) and unquoted "?" or ":" inside [...] or {...}
-    (which end a plain scalar there for PyYAML, not for libyaml) go to
-    PyYAML, whose errors name the line and the problem in the words our
-    messages (and tests) use. Nodes carry the same line numbers either way
-    (tests/test_targets_fast.py compares the two parsers).
-    """
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is None or "\t" in text or _NON_PRINTABLE.search(text):
-        return _FAST_FAILED
-    try:
-        root = yaml.compose(text, Loader=loader)
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError):
-        return _FAST_FAILED
-    return root if _libyaml_agrees(root) else _FAST_FAILED
-
-
-def _libyaml_agrees(root: yaml.Node) -> bool:
-    """False if a plain "?" or ":" inside [...] or {...} would read differently."""
-    stack = [(root, False)]
-    seen: set[tuple[int, bool]] = set()  # aliases share nodes, and "&a [*a]" is a cycle
-    while stack:
-        node, in_flow = stack.pop()
-        if (id(node), in_flow) in seen:
-            continue
-        seen.add((id(node), in_flow))
-        if isinstance(node, yaml.ScalarNode):
-            # plain (unquoted): style None from PyYAML, "" from libyaml
-            if in_flow and not node.style and ("?" in node.value or ":" in node.value):
-                return False
-        elif isinstance(node, yaml.SequenceNode):
-            stack += [(item, in_flow or bool(node.flow_style)) for item in node.value]
-        elif isinstance(node, yaml.MappingNode):
-            flow = in_flow or bool(node.flow_style)
-            stack += [(part, flow) for pair in node.value for part in pair]
-    return True
-
-
-_CParser = getattr(getattr(yaml, "cyaml", None), "CParser", None)  # None: no libyaml
-
-
-if _CParser is not None:
-
-    class _EventComposer(_CParser, yaml.composer.Composer, yaml.resolver.Resolver):
-        """libyaml's events, composed into nodes by PyYAML's composer a subtree at a time."""
-
-        def __init__(self, text: str) -> None:
-            _CParser.__init__(self, text)
-            yaml.composer.Composer.__init__(self)
-            yaml.resolver.Resolver.__init__(self)
-
-        def subtree(self, parent: yaml.Node | None, index: object) -> yaml.Node:
-            return yaml.composer.Composer.compose_node(self, parent, index)
+_FAST_FAILED = targets_fast.FAST_FAILED
+_compose_fast = targets_fast.compose_fast
 
 
 def _parse_streaming(text: str, parser: "_Parser") -> Targets | None:
-    """Targets validated service by service, without the whole file's node tree.
+    """Targets validated service by service from libyaml's events
+    (``targets_fast.stream_document``), or None: then the whole tree is parsed the
+    usual way, whose errors name the line (a file with an error never streams)."""
+    service_ids: dict[str, int] = {}
+    endpoint_ids: dict[str, int] = {}
 
-    The tree of a 10,000-endpoint file takes about 60 MB; here only one
-    service's nodes exist at a time, so loading stays flat however many
-    endpoints there are. Only for a valid file that both YAML parsers read
-    alike (see ``_compose_fast``): anything else returns None, and the caller
-    parses the whole tree the usual way, whose errors name the line.
-    """
-    if _CParser is None or "\t" in text or _NON_PRINTABLE.search(text):
-        return None
+    def read_service(node: yaml.Node, number: int) -> Service:
+        return parser.service(node, f"services[{number}]", service_ids, endpoint_ids)
+
     try:
-        events = _EventComposer(text)
-    except Exception:  # noqa: BLE001 - libyaml missing or refusing the text: the usual path
+        return targets_fast.stream_document(
+            text, read_service, lambda root, services: parser.targets(root, services=services)
+        )
+    except TargetsError:
         return None
-    try:
-        events.get_event()  # stream start
-        if not events.check_event(yaml.DocumentStartEvent):
-            return None
-        events.get_event()
-        if not events.check_event(yaml.MappingStartEvent):
-            return None
-        start = events.get_event()
-        pairs: list[tuple[yaml.Node, yaml.Node]] = []
-        services: list[Service] = []
-        service_ids: dict[str, int] = {}
-        endpoint_ids: dict[str, int] = {}
-        streamed = False
-        while not events.check_event(yaml.MappingEndEvent):
-            key = events.subtree(None, None)
-            if (
-                not streamed
-                and isinstance(key, yaml.ScalarNode)
-                and key.value == "services"
-                and key.tag == "tag:yaml.org,2002:str"
-                and events.check_event(yaml.SequenceStartEvent)
-                and not events.peek_event().anchor
-                and events.peek_event().tag in (None, "!")
-            ):
-                streamed = True
-                opening = events.get_event()
-                placeholder = yaml.SequenceNode(_SEQ_TAG, [], opening.start_mark,
-                                                opening.end_mark, opening.flow_style)
-                while not events.check_event(yaml.SequenceEndEvent):
-                    number = len(services)
-                    node = events.subtree(placeholder, number)
-                    if not _libyaml_agrees(node):
-                        return None
-                    services.append(parser.service(node, f"services[{number}]", service_ids,
-                                                   endpoint_ids))
-                placeholder.end_mark = events.get_event().end_mark
-                pairs.append((key, placeholder))
-                continue
-            value = events.subtree(None, None)
-            if not (_libyaml_agrees(key) and _libyaml_agrees(value)):
-                return None
-            pairs.append((key, value))
-        end = events.get_event()
-        events.get_event()  # document end
-        if not events.check_event(yaml.StreamEndEvent):
-            return None  # a second document: the usual path says what is wrong
-        if not streamed:
-            return None
-        root = yaml.MappingNode(_MAP_TAG, pairs, start.start_mark, end.end_mark,
-                                start.flow_style)
-        return parser.targets(root, services=services)
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError, TargetsError):
-        return None
-    finally:
-        events.dispose()
 
 
 def _is_address(host: str) -> bool:
@@ -678,6 +581,18 @@ class _Parser:
 
         ports = self.ports(node, field, entries)
         checks = self.checks(entries["checks"][1], f"{field}.checks")
+        tcp = [check for check in checks if check in TCP_CHECKS]
+        udp = [check for check in checks if check in UDP_CHECKS]
+        if tcp and udp:
+            # An endpoint's ports are TCP ports or UDP ports: 443 may be HTTPS over
+            # TCP and QUIC over UDP, two measurements with two verdicts.
+            raise self.error(
+                entries["checks"][1],
+                f"{field}.checks",
+                f"mixes TCP checks ({', '.join(tcp)}) with UDP checks ({', '.join(udp)}); "
+                "its ports cannot be both, so split it into two endpoints, one with the "
+                "TCP checks and one with the UDP checks",
+            )
 
         if host_is_address and "dns" in checks:
             raise self.error(
@@ -748,6 +663,13 @@ class _Parser:
         if "notes" in entries:
             notes = self.text(entries["notes"][1], f"{field}.notes", allow_empty=True)
 
+        function = None
+        if "function" in entries:
+            function = self.choice(entries["function"][1], f"{field}.function", FUNCTIONS,
+                                   "function")
+
+        payload, datagrams, interval = self.udp_flow(field, entries, checks)
+
         return Endpoint(
             id=endpoint_id,
             service=service_id,
@@ -760,7 +682,57 @@ class _Parser:
             role=role,
             expected_asns=expected_asns,
             notes=notes,
+            function=function,
+            payload=payload,
+            datagrams=datagrams,
+            interval=interval,
         )
+
+    def udp_flow(
+        self, field: str, entries: dict[str, tuple[yaml.Node, yaml.Node]], checks: tuple[str, ...]
+    ) -> tuple[str, int, float]:
+        """The udp check's knobs (payload, datagrams, interval): only with that check."""
+        payload = UdpPayload.STUN.value
+        datagrams, interval = DEFAULT_DATAGRAMS, DEFAULT_INTERVAL
+        for key in ("payload", "datagrams", "interval"):
+            if key in entries and Check.UDP not in checks:
+                raise self.error(
+                    entries[key][0], f"{field}.{key}",
+                    f"'{key}' sets the udp check's flow, but this endpoint has no udp check; "
+                    "add 'udp' to its checks or remove the key",
+                )
+        if "payload" in entries:
+            payload = self.choice(entries["payload"][1], f"{field}.payload", PAYLOADS,
+                                          "payload")
+        if "datagrams" in entries:
+            node = entries["datagrams"][1]
+            datagrams = self.integer(node, f"{field}.datagrams")
+            low, high = DATAGRAMS_RANGE
+            if not low <= datagrams <= high:
+                raise self.error(node, f"{field}.datagrams",
+                                 f"{datagrams} is out of range ({low}-{high} datagrams)")
+        if "interval" in entries:
+            node = entries["interval"][1]
+            value = self.scalar(node, f"{field}.interval")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise self.error(node, f"{field}.interval",
+                                 f"expected a number of seconds, got {_describe(value)}")
+            low_s, high_s = INTERVAL_RANGE
+            if not low_s <= value <= high_s:
+                raise self.error(node, f"{field}.interval",
+                                 f"{value} is out of range ({low_s}-{high_s} seconds)")
+            interval = float(value)
+        return payload, datagrams, interval
+
+    def choice(
+        self, node: yaml.Node, field: str, allowed: tuple[str, ...], what: str
+    ) -> str:
+        value = self.text(node, field)
+        if value not in allowed:
+            raise self.error(
+                node, field, f"unknown {what} '{value}'; choose from {', '.join(allowed)}"
+            )
+        return value
 
     def ports(
         self, node: yaml.Node, field: str, entries: dict[str, tuple[yaml.Node, yaml.Node]]
