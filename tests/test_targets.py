@@ -62,7 +62,7 @@ def test_default_path_is_the_checkout_file():
 
 def test_bundled_services_and_counts(bundled):
     counts = {service.id: len(service.endpoints) for service in bundled.services}
-    assert counts["telegram"] == 13
+    assert counts["telegram"] == 18
     assert counts["whatsapp"] == 21
     assert counts["signal"] == 7
     assert counts["facebook_messenger"] == 8
