@@ -63,7 +63,7 @@ def test_default_path_is_the_checkout_file():
 def test_bundled_services_and_counts(bundled):
     counts = {service.id: len(service.endpoints) for service in bundled.services}
     assert counts["telegram"] == 18
-    assert counts["whatsapp"] == 21
+    assert counts["whatsapp"] == 20
     assert counts["signal"] == 7
     assert counts["facebook_messenger"] == 8
     assert counts["baseline"] >= 3
@@ -107,10 +107,7 @@ def test_bundled_whatsapp(bundled):
     by_role = {e.role: e for e in whatsapp.endpoints}
     assert by_role["registration"].host == "v.whatsapp.net"
     assert by_role["web"].host == "web.whatsapp.com"
-    assert (by_role["websocket"].host, by_role["websocket"].path) == (
-        "web.whatsapp.com", "/ws/chat"
-    )
-    for role in ("registration", "web", "websocket", "gateway", "media"):
+    for role in ("registration", "web", "gateway", "media"):
         assert "https" in by_role[role].checks
 
 
