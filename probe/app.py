@@ -72,8 +72,8 @@ def scrub_streams(show_ip: bool) -> StreamScrubbing:
     if show_ip:
         return StreamScrubbing(local, None)
     log_filter = scrub.install_log_scrubbing(local)
-    sys.stderr = scrub.ScrubbingStream(sys.stderr, log_filter)  # type: ignore[assignment]
-    sys.stdout = scrub.ScrubbingStream(sys.stdout, log_filter)  # type: ignore[assignment]
+    sys.stderr = scrub.ScrubbingStream(sys.stderr, log_filter)
+    sys.stdout = scrub.ScrubbingStream(sys.stdout, log_filter)
     return StreamScrubbing(local, log_filter)
 
 
@@ -200,11 +200,11 @@ class _Measured:
         progress: Progress,
     ) -> None:
         network: Network = recording if recording is not None else LiveNetwork()
+        info = recording.run_info if recording is not None else None
         try:
             self.outcome = await stream(
                 network, config.targets, config.options, config.control, staged.add,
-                on_endpoint=progress.advance,
-                report_id=recording.run_info.report_id if recording is not None else None,
+                on_endpoint=progress.advance, report_id=info.report_id if info else None,
             )
         finally:
             await network.aclose()

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -33,7 +34,7 @@ from probe.trace_cli import replay
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def fail_usage(message: str) -> None:
+def fail_usage(message: str) -> NoReturn:
     click.echo(f"probe: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
@@ -42,16 +43,16 @@ def parse_hostport(
     value: str, default_port: int, what: str, allow_any_port: bool = False
 ) -> tuple[str, int]:
     """'1.2.3.4', '1.2.3.4:53', '[2001:db8::1]:53' or '2001:db8::1' -> (address, port)."""
-    host, port = value, default_port
+    host, port_text = value, str(default_port)
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
         if rest.startswith(":"):
-            port = rest[1:]
+            port_text = rest[1:]
     elif value.count(":") == 1:
-        host, port = value.split(":")
+        host, port_text = value.split(":")
     try:
         ipaddress.ip_address(host)
-        port = int(port)
+        port = int(port_text)
         if not (0 if allow_any_port else 1) <= port < 65536:
             raise ValueError
     except ValueError:

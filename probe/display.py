@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 STATUS_STYLE = {
@@ -28,17 +35,18 @@ class Display:
         self.out = Console()
         self.enabled = enabled
         self.total = len(targets.endpoints())
-        self.progress = None
-        self.task = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> Display:
         if self.enabled:
-            self.progress = Progress(
+            progress = Progress(
                 TextColumn("measuring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=self.console, transient=True,
             )
-            self.progress.__enter__()
-            self.task = self.progress.add_task("endpoints", total=self.total)
+            progress.__enter__()
+            self.task = progress.add_task("endpoints", total=self.total)
+            self.progress = progress
         return self
 
     def __exit__(self, *exc) -> None:
@@ -46,7 +54,7 @@ class Display:
             self.progress.__exit__(*exc)
 
     def advance(self, observation) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.task is not None:
             self.progress.advance(self.task)
 
     def print_summary(self, outcome, path: Path) -> None:

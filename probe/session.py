@@ -90,6 +90,8 @@ class ControlOutcome:
         if self.observations is None:
             self.observations, self.entries = {}, {}
             self.source = other.source
+        if self.entries is None:
+            self.entries = {}
         self.probe_address = self.probe_address or other.probe_address
         self.observations.update(other.observations or {})
         self.entries.update(other.entries or {})
@@ -166,7 +168,7 @@ async def ask_control_batch(
     if not items:
         outcome.problems.append("nothing was measured")
         return outcome
-    body = protocol.build_request(items, step_timeout, trust_pem)
+    body = protocol.build_request(list(items), step_timeout, trust_pem)
 
     async def one(url: str):
         target = url.rstrip("/") + "/measure"

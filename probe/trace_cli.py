@@ -83,14 +83,16 @@ def replay(trace: str, out_dir: str | None, show_diff: bool, as_json: bool) -> N
                 click.echo(str(change))
         sys.exit(EXIT_CHANGED if changes else EXIT_OK)
 
+    report_path = replayed.report_path
+    assert report_path is not None, "a replay without --diff always writes a report"
     if as_json:
-        click.echo(json.dumps({**summary_json(replayed.outcome, replayed.report_path),
+        click.echo(json.dumps({**summary_json(replayed.outcome, report_path),
                                "replay": info}))
         return
     for note in notes:
         _warn(note)
     Display(replayed.trace.run.targets, enabled=False).print_summary(
-        replayed.outcome, replayed.report_path
+        replayed.outcome, report_path
     )
 
 
