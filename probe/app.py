@@ -77,6 +77,30 @@ def scrub_streams(show_ip: bool) -> StreamScrubbing:
     return StreamScrubbing(local, log_filter)
 
 
+def fit_concurrency_to_descriptors(concurrency: int, say: Say) -> int:
+    """Raise the soft file-descriptor limit as far as allowed, and keep the
+    operations in flight (connections plus DNS queries, two budgets) under it:
+    running out of descriptors would fail measurements for a local reason."""
+    try:
+        import resource  # POSIX only
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 2 * concurrency + 128
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ImportError, ValueError, OSError):
+        return concurrency  # not POSIX, or not allowed: keep the user's choice
+    if soft == resource.RLIM_INFINITY:
+        return concurrency
+    fitted = max(1, min(concurrency, (soft - 128) // 2))
+    if fitted < concurrency:
+        say(f"probe: --concurrency {concurrency} lowered to {fitted} to stay within "
+            f"the open-file limit ({soft})")
+    return fitted
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs, checked: built by the command line from its options."""

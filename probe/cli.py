@@ -39,6 +39,10 @@ def fail_usage(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
 def parse_hostport(
     value: str, default_port: int, what: str, allow_any_port: bool = False
 ) -> tuple[str, int]:
@@ -127,7 +131,14 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
         asn_dbs, upload_url, show_ip) -> None:
     """Measure every endpoint of the targets file and write a report."""
-    from probe.app import RunConfig, RunFailed, RunUsageError, run_probe, scrub_streams
+    from probe.app import (
+        RunConfig,
+        RunFailed,
+        RunUsageError,
+        fit_concurrency_to_descriptors,
+        run_probe,
+        scrub_streams,
+    )
     from probe.certificates import parse_pem_bundle
     from probe.net.dns import system_nameserver
     from probe.runner import RunOptions
@@ -161,7 +172,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         if not url.startswith(("http://", "https://")):
             fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
-    concurrency = fit_concurrency_to_descriptors(concurrency)
+    concurrency = fit_concurrency_to_descriptors(concurrency, say=_say)
     if no_system_resolver and resolver_address is None:
         fail_usage("--no-system-resolver needs --resolver (there would be no DNS at all)")
     options = RunOptions(
@@ -189,7 +200,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     )
     display = Display(targets, enabled=not as_json and sys.stderr.isatty())
     try:
-        result = run_probe(config, display, say=lambda line: click.echo(line, err=True))
+        result = run_probe(config, display, say=_say)
     except RunUsageError as exc:
         fail_usage(str(exc))
     except RunFailed as exc:
@@ -205,30 +216,6 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     if not result.complete:
         click.echo(f"probe: interrupted; the partial report is marked incomplete: {result.report_path}", err=True)
         sys.exit(EXIT_FAILED)
-
-
-def fit_concurrency_to_descriptors(concurrency: int) -> int:
-    """Raise the soft file-descriptor limit as far as allowed, and keep the
-    operations in flight (connections plus DNS queries, two budgets) under it:
-    running out of descriptors would fail measurements for a local reason."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = 2 * concurrency + 128
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    except (ImportError, ValueError, OSError):
-        return concurrency  # not POSIX, or not allowed: keep the user's choice
-    if soft == resource.RLIM_INFINITY:
-        return concurrency
-    fitted = max(1, min(concurrency, (soft - 128) // 2))
-    if fitted < concurrency:
-        click.echo(f"probe: --concurrency {concurrency} lowered to {fitted} to stay within "
-                   f"the open-file limit ({soft})", err=True)
-    return fitted
 
 
 def open_geo_or_exit(paths):
