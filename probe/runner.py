@@ -7,8 +7,9 @@ every endpoint blackholed therefore takes about one DNS timeout plus one step
 timeout, not their sum over endpoints. Cancelling the run (Ctrl-C) keeps what
 was measured: unfinished endpoints come back marked ``interrupted``.
 
-The control helper measures with the same ``measure_endpoint`` from its own
-vantage, so the probe and the control always run the same steps.
+The order of endpoints (concurrently, transfers last) is ``probe.scheduler``'s;
+the control helper measures through the same scheduler and ``Measurer`` from its
+own vantage, so the probe and the control always run the same steps.
 """
 
 from __future__ import annotations
