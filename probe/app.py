@@ -139,12 +139,31 @@ class Progress(Protocol):
     def advance(self, observation: EndpointObservation) -> None: ...
 
 
-def run_probe(config: RunConfig, progress: Progress, say: Say) -> RunResult:
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def advance(self, observation: EndpointObservation) -> None:
+        return None
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def run_probe(
+    config: RunConfig, progress: Progress | None = None, say: Say = _to_stderr
+) -> RunResult:
     """Measure, write the signed report, finish the trace and upload.
 
-    ``say`` receives each line meant for the volunteer (warnings, where the
-    trace is, the upload's result), in order, as it happens.
+    ``progress`` is open while measuring and advanced once per endpoint. ``say``
+    receives each line meant for the volunteer (warnings, where the trace is,
+    the upload's result), in order, as it happens.
     """
+    progress = progress if progress is not None else _NoProgress()
     try:
         # each service's result waits on disk for the run's end, not in memory
         staged = StagedResults(Path(config.out_dir))
