@@ -82,8 +82,7 @@ async def control_helper():
 
 
 @pytest.fixture
-def world(monkeypatch):
-    monkeypatch.setattr(session, "CONTROL_BATCH", 2)  # one service (2 endpoints) a batch
+def world():
     with start_tcp("echo") as echo:
         refused = closed_ports(SERVICES)
         yield parse_targets(targets_text(echo.port, refused)), echo.port, refused
@@ -104,6 +103,7 @@ def test_batches_are_measured_ahead_compared_and_handed_on_once(world):
                 return await session.stream(
                     network, targets, OPTIONS, config,
                     emit=lambda result: events.append(("emit", result)),
+                    batch_size=2,  # one service (2 endpoints) a batch
                 )
             finally:
                 await network.aclose()
@@ -162,7 +162,7 @@ def test_a_failing_hand_on_is_raised_as_itself(world, tmp_path):
 def test_json_summary_printed_row_by_row_is_the_whole_summary(world, tmp_path):
     import json
 
-    from probe.cli import iter_summary_json, summary_json
+    from probe.display import iter_summary_json, summary_json
 
     targets, _, _ = world
     outcome = asyncio.run(session.run(LiveNetwork(), targets, OPTIONS, session.ControlConfig()))
