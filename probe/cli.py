@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -100,7 +98,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     """Measure every endpoint of the targets file and write a report."""
     from probe.bogons import parse_networks
     from probe.certificates import parse_pem_bundle
-    from probe.display import Display
+    from probe.display import Display, iter_summary_json
     from probe.net.dns import system_nameserver
     from probe.net.live import LiveNetwork
     from probe.report import scrub
@@ -293,45 +291,6 @@ def signing_key_or_exit(key_path: str | None, ephemeral: bool, control: bool = F
         return keys.load_or_create_key(key_path)
     except (keys.KeyFileError, keys.KeyFormatError) as exc:
         fail_usage(str(exc))
-
-
-def iter_summary_json(outcome, path: Path) -> Iterator[str]:
-    """``json.dumps(summary_json(outcome, path), indent=1)``, a few lines at a time."""
-    summary = summary_json(outcome, path, endpoints=False)
-    head = json.dumps(summary, indent=1)
-    yield head[: -len("\n}")] + ',\n "endpoints": ['
-    previous = None
-    for row in _endpoint_rows(outcome):
-        if previous is not None:
-            yield previous + ","
-        previous = "\n".join("  " + line for line in json.dumps(row, indent=1).splitlines())
-    if previous is not None:
-        yield previous
-    yield " ]\n}"
-
-
-def _endpoint_rows(outcome) -> Iterator[dict]:
-    for rows in outcome.verdicts.values():
-        for v in rows:
-            yield {
-                "service": v.service, "id": v.endpoint_id, "host": v.host, "address": v.address,
-                "port": v.port, "verdict": v.verdict, "method": v.method, "failure": v.failure,
-                "failed_operation": v.failed_operation, "explanation": v.explanation,
-            }
-
-
-def summary_json(outcome, path: Path, endpoints: bool = True) -> dict:
-    return {
-        "complete": outcome.complete,
-        "report": str(path),
-        "network_down": outcome.network_down,
-        "control": {"source": outcome.control.source, "problems": outcome.control.problems},
-        "services": [
-            {"id": s.service, "status": s.status, "explanation": s.explanation}
-            for s in outcome.services.values()
-        ],
-        **({"endpoints": list(_endpoint_rows(outcome))} if endpoints else {}),
-    }
 
 
 # --------------------------------------------------------------------------- #

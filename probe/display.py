@@ -1,11 +1,15 @@
-"""What a volunteer sees on the terminal: a progress bar while measuring, then tables.
+"""What a volunteer sees at the end of a run: a progress bar while measuring, then
+tables on the terminal, or the machine-readable summary of ``--json``.
 
-rich draws both; when the output is not a terminal the progress bar stays quiet.
-The volunteer's own address is never printed here.
+rich draws the bar and the tables; when the output is not a terminal the progress
+bar stays quiet. The volunteer's own address is never printed here (the verdicts
+carry the services' addresses only).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -79,3 +83,42 @@ class Display:
         out.print(endpoints)
         out.print(services)
         out.print(f"Report: {path}")
+
+
+def iter_summary_json(outcome, path: Path) -> Iterator[str]:
+    """``json.dumps(summary_json(outcome, path), indent=1)``, a few lines at a time."""
+    summary = summary_json(outcome, path, endpoints=False)
+    head = json.dumps(summary, indent=1)
+    yield head[: -len("\n}")] + ',\n "endpoints": ['
+    previous = None
+    for row in _endpoint_rows(outcome):
+        if previous is not None:
+            yield previous + ","
+        previous = "\n".join("  " + line for line in json.dumps(row, indent=1).splitlines())
+    if previous is not None:
+        yield previous
+    yield " ]\n}"
+
+
+def _endpoint_rows(outcome) -> Iterator[dict]:
+    for rows in outcome.verdicts.values():
+        for v in rows:
+            yield {
+                "service": v.service, "id": v.endpoint_id, "host": v.host, "address": v.address,
+                "port": v.port, "verdict": v.verdict, "method": v.method, "failure": v.failure,
+                "failed_operation": v.failed_operation, "explanation": v.explanation,
+            }
+
+
+def summary_json(outcome, path: Path, endpoints: bool = True) -> dict:
+    return {
+        "complete": outcome.complete,
+        "report": str(path),
+        "network_down": outcome.network_down,
+        "control": {"source": outcome.control.source, "problems": outcome.control.problems},
+        "services": [
+            {"id": s.service, "status": s.status, "explanation": s.explanation}
+            for s in outcome.services.values()
+        ],
+        **({"endpoints": list(_endpoint_rows(outcome))} if endpoints else {}),
+    }

@@ -84,7 +84,7 @@ def replay(trace: str, out_dir: str | None, show_diff: bool, as_json: bool) -> N
                 click.echo(str(change))
         sys.exit(EXIT_CHANGED if changes else EXIT_OK)
 
-    from probe.cli import summary_json
+    from probe.display import summary_json
 
     if as_json:
         click.echo(json.dumps({**summary_json(replayed.outcome, replayed.report_path),

@@ -162,7 +162,7 @@ def test_a_failing_hand_on_is_raised_as_itself(world, tmp_path):
 def test_json_summary_printed_row_by_row_is_the_whole_summary(world, tmp_path):
     import json
 
-    from probe.cli import iter_summary_json, summary_json
+    from probe.display import iter_summary_json, summary_json
 
     targets, _, _ = world
     outcome = asyncio.run(session.run(LiveNetwork(), targets, OPTIONS, session.ControlConfig()))
