@@ -37,6 +37,7 @@ from probe.control import protocol
 from probe.net.network import ControlRequest, Network
 from probe.observations import (
     EndpointObservation,
+    FunctionVerdict,
     NetworkFindings,
     ServiceResult,
     ServiceVerdict,
@@ -107,6 +108,8 @@ class RunOutcome:
     resolver: str | None
     results: list[ServiceResult] = field(default_factory=list)  # kept by run(), not stream()
     network: NetworkFindings = field(default_factory=NetworkFindings)
+    # by service id: each service's per-function status, as its ServiceResult has it
+    functions: dict[str, tuple[FunctionVerdict, ...]] = field(default_factory=dict)
 
 
 def new_report_id(started_at: datetime.datetime) -> str:
@@ -303,6 +306,7 @@ class _Pipeline:
         self.emitted: set[str] = set()
         self.verdicts: dict[str, list[Verdict]] = {}
         self.services: dict[str, ServiceVerdict] = {}
+        self.functions: dict[str, tuple[FunctionVerdict, ...]] = {}
         self.control = ControlOutcome()  # the run-wide view: source, problems, address
         self.down: list[bool] = []
 
@@ -459,11 +463,14 @@ class _Pipeline:
         verdict = ServiceVerdict(service.id, status, explanation)
         self.services[service.id] = verdict
         self.emitted.add(service.id)
-        self.emit(ServiceResult(
+        result = ServiceResult(
             service.id, observations, tuple(rows), verdict,
             control_summary(control, [e.id for e in service.endpoints]),
             () if control.available else tuple(control.problems), down,
-        ))
+        )
+        if result.functions:  # kept for the summary (the result itself is handed on)
+            self.functions[service.id] = result.functions
+        self.emit(result)
 
     def conclude_interrupted(self) -> None:
         """After Ctrl-C: every service not yet handed on, with what was measured."""
@@ -494,6 +501,8 @@ class _Pipeline:
             complete=complete,
             runtime=runtime,
             resolver=f"{o.resolver[0]}" if o.resolver else None,
+            functions={s.id: self.functions[s.id] for s in self.targets.services
+                       if s.id in self.functions},
         )
 
 
