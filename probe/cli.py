@@ -162,7 +162,11 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     holder = {}
     try:
         # each service's result waits on disk for the run's end, not in memory
-        staged = StagedResults(Path(out_dir))
+        # a STUN answer's mapped address is the volunteer's: scrubbed from logs at once
+        staged = StagedResults(Path(out_dir), on_mapped_address=(
+            None if log_filter is None
+            else lambda _: log_filter.set_addresses([*local_addresses, *staged.mapped_addresses])
+        ))
     except ReportWriteError as exc:
         fail_usage(f"--out {out_dir}: {exc.reason}")
     recording = None
@@ -199,7 +203,8 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
                        err=True)
             sys.exit(EXIT_FAILED)
         addresses = scrub.volunteer_addresses(
-            outcome.control.probe_address, local_addresses, options.routable
+            outcome.control.probe_address, local_addresses, options.routable,
+            mapped=staged.mapped_addresses,
         )
         if log_filter is not None:
             log_filter.set_addresses(addresses)
