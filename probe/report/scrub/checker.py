@@ -242,7 +242,7 @@ def _safe_path(targets: _Targets, path: str) -> str:
 
 
 def find_leaks(
-    measurement: Any, addresses: Iterable[str], *, ipv6_prefix: int = 64
+    measurement: Any, addresses: Iterable[str] | _Targets, *, ipv6_prefix: int = 64
 ) -> list[Leak]:
     """Every place and form in which ``addresses`` still appear in ``measurement``."""
     targets = _Targets.of(addresses, ipv6_prefix)
@@ -251,7 +251,9 @@ def find_leaks(
     return _leaks_in(measurement, targets)
 
 
-def assert_clean(measurement: Any, addresses: Iterable[str], *, ipv6_prefix: int = 64) -> None:
+def assert_clean(
+    measurement: Any, addresses: Iterable[str] | _Targets, *, ipv6_prefix: int = 64
+) -> None:
     """Raise :class:`ScrubError` if the addresses appear anywhere in ``measurement``."""
     leaks = find_leaks(measurement, addresses, ipv6_prefix=ipv6_prefix)
     if leaks:

@@ -71,6 +71,8 @@ def _fold_text(text: str) -> str:
 
 def _escape_char(match: re.Match[str]) -> str | None:
     kind = match.lastgroup
+    if kind is None:  # every alternative of _ESCAPE is a named group
+        return None
     value = match.group(kind)
     if kind == "named":
         return _NAMED[value]

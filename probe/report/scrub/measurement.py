@@ -83,7 +83,7 @@ def _withhold_attestations(measurement: dict[str, Any], targets: _Targets) -> No
 
 
 def scrub_measurement(
-    measurement: dict[str, Any], addresses: Iterable[str], *, ipv6_prefix: int = 64
+    measurement: dict[str, Any], addresses: Iterable[str] | _Targets, *, ipv6_prefix: int = 64
 ) -> dict[str, Any]:
     """A scrubbed copy of ``measurement``; raises :class:`ScrubError` if not clean.
 

@@ -11,6 +11,7 @@ It does not check its own work: ``checker`` does, independently.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import re
 from collections.abc import Iterable
@@ -79,7 +80,7 @@ def _scrub_base64_runs(text: str, targets: _Targets, depth: int) -> str:
 
     for regex, urlsafe in ((_B64_RUN, False), (_B64URL_RUN, True)):
         if regex.search(text):
-            text = regex.sub(lambda m, u=urlsafe: replace(m, u), text)
+            text = regex.sub(functools.partial(replace, urlsafe=urlsafe), text)
             done.clear()
     return text
 
@@ -173,7 +174,7 @@ def scrub_bytes(
         # ("\xc2" + "[scrubbed]" from a superscript "\xc2\xb9" that began the
         # address); the UTF-8 view must still be scrubbed, and the bytes kept.
         text = data.decode(encoding, "surrogateescape")
-        cleaned = scrub_text(text, targets, depth=depth)
-        if cleaned != text:
-            data = cleaned.encode(encoding, "surrogateescape")
+        cleaned_text = scrub_text(text, targets, depth=depth)
+        if cleaned_text != text:
+            data = cleaned_text.encode(encoding, "surrogateescape")
     return _scrub_utf16_runs(data, targets, depth)
