@@ -14,7 +14,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from probe.observations import FunctionVerdict, NetworkFindings
@@ -72,8 +79,8 @@ class Display:
         self.out = Console()
         self.enabled = enabled
         self.total = len(targets.endpoints())
-        self.progress = None
-        self.task = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> Display:
         if self.enabled:
@@ -90,7 +97,7 @@ class Display:
             self.progress.__exit__(*exc)
 
     def advance(self, observation) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.task is not None:
             self.progress.advance(self.task)
 
     def print_summary(self, outcome, path: Path) -> None:

@@ -171,7 +171,7 @@ FACEBOOK_ROLES = ("b_api", "b_graph", "edge", "external_cdn", "scontent_cdn", "s
 _ASN = re.compile(r"(?:AS)?(\d{1,10})\Z", re.IGNORECASE)
 _CC = re.compile(r"[A-Za-z]{2}\Z")
 _ROLE_KEY = re.compile(r"[a-z0-9_]+\Z")
-_STATUS_KEY = {
+_STATUS_KEY: dict[str, str] = {
     SERVICE_OK: "ok",
     SERVICE_BLOCKED: "blocked",
     SERVICE_PARTIALLY_BLOCKED: "blocked",
