@@ -87,6 +87,10 @@ so they can disagree with what OONI Probe would have written on the same network
   HTTP/3 front ends) count in ``service_status``, ``function_status`` and
   ``endpoints`` only, except Facebook's ``stun`` role, whose STUN check sets
   ``facebook_stun_reachable``.
+- STUN. OONI's ``stunreachability`` writes one measurement per STUN server
+  (``endpoint``, ``failure``, ``network_events``). Our STUN checks are part of
+  their service's measurement: each flow is in ``udp_flows`` and its datagrams
+  are ``write_to``/``read_from`` events as stunreachability writes them.
 - Hosts OONI's tests do not have (telegram.org, t.me, api.telegram.org,
   WhatsApp's gateway and media hosts) count in ``service_status`` and
   ``endpoints`` only; OONI's keys summarise the hosts OONI measures.
