@@ -288,3 +288,17 @@ def test_facebook_stun_role_is_reachability_not_tcp_blocking():
     keys = m["test_keys"]
     assert keys["facebook_stun_reachable"] is False
     assert keys["facebook_tcp_blocking"] is None
+
+
+def test_staged_results_keep_udp_quic_functions_and_findings(tmp_path):
+    # The report is written from results staged on disk: nothing new may be lost there.
+    from probe.observations import ServiceResult
+    from probe.report.staging import StagedResults
+
+    result = ServiceResult("telegram", tuple(observations()), tuple(VERDICTS), STATUS, None, (),
+                           False, functions=FUNCTIONS, network=NETWORK)
+    with StagedResults(tmp_path) as staged:
+        staged.add(result)
+        (back,) = staged.in_order(["telegram"])
+        assert staged.mapped_addresses == ["203.0.113.77"]  # the STUN check's, to scrub
+    assert back == result
