@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib
 import ipaddress
 import logging
 import sys
@@ -17,6 +18,17 @@ from pathlib import Path
 import click
 
 from probe import __version__
+from probe.aggregate.cli import aggregate
+from probe.bogons import parse_networks
+from probe.collector.cli import collector
+from probe.display import Display, iter_summary_json
+from probe.geo import GeoDatabase, GeoDatabaseError
+from probe.spool_cli import status, upload
+from probe.trace_cli import replay
+
+# Each command imports the subsystem it drives when it runs: the measuring stack
+# (aiohttp, dnspython, cryptography, yaml) takes most of a second to import, which
+# `probe --help` and the quick commands should not pay.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -56,7 +68,25 @@ def load_targets_or_exit(path: str | None):
         fail_usage(str(exc))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ProbeGroup(click.Group):
+    """``probe``'s root group: ``probe lab`` is loaded by name when it is asked for.
+
+    The product never imports the censorship lab (it needs root, scapy and
+    NetfilterQueue, the ``lab`` extra): the lab plugs its commands in here.
+    """
+
+    LAB = "lab"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), self.LAB})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == self.LAB and cmd_name not in self.commands:
+            self.add_command(importlib.import_module("probe.lab.cli").lab)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_ProbeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="probe")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
 def main(verbose: bool) -> None:
@@ -96,26 +126,14 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
         asn_dbs, upload_url, show_ip) -> None:
     """Measure every endpoint of the targets file and write a report."""
-    from probe.bogons import parse_networks
+    from probe.app import RunConfig, RunFailed, RunUsageError, run_probe, scrub_streams
     from probe.certificates import parse_pem_bundle
-    from probe.display import Display, iter_summary_json
     from probe.net.dns import system_nameserver
-    from probe.net.live import LiveNetwork
-    from probe.report import scrub
-    from probe.report.measurements import RunContext, write_run_report
-    from probe.report.staging import StagedResults
-    from probe.report.writer import ReportWriteError
     from probe.runner import RunOptions
-    from probe.session import ControlConfig, stream
+    from probe.session import ControlConfig
     from probe.targets import TargetsError
 
-    local_addresses = scrub.interface_addresses()
-    log_filter = None
-    if not show_ip:
-        # installed before anything prints: rich and click capture the streams
-        log_filter = scrub.install_log_scrubbing(local_addresses)
-        sys.stderr = scrub.ScrubbingStream(sys.stderr, log_filter)
-        sys.stdout = scrub.ScrubbingStream(sys.stdout, log_filter)
+    scrubbing = scrub_streams(show_ip)  # before anything prints, usage errors included
     geo = open_geo_or_exit(asn_dbs)
     if upload_url and not upload_url.startswith(("http://", "https://")):
         fail_usage(f"--upload {upload_url!r}: expected an http:// or https:// URL")
@@ -133,7 +151,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         try:
             trust_pem = Path(ca_bundle).read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            fail_usage(f"--ca-bundle {ca_bundle}: cannot read ({exc.strerror or exc})")
+            fail_usage(f"--ca-bundle {ca_bundle}: cannot read ({getattr(exc, 'strerror', None) or exc})")
         if not parse_pem_bundle(trust_pem):
             fail_usage(f"--ca-bundle {ca_bundle}: no PEM certificate in the file")
     if control_file and not Path(control_file).is_file():
@@ -156,97 +174,35 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         routable=parse_networks(getattr(targets, "routable_networks", ())),
         started_at=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
     )
-    control = ControlConfig(tuple(control_urls), Path(control_file) if control_file else None,
-                            control_timeout)
+    config = RunConfig(
+        targets=targets,
+        options=options,
+        control=ControlConfig(tuple(control_urls), Path(control_file) if control_file else None,
+                              control_timeout),
+        out_dir=out_dir,
+        key=key,
+        scrubbing=scrubbing,
+        geo=geo,
+        record_path=record_path,
+        upload_url=upload_url,
+    )
     display = Display(targets, enabled=not as_json and sys.stderr.isatty())
-    holder = {}
     try:
-        # each service's result waits on disk for the run's end, not in memory
-        # a STUN answer's mapped address is the volunteer's: scrubbed from logs at once
-        staged = StagedResults(Path(out_dir), on_mapped_address=(
-            None if log_filter is None
-            else lambda _: log_filter.set_addresses([*local_addresses, *staged.mapped_addresses])
-        ))
-    except ReportWriteError as exc:
-        fail_usage(f"--out {out_dir}: {exc.reason}")
-    recording = None
-    if record_path:
-        from probe.trace import RunInfo, TraceError, start_recording
-
-        try:
-            recording = start_recording(record_path, RunInfo.from_run(targets, options, control))
-        except (TraceError, OSError) as exc:
-            fail_usage(f"--record {record_path}: {exc}")
-
-    async def go():
-        network = recording if recording is not None else LiveNetwork()
-        try:
-            holder["outcome"] = await stream(
-                network, targets, options, control, staged.add, on_endpoint=display.advance,
-                report_id=recording.run_info.report_id if recording is not None else None,
-            )
-        finally:
-            await network.aclose()
-
-    interrupted = False
-    with staged, display:
-        try:
-            asyncio.run(go())
-        except KeyboardInterrupt:
-            interrupted = True
-        except ReportWriteError as exc:
-            click.echo(f"probe: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        outcome = holder.get("outcome")
-        if outcome is None:
-            click.echo("probe: interrupted before anything was measured; no report written",
-                       err=True)
-            sys.exit(EXIT_FAILED)
-        addresses = scrub.volunteer_addresses(
-            outcome.control.probe_address, local_addresses, options.routable,
-            mapped=staged.mapped_addresses,
-        )
-        if log_filter is not None:
-            log_filter.set_addresses(addresses)
-        context = RunContext.build(outcome, addresses, geo)
-        if not addresses:
-            click.echo("probe: warning: your public address is unknown (no control answered), "
-                       "so reports could not be checked for it; see docs/privacy.md", err=True)
-        try:
-            results = staged.in_order(s.id for s in targets.services)
-            path, dropped = write_run_report(outcome, targets, Path(out_dir), key, context, results)
-        except ReportWriteError as exc:
-            click.echo(f"probe: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-    for service, reason in dropped:
-        click.echo(f"probe: the {service} measurement was not written: {reason}", err=True)
-    if recording is not None:
-        from probe.trace import TraceError, finish_recording, scrub_trace_file
-
-        try:
-            trace_path = finish_recording(recording, outcome)
-            scrub_trace_file(trace_path, addresses)
-            click.echo(f"trace: {trace_path}", err=True)
-        except TraceError as exc:
-            click.echo(f"probe: the trace is incomplete: {exc}", err=True)
-    if upload_url:
-        from probe.spool import upload_pending
-
-        summary = asyncio.run(upload_pending(Path(out_dir), upload_url))
-        if summary.drained:
-            click.echo(f"uploaded to {upload_url}", err=True)
-        else:
-            click.echo(f"probe: upload incomplete ({summary.problem}); `probe upload` retries",
-                       err=True)
+        result = run_probe(config, display, say=lambda line: click.echo(line, err=True))
+    except RunUsageError as exc:
+        fail_usage(str(exc))
+    except RunFailed as exc:
+        click.echo(f"probe: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     if as_json:
         # one row per line (terminal scrubbing works line by line), printed row by row:
         # a 10,000-endpoint summary is never one 3 MB string
-        for text in iter_summary_json(outcome, path):
+        for text in iter_summary_json(result.outcome, result.report_path):
             click.echo(text)
     else:
-        display.print_summary(outcome, path)
-    if interrupted or not outcome.complete:
-        click.echo(f"probe: interrupted; the partial report is marked incomplete: {path}", err=True)
+        display.print_summary(result.outcome, result.report_path)
+    if not result.complete:
+        click.echo(f"probe: interrupted; the partial report is marked incomplete: {result.report_path}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -277,8 +233,6 @@ def fit_concurrency_to_descriptors(concurrency: int) -> int:
 def open_geo_or_exit(paths):
     if not paths:
         return None
-    from probe.geo import GeoDatabase, GeoDatabaseError
-
     try:
         return GeoDatabase.open(*paths)
     except GeoDatabaseError as exc:
@@ -346,7 +300,6 @@ def control() -> None:
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="The helper's signing key (default: its own key, created on first use).")
 def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -> None:
     """Serve POST /measure for probes and GET / for health checks."""
-    from probe.bogons import parse_networks
     from probe.control.server import ControlHelper, serve
     from probe.net.dns import system_nameserver
 
@@ -421,16 +374,6 @@ def verify(files, trusted_keys, trusted_control_keys, require_complete) -> None:
                             require_end=require_complete))
 
 
-def _register_optional_groups() -> None:
-    """Subcommands that live with their subsystem."""
-    from probe.aggregate.cli import aggregate
-    from probe.collector.cli import collector
-    from probe.lab.cli import lab
-    from probe.spool_cli import status, upload
-    from probe.trace_cli import replay
-
-    for command in (lab, replay, upload, status, collector, aggregate):
-        main.add_command(command)
-
-
-_register_optional_groups()
+# Subcommands that live with their subsystem (``probe lab``: see _ProbeGroup).
+for _command in (replay, upload, status, collector, aggregate):
+    main.add_command(_command)

@@ -34,6 +34,7 @@ from probe.net.network import (
     TlsRequest,
 )
 from probe.observations import EndpointObservation, MtprotoCheck, PortObservation
+from probe.scheduler import Scheduler
 from probe.targets import Endpoint
 
 log = logging.getLogger("probe.runner")
@@ -235,7 +236,7 @@ class Measurer:
         """The throughput transfer of one address and port, when its steps passed.
 
         Transfers run after every other step of the run, one at a time
-        (``run_endpoints``): a transfer saturates the link for its duration, and on
+        (``probe.scheduler``): a transfer saturates the link for its duration, and on
         a slow home link it would starve the handshakes and requests of other
         endpoints into timeouts that would read as blocking.
         """
@@ -306,54 +307,23 @@ async def run_endpoints(
     extra_addresses: dict[str, tuple[str, ...]] | None = None,
     results: dict[str, EndpointObservation] | None = None,
 ) -> dict[str, EndpointObservation]:
-    """Measure every endpoint concurrently; on cancellation, return what is done.
+    """Measure every endpoint concurrently (the scheduler's order: transfers last,
+    one at a time); on cancellation, return what is done.
 
-    Unfinished endpoints are returned as ``interrupted`` observations, and the
-    CancelledError propagates after ``on_result`` has seen them all, so the caller
-    can write a complete-but-marked report before exiting; pass ``results`` to
-    keep them.
+    Unfinished endpoints are returned as ``interrupted`` observations in
+    ``results`` and the CancelledError propagates, so the caller can write a
+    complete-but-marked report before exiting; pass ``results`` to keep them.
+    The control helper measures its batches with this.
     """
-    measurer = Measurer(network, options)
     endpoints = list(endpoints)
-    results = {} if results is None else results
-    extra = extra_addresses or {}
-
-    async def one(endpoint: Endpoint) -> None:
-        try:
-            observation = await measurer.measure(endpoint, extra.get(endpoint.id, ()))
-        except Exception:  # a bug must not lose the other endpoints' measurements
-            log.exception("measuring %s failed", endpoint.id)
-            observation = EndpointObservation(
-                endpoint.id, endpoint.service, endpoint.host, None, (), (), (), (),
-                interrupted=True,
-            )
-        results[endpoint.id] = observation
-        if on_result is not None and "download" not in endpoint.checks:
-            on_result(observation)  # the others are reported after their transfer
-
-    async def transfers() -> None:
-        for endpoint in downloading:
-            observation = results.get(endpoint.id)
-            if observation is not None and not observation.interrupted:
-                ports = []
-                for port in observation.ports:
-                    ports.append(await measurer.download(endpoint, port))
-                results[endpoint.id] = dataclasses.replace(observation, ports=tuple(ports))
-            if on_result is not None and endpoint.id in results:
-                on_result(results[endpoint.id])
-
-    downloading = [e for e in endpoints if "download" in e.checks]
+    schedule = Scheduler(
+        Measurer(network, options), on_result=on_result, extra_addresses=extra_addresses,
+        results=results,
+    )
     try:
-        async with asyncio.TaskGroup() as group:
-            for endpoint in endpoints:
-                group.create_task(one(endpoint))
-        await transfers()
+        await schedule.measure_all(endpoints)
+        await schedule.transfer_all(endpoints)
     except asyncio.CancelledError:
-        for endpoint in endpoints:
-            if endpoint.id not in results:
-                results[endpoint.id] = EndpointObservation(
-                    endpoint.id, endpoint.service, endpoint.host, None, (), (), (), (),
-                    interrupted=True,
-                )
+        schedule.fill_interrupted(endpoints)
         raise
-    return {e.id: results[e.id] for e in endpoints}
+    return {e.id: schedule.results[e.id] for e in endpoints}

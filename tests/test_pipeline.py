@@ -82,8 +82,7 @@ async def control_helper():
 
 
 @pytest.fixture
-def world(monkeypatch):
-    monkeypatch.setattr(session, "CONTROL_BATCH", 2)  # one service (2 endpoints) a batch
+def world():
     with start_tcp("echo") as echo:
         refused = closed_ports(SERVICES)
         yield parse_targets(targets_text(echo.port, refused)), echo.port, refused
@@ -104,6 +103,7 @@ def test_batches_are_measured_ahead_compared_and_handed_on_once(world):
                 return await session.stream(
                     network, targets, OPTIONS, config,
                     emit=lambda result: events.append(("emit", result)),
+                    batch_size=2,  # one service (2 endpoints) a batch
                 )
             finally:
                 await network.aclose()

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import stun
 from .decoders import (
     _UTF16_RUNS,
     _WHOLE_B64,
@@ -33,6 +32,7 @@ from .decoders import (
     _looks_encoded,
 )
 from .forms import _find, _Targets
+from .stun import address_attributes, volunteer_test
 from .text import scrub_text
 
 
@@ -177,8 +177,8 @@ class _Checker:
         for prefix in self.targets.packed_prefixes:
             if prefix in data:
                 self.found(path, suffix, "IPv6 prefix in binary")
-        is_volunteer = stun.volunteer_test(self.targets)
-        for attribute in stun.address_attributes(data):  # XORed: no byte search sees it
+        is_volunteer = volunteer_test(self.targets)
+        for attribute in address_attributes(data):  # XORed: no byte search sees it
             if is_volunteer(attribute.address):
                 self.found(path, suffix, f"address in a STUN {attribute.name}")
         if data[:2] == b"\x1f\x8b" and depth > 0:

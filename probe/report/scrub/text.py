@@ -16,7 +16,6 @@ import gzip
 import re
 from collections.abc import Iterable
 
-from . import stun
 from .decoders import (
     _B64_RUN,
     _B64URL_RUN,
@@ -30,6 +29,7 @@ from .decoders import (
     _looks_encoded,
 )
 from .forms import _find, _Targets
+from .stun import is_stun, rewrite, volunteer_test
 
 SCRUBBED = "[scrubbed]"
 _SCRUBBED_BYTES = SCRUBBED.encode("ascii")
@@ -155,12 +155,12 @@ def scrub_bytes(
     targets = _Targets.of(addresses, ipv6_prefix)
     if not targets or not data:
         return data
-    if stun.is_stun(data):
+    if is_stun(data):
         # A STUN answer hides the address XORed with the magic cookie (no search
         # sees it): its address attributes become the placeholder first, so the
         # datagram still parses; replacing packed bytes with "[scrubbed]" below
         # would break its framing.
-        data = stun.rewrite(data, stun.volunteer_test(targets))
+        data = rewrite(data, volunteer_test(targets))
     data = _replace_packed(data, targets)
     if data[:2] == b"\x1f\x8b" and depth > 0:
         inner = _gunzip(data)
