@@ -164,9 +164,17 @@ def run_probe(
     the upload's result), in order, as it happens.
     """
     progress = progress if progress is not None else _NoProgress()
+    log_filter = config.scrubbing.log_filter
+
+    def learned_address(_: str) -> None:
+        # a STUN answer's mapped address is the volunteer's: scrubbed from logs at once
+        if log_filter is not None:
+            log_filter.set_addresses(
+                [*config.scrubbing.local_addresses, *staged.mapped_addresses])
+
     try:
         # each service's result waits on disk for the run's end, not in memory
-        staged = StagedResults(Path(config.out_dir))
+        staged = StagedResults(Path(config.out_dir), on_mapped_address=learned_address)
     except ReportWriteError as exc:
         raise RunUsageError(f"--out {config.out_dir}: {exc.reason}") from None
     recording = _start_recording(config)
@@ -184,7 +192,7 @@ def run_probe(
             raise RunFailed("interrupted before anything was measured; no report written")
         addresses = scrub.volunteer_addresses(
             outcome.control.probe_address, config.scrubbing.local_addresses,
-            config.options.routable,
+            config.options.routable, mapped=staged.mapped_addresses,
         )
         if config.scrubbing.log_filter is not None:
             config.scrubbing.log_filter.set_addresses(addresses)

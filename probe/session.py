@@ -39,6 +39,7 @@ from probe.control import protocol
 from probe.net.network import ControlRequest, Network
 from probe.observations import (
     EndpointObservation,
+    FunctionVerdict,
     NetworkFindings,
     ServiceResult,
     ServiceVerdict,
@@ -111,6 +112,8 @@ class RunOutcome:
     resolver: str | None
     results: list[ServiceResult] = field(default_factory=list)  # kept by run(), not stream()
     network: NetworkFindings = field(default_factory=NetworkFindings)
+    # by service id: each service's per-function status, as its ServiceResult has it
+    functions: dict[str, tuple[FunctionVerdict, ...]] = field(default_factory=dict)
 
 
 def new_report_id(started_at: datetime.datetime) -> str:
@@ -312,6 +315,7 @@ class _Conclusions:
         self.emitted: set[str] = set()
         self.verdicts: dict[str, list[Verdict]] = {}
         self.services: dict[str, ServiceVerdict] = {}
+        self.functions: dict[str, tuple[FunctionVerdict, ...]] = {}
         self.control = ControlOutcome()  # the run-wide view: source, problems, address
         self.down: list[bool] = []
 
@@ -470,11 +474,14 @@ class _Pipeline:
         verdict = ServiceVerdict(service.id, status, explanation)
         self.concluded.services[service.id] = verdict
         self.concluded.emitted.add(service.id)
-        self.emit(ServiceResult(
+        result = ServiceResult(
             service.id, observations, tuple(rows), verdict,
             control_summary(control, [e.id for e in service.endpoints]),
             () if control.available else tuple(control.problems), down,
-        ))
+        )
+        if result.functions:  # kept for the summary (the result itself is handed on)
+            self.concluded.functions[service.id] = result.functions
+        self.emit(result)
 
     def conclude_interrupted(self) -> None:
         """After Ctrl-C: every service not yet handed on, with what was measured."""
@@ -505,6 +512,8 @@ class _Pipeline:
             complete=complete,
             runtime=runtime,
             resolver=f"{o.resolver[0]}" if o.resolver else None,
+            functions={s.id: concluded.functions[s.id] for s in self.targets.services
+                       if s.id in concluded.functions},
         )
 
 

@@ -90,7 +90,7 @@ def iter_lines(
         yield ooni.build_measurement(
             run_metadata(outcome, context, result), services[result.service],
             result.observations, result.verdicts, result.status, result.control,
-            outcome.runtime,
+            outcome.runtime, functions=result.functions, network=result.network,
         )
 
 

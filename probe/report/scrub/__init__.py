@@ -35,6 +35,11 @@ What counts as an occurrence, and why (each a real way an address gets echoed):
   in network order (a lying resolver can answer with the volunteer's address),
   and the text views of the bytes: Latin-1, UTF-8 and UTF-16.
 - Base64 inside text (cookies, ``data:`` URLs): decoded, scrubbed, re-encoded.
+- STUN answers (base64 in ``udp_flows`` and traces): their XOR-MAPPED-ADDRESS
+  is the volunteer's address XORed with the magic cookie, which no search can
+  see; the attribute is rewritten to ``0.0.0.0``/``::`` (same port) and the
+  datagram still parses. Every mapped address a run sees is one of the
+  volunteer's addresses (``volunteer_addresses(mapped=...)``).
 
 Numbers inside a token are never split: ``198.51.100.70`` is not
 ``198.51.100.7``. Certificates (``peer_certificates``) are evidence signed by
@@ -44,7 +49,8 @@ attestations are signed by the helper: one that contains the address is
 withheld (listed under ``control.attestation_withheld``) rather than altered.
 
 What no scrubber can promise: a server that *wants* to identify the volunteer
-can hide the address in an encoding nobody anticipates (encrypted, XOR-ed).
+can hide the address in an encoding nobody anticipates (encrypted, XOR-ed
+with a key of its own: STUN's fixed cookie is the one XOR we undo).
 docs/privacy.md says so to volunteers.
 
 One concept per module:
@@ -57,6 +63,7 @@ One concept per module:
 - ``checker``: :func:`find_leaks` and :func:`assert_clean`, with their own decoders;
 - ``measurement``: :func:`scrub_measurement` and :func:`scrub_lines`;
 - ``streams``: log records and terminal output;
+- ``stun``: STUN datagrams, whose address attributes hide the address XORed;
 - ``memo``: the bounded memory of results shared by the scrubber and the checker.
 
 Import from ``probe.report.scrub``: the names below are its public interface
@@ -65,7 +72,7 @@ Import from ``probe.report.scrub``: the names below are its public interface
 
 from __future__ import annotations
 
-from .addresses import interface_addresses, volunteer_addresses
+from .addresses import interface_addresses, mapped_addresses_seen, volunteer_addresses
 from .checker import Leak, ScrubError, assert_clean, find_leaks
 from .decoders import MAX_DEPTH, MAX_GUNZIP
 from .forms import _Targets
@@ -99,6 +106,7 @@ __all__ = [
     "find_leaks",
     "install_log_scrubbing",
     "interface_addresses",
+    "mapped_addresses_seen",
     "scrub_bytes",
     "scrub_lines",
     "scrub_measurement",

@@ -1,4 +1,5 @@
-"""Discovering the volunteer's own addresses: the control helper's echo and the host's.
+"""Discovering the volunteer's own addresses: the control helper's echo, the
+addresses STUN servers saw the volunteer from, and the host's.
 
 The only part of scrubbing that does I/O (:func:`interface_addresses` reads
 the kernel's interface tables). It decides which addresses are the
@@ -13,26 +14,37 @@ from pathlib import Path
 from typing import Any
 
 from .forms import _parse_address
+from .stun import mapped_addresses_in
+
+#: The key under which observations (``UdpCheck``) and reports keep a STUN
+#: answer's mapped address.
+MAPPED_ADDRESS_KEY = "mapped_address"
 
 
 def volunteer_addresses(
-    echoed: str | None, local: Iterable[str] = (), routable: Iterable[Any] = ()
+    echoed: str | None,
+    local: Iterable[str] = (),
+    routable: Iterable[Any] = (),
+    mapped: Iterable[str] = (),
 ) -> list[str]:
-    """The addresses to scrub: the control helper's echo, plus the host's public ones.
+    """The addresses to scrub: the control helper's echo, the addresses STUN
+    servers saw us from, plus the host's public ones.
 
-    ``echoed`` is kept whatever its range (in the lab it is a documentation
-    address); of ``local`` only globally routable ones are kept, as private
+    ``echoed`` and ``mapped`` are kept whatever their range (in the lab they are
+    documentation addresses): a STUN answer's XOR-MAPPED-ADDRESS is the
+    volunteer's public address, so a run with STUN checks knows it even without
+    a control. Of ``local`` only globally routable ones are kept, as private
     (RFC 1918, ULA) and link-local addresses are never seen by servers.
     ``routable`` networks count as global (a test network such as the lab, whose
     targets file declares its documentation ranges public).
     """
     routable = [n for n in routable]
     found: list[str] = []
-    echoed_address = _parse_address(echoed) if echoed else None
-    if echoed_address is not None and not (
-        echoed_address.is_loopback or echoed_address.is_unspecified
-    ):
-        found.append(str(echoed_address))
+    for text in (echoed, *mapped):
+        address = _parse_address(text) if text else None
+        if address is not None and not (address.is_loopback or address.is_unspecified):
+            if str(address) not in found:
+                found.append(str(address))
     for text in local:
         address = _parse_address(text)
         public = address is not None and (
@@ -70,4 +82,31 @@ def interface_addresses() -> list[str]:
                 previous = ""
     except OSError:
         pass
+    return found
+
+
+def mapped_addresses_seen(values: Iterable[Any]) -> list[str]:
+    """Every address a STUN server said it saw us from, in JSON-like ``values``
+    (a ServiceResult through ``to_json``, a report or trace line): the
+    ``mapped_address`` the STUN check judged, and the mapped addresses of every
+    STUN answer kept (a forged answer next to the real one may carry another)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == MAPPED_ADDRESS_KEY and isinstance(item, str) and item not in found:
+                    found.append(item)
+                else:
+                    walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    values = list(values)
+    for value in values:
+        walk(value)
+    for address in mapped_addresses_in(values):
+        if address not in found:
+            found.append(address)
     return found

@@ -4,8 +4,10 @@ After scrubbing, every string of a measurement (keys included, certificates
 included) is decoded again with different decoders than the scrubber's
 (``urllib.parse``, ``html``, loose base64, gzip, UTF-16) and searched for the
 address's forms, so that a bug in the scrubber's decoding is not repeated
-here. It reports :class:`Leak` s (field path and form, never the address) and
-never changes the measurement. Pure.
+here; binary payloads that are STUN messages have their address attributes
+decoded (XOR-MAPPED-ADDRESS hides the address from any byte search). It
+reports :class:`Leak` s (field path and form, never the address) and never
+changes the measurement. Pure.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .decoders import (
     _looks_encoded,
 )
 from .forms import _find, _Targets
+from .stun import address_attributes, volunteer_test
 from .text import scrub_text
 
 
@@ -174,6 +177,10 @@ class _Checker:
         for prefix in self.targets.packed_prefixes:
             if prefix in data:
                 self.found(path, suffix, "IPv6 prefix in binary")
+        is_volunteer = volunteer_test(self.targets)
+        for attribute in address_attributes(data):  # XORed: no byte search sees it
+            if is_volunteer(attribute.address):
+                self.found(path, suffix, f"address in a STUN {attribute.name}")
         if data[:2] == b"\x1f\x8b" and depth > 0:
             inner = _gunzip(data)
             if inner is not None:

@@ -1,6 +1,7 @@
 """Scrubbing a whole measurement, then refusing it if the checker still finds the address.
 
-JSON strings, keys and numbers are scrubbed; certificates
+JSON strings, keys and numbers are scrubbed (STUN answers kept as base64
+included: ``text``); certificates
 (``peer_certificates``) are third-party evidence, checked but never changed;
 a control-helper attestation that contains the address is withheld (listed
 under ``control.attestation_withheld``) since altering it would break its

@@ -4,7 +4,8 @@ Text is searched as decoded (``decoders``) for the address's forms
 (``forms``), and the original characters of each occurrence are replaced;
 base64 runs are decoded, scrubbed and re-encoded; bytes are searched for the
 packed address, inside gzip, and through their Latin-1, UTF-8 and UTF-16
-views. Pure. It does not check its own work: ``checker`` does, independently.
+views; a STUN message has its address attributes rewritten (``stun``). Pure.
+It does not check its own work: ``checker`` does, independently.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .decoders import (
     _looks_encoded,
 )
 from .forms import _find, _Targets
+from .stun import is_stun, rewrite, volunteer_test
 
 SCRUBBED = "[scrubbed]"
 _SCRUBBED_BYTES = SCRUBBED.encode("ascii")
@@ -153,6 +155,12 @@ def scrub_bytes(
     targets = _Targets.of(addresses, ipv6_prefix)
     if not targets or not data:
         return data
+    if is_stun(data):
+        # A STUN answer hides the address XORed with the magic cookie (no search
+        # sees it): its address attributes become the placeholder first, so the
+        # datagram still parses; replacing packed bytes with "[scrubbed]" below
+        # would break its framing.
+        data = rewrite(data, volunteer_test(targets))
     data = _replace_packed(data, targets)
     if data[:2] == b"\x1f\x8b" and depth > 0:
         inner = _gunzip(data)
