@@ -286,10 +286,17 @@ def control() -> None:
 @click.option("--allow-network", "allow", multiple=True, metavar="CIDR", help="Treat this network as public (test labs only).")
 @click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="The helper's signing key (default: its own key, created on first use).")
-def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -> None:
-    """Serve POST /measure for probes and GET / for health checks."""
+@click.option("--udp-echo", "udp_echo", multiple=True, metavar="PORTS", help="Also serve a rate-limited UDP echo on these ports (e.g. 3478 or 443,596-599): the probes' reference UDP flow.")
+def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo) -> None:
+    """Serve POST /measure for probes, GET / for health checks and GET /info."""
+    from probe.control import udp_echo as echo
     from probe.control.server import ControlHelper, serve
     from probe.net.dns import system_nameserver
+
+    try:
+        echo_ports = echo.parse_ports(udp_echo)
+    except ValueError as exc:
+        fail_usage(f"--udp-echo: {exc}")
 
     host, port = parse_hostport(listen, 8780, "--listen", allow_any_port=True)
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
@@ -298,7 +305,8 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -
     except ValueError as exc:
         fail_usage(f"--allow-network: {exc}")
     key = signing_key_or_exit(key_path, False, control=True)
-    helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key)
+    helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key,
+                           udp_echo_ports=echo_ports)
     click.echo(f"control helper key: {key.public_key_b64} (id {key.key_id})", err=True)
 
     async def go():
@@ -312,7 +320,8 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        click.echo(f"probe: cannot listen on {listen}: {exc.strerror or exc}", err=True)
+        where = listen if not echo_ports else f"{listen} or UDP port(s) {' '.join(map(str, echo_ports))}"
+        click.echo(f"probe: cannot listen on {where}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_FAILED)
 
 

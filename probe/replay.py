@@ -290,7 +290,8 @@ async def replay_run(
                 # The recorded --control-file, restored under its own name.
                 control_file = Path(scratch) / (control_file.name or "control.json")
                 control_file.write_text(info.control.file_content)
-        config = ControlConfig(info.control.urls, control_file, info.control.timeout)
+        config = ControlConfig(info.control.urls, control_file, info.control.timeout,
+                               info.control.reference_flow)
         outcome = await run(network, info.targets, info.options, config,
                             on_endpoint=on_endpoint, report_id=info.report_id or None)
     return outcome, network

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from probe import __version__, analysis
-from probe.control import protocol
+from probe.control import protocol, reference
 from probe.net.network import ControlRequest, Network
 from probe.observations import (
     EndpointObservation,
@@ -60,6 +60,7 @@ class ControlConfig:
     urls: tuple[str, ...] = ()
     file: Path | None = None
     timeout: float = 60.0
+    reference_flow: bool = True  # ask the helpers for their UDP echo (``with_reference``)
 
 
 @dataclass
@@ -112,6 +113,9 @@ class RunOutcome:
     resolver: str | None
     results: list[ServiceResult] = field(default_factory=list)  # kept by run(), not stream()
     network: NetworkFindings = field(default_factory=NetworkFindings)
+    # what was measured: the targets plus the run's reference endpoints (the control
+    # helper's UDP echo); None: the targets as given
+    targets: Targets | None = None
     # by service id: each service's per-function status, as its ServiceResult has it
     functions: dict[str, tuple[FunctionVerdict, ...]] = field(default_factory=dict)
 
@@ -171,6 +175,27 @@ async def ask_control_batch(
     if not items:
         outcome.problems.append("nothing was measured")
         return outcome
+    # a batch whose UDP flows cost more datagrams than one request may is asked in
+    # parts (the helper refuses a costlier request rather than flood anyone)
+    parts = protocol.split_by_cost(list(items))
+    if len(parts) == 1:
+        return await _ask_helpers(network, parts[0], config, step_timeout, trust_pem)
+    answers = await asyncio.gather(
+        *(_ask_helpers(network, part, config, step_timeout, trust_pem) for part in parts))
+    for answer in answers:
+        outcome.merge(answer)
+    return outcome
+
+
+async def _ask_helpers(
+    network: Network,
+    items: Sequence[protocol.ControlEndpoint],
+    config: ControlConfig,
+    step_timeout: float,
+    trust_pem: str | None,
+) -> ControlOutcome:
+    """One request to every helper, in parallel; the first good answer wins."""
+    outcome = ControlOutcome()
     body = protocol.build_request(list(items), step_timeout, trust_pem)
 
     async def one(url: str):
@@ -304,8 +329,12 @@ class _RunEvidence:
         self.control_ipv6 = analysis.Ipv6Evidence()
         self.pinned = frozenset(e.id for e in targets.endpoints() if e.ca_pem)
         self.tls_checked = frozenset(
-            e.id for e in targets.endpoints() if {"tls", "https"} & set(e.checks)
+            e.id for e in targets.endpoints() if {"tls", "https", "quic"} & set(e.checks)
         )
+        self.functions = {e.id: e.function for e in targets.endpoints()}
+        # the network as a whole (UDP dropped everywhere, allowlist mode), service by service
+        self.network = analysis.NetworkEvidence()
+        self.baseline_control: dict[str, EndpointObservation] = {}
 
 
 class _Conclusions:
@@ -430,6 +459,9 @@ class _Pipeline:
             )
         self.concluded.control.merge(dataclasses.replace(
             control, observations=None if not control.available else {}, entries=None))
+        for endpoint_id, theirs in (control.observations or {}).items():
+            if endpoint_id in self.baseline.ids:
+                self.evidence.baseline_control[endpoint_id] = theirs
         if self.on_control is not None:
             self.on_control(control)
         return control
@@ -449,6 +481,10 @@ class _Pipeline:
         baseline_bps: float | None = None,
     ) -> None:
         """Analyse one service, hand its result on and forget its observations."""
+        observations = tuple(
+            self.results.pop(e.id) for e in service.endpoints if e.id in self.results
+        )
+        self.evidence.network.add(observations, control.observations, baseline=service.baseline)
         context = analysis.Context(
             control=control.observations,
             probe_has_ipv6=self.evidence.probe_ipv6.has_ipv6,
@@ -459,9 +495,7 @@ class _Pipeline:
             pinned=self.evidence.pinned,
             tls_checked=self.evidence.tls_checked,
             resolver_reachable=analysis.resolver_replied(self.baseline.observations.values()),
-        )
-        observations = tuple(
-            self.results.pop(e.id) for e in service.endpoints if e.id in self.results
+            udp_network=self.network_findings().udp,
         )
         rows: list[Verdict] = []
         for observation in observations:
@@ -478,10 +512,23 @@ class _Pipeline:
             service.id, observations, tuple(rows), verdict,
             control_summary(control, [e.id for e in service.endpoints]),
             () if control.available else tuple(control.problems), down,
+            functions=analysis.function_statuses(rows, self.evidence.functions),
+            network=self.network_findings(),
         )
         if result.functions:  # kept for the summary (the result itself is handed on)
             self.concluded.functions[service.id] = result.functions
         self.emit(result)
+
+    def network_findings(self) -> NetworkFindings:
+        """What the run has learned so far about the network as a whole: from the
+        baseline (measured first), the reference flows to the control helper's echo,
+        and every service concluded so far."""
+        baseline = [o for i, o in self.baseline.observations.items()
+                    if i != reference.ENDPOINT_ID]
+        echo = self.baseline.observations.get(reference.ENDPOINT_ID)
+        flows = () if echo is None else tuple(c for p in echo.ports for c in p.udp)
+        return analysis.network_findings(
+            baseline, self.evidence.baseline_control or None, flows, self.evidence.network)
 
     def conclude_interrupted(self) -> None:
         """After Ctrl-C: every service not yet handed on, with what was measured."""
@@ -514,7 +561,26 @@ class _Pipeline:
             resolver=f"{o.resolver[0]}" if o.resolver else None,
             functions={s.id: concluded.functions[s.id] for s in self.targets.services
                        if s.id in concluded.functions},
+            network=self.network_findings(),
+            targets=self.targets,
         )
+
+
+REFERENCE_TIMEOUT = 2.0  # asking a helper for its UDP echo: one round trip, never longer
+
+
+async def with_reference(
+    network: Network, targets: Targets, options: RunOptions, config: ControlConfig
+) -> Targets:
+    """The targets plus a reference UDP flow to the control helper's echo, when a
+    helper offers one: it tells a network that drops every UDP flow (calls fail for
+    every app) from one that drops a messenger's. Costs one round trip to the helper
+    before measuring (at most ``REFERENCE_TIMEOUT``); never fails the run."""
+    if not config.urls or config.file is not None or not config.reference_flow:
+        return targets
+    extra = await reference.reference_endpoints(
+        network, config.urls, min(REFERENCE_TIMEOUT, options.timeout))
+    return targets.with_baseline(tuple(extra))
 
 
 def _only(control: ControlOutcome, service: Service) -> ControlOutcome:
@@ -551,6 +617,7 @@ async def stream(
     control request).
     """
     started = time.monotonic()
+    targets = await with_reference(network, targets, options, control_config)
     pipeline = _Pipeline(network, targets, options, control_config, emit, on_endpoint,
                          on_control, batch_size)
     complete = True
@@ -580,10 +647,11 @@ async def run(
                            on_endpoint, report_id, on_control=control.merge,
                            batch_size=batch_size)
     by_id = {o.endpoint_id: o for r in results for o in r.observations}
-    outcome.observations = {e.id: by_id[e.id] for e in targets.endpoints() if e.id in by_id}
+    measured = outcome.targets or targets
+    outcome.observations = {e.id: by_id[e.id] for e in measured.endpoints() if e.id in by_id}
     control.problems = list(outcome.control.problems)  # with the run's own (Ctrl-C)
     outcome.control = control
-    order = {s.id: n for n, s in enumerate(targets.services)}
+    order = {s.id: n for n, s in enumerate(measured.services)}
     outcome.results = sorted(results, key=lambda r: order[r.service])
     return outcome
 

@@ -101,6 +101,9 @@ class ControlSettings:
     file: str | None = None
     file_content: str | None = None
     timeout: float = 60.0
+    # whether the run asked the helpers for a reference UDP flow to their echo; traces
+    # recorded before probes did lack it, and replay as they were recorded
+    reference_flow: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class RunInfo:
             None if file is None else str(file),
             content,
             float(getattr(control_config, "timeout", 60.0)),
+            bool(getattr(control_config, "reference_flow", False)),
         )
         return cls(targets, options, control, report_id or "")
 

@@ -64,7 +64,7 @@ class LoggingNetwork:
         return await self.inner.tcp_connect(address, port, timeout)
 
     async def control_call(self, request, timeout):
-        self.events.append(("control", None))
+        self.events.append(("control", request.url))
         return await self.inner.control_call(request, timeout)
 
 
@@ -111,7 +111,9 @@ def test_batches_are_measured_ahead_compared_and_handed_on_once(world):
     outcome = asyncio.run(go())
     emitted = [e[1] for e in events if e[0] == "emit"]
     assert [r.service for r in emitted] == [f"s{n}" for n in range(SERVICES)]  # once, in order
-    assert sum(1 for e in events if e[0] == "control") == SERVICES  # one request a batch
+    calls = [e[1] for e in events if e[0] == "control"]
+    assert sum(1 for u in calls if u.endswith("/measure")) == SERVICES  # one request a batch
+    assert calls[0].endswith("/info")  # asked first for a UDP echo (this helper has none)
     for result in emitted:
         assert result.control is not None and result.control["source"].startswith("http://")
         assert result.control["endpoints"] == sorted(f"{result.service}-{k}" for k in ("up", "x"))
