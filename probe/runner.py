@@ -182,7 +182,8 @@ class Measurer:
         if endpoint.host_is_address:
             dns: tuple[DnsExchange, ...] = ()
             system = None
-            addresses, bogons = (endpoint.host,), ()
+            addresses: tuple[str, ...] = (endpoint.host,)
+            bogons: tuple[str, ...] = ()
         else:
             dns, system = await self.resolve(endpoint)
             addresses, bogons = candidate_addresses(
@@ -314,7 +315,9 @@ class Measurer:
         uses_tls = port.tls is not None
         if port.connect is None or port.connect.failure is not None:
             return port
-        if uses_tls and (port.tls.failure is not None or port.tls_verification is not None):
+        if port.tls is not None and (
+            port.tls.failure is not None or port.tls_verification is not None
+        ):
             return port
         scheme = "https" if uses_tls else "http"
         request = HttpRequest(

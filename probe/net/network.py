@@ -90,7 +90,7 @@ def _convert(tp: Any, data: Any) -> Any:
         if data not in typing.get_args(tp):
             raise ValueError(f"{data!r} is not one of {typing.get_args(tp)}")
         return data
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise ValueError(f"expected an object for {tp.__name__}, got {type(data).__name__}")
         hints = _type_hints(tp)

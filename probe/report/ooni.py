@@ -724,8 +724,7 @@ def _group_status(rows: Sequence[Verdict]) -> str | None:
     """"blocked" / "ok" / None for a group of verdicts, by our service rules."""
     if not rows:
         return None
-    status, _ = analysis.service_status(rows)
-    return _STATUS_KEY.get(status)
+    return _STATUS_KEY.get(analysis.service_status(rows).status)
 
 
 def _group_failure(rows: Sequence[Verdict]) -> str | None:
