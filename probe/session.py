@@ -48,6 +48,7 @@ from probe.observations import (
 from probe.runner import Measurer, RunOptions
 from probe.scheduler import CONTROL_BATCH, Scheduler, plan_batches, transfers
 from probe.targets import Endpoint, Service, Targets
+from probe.vocabulary import ServiceStatus
 
 log = logging.getLogger("probe.session")
 
@@ -502,10 +503,11 @@ class _Pipeline:
             verdicts = analysis.endpoint_verdicts(observation, context)
             self.concluded.verdicts[observation.endpoint_id] = verdicts
             rows += verdicts
-        status, explanation = analysis.service_status(rows)
-        if down and status == "inconclusive":
+        summary = analysis.service_status(rows)
+        explanation = summary.explanation
+        if down and summary.status == ServiceStatus.INCONCLUSIVE:
             explanation = NETWORK_DOWN
-        verdict = ServiceVerdict(service.id, status, explanation)
+        verdict = ServiceVerdict(service.id, summary.status, explanation)
         self.concluded.services[service.id] = verdict
         self.concluded.emitted.add(service.id)
         result = ServiceResult(

@@ -45,6 +45,8 @@ NETWORK_EXEMPT = {
                   "observers): it opens sockets by design and is not the product",
     "probe/control/server.py": "the control helper's listening side (aiohttp.web); its "
                                "measurements go through the seam (network_factory)",
+    "probe/control/udp_echo.py": "the control helper's UDP echo is a listening server "
+                                 "(answers probes' reference flows); it measures nothing",
     "probe/collector/server.py": "the collector is a server: it receives reports",
     "probe/spool.py": "uploading reports to the collector is not a measurement: it must "
                       "not be recorded in a trace or replayed, so it stays off the seam",
