@@ -50,7 +50,6 @@ from probe.net.network import (
     to_json,
 )
 from probe.runner import RunOptions
-from probe.stun import scrub_udp_result
 from probe.targets import Targets
 
 FORMAT = "probe-trace"
@@ -193,7 +192,7 @@ def run_info_from_json(data: dict[str, Any]) -> tuple[RunInfo, list[str]]:
 
 
 def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
-    """Rewrite a finished trace without the volunteer's ``addresses`` (issue 5).
+    """Rewrite a finished trace without the volunteer's ``addresses``.
 
     The public address is only known once the control has answered, so traces
     are scrubbed when the run is over: every line goes through the reports'
@@ -217,7 +216,7 @@ def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
     dropped = 0
     for raw in raw_lines:
         try:
-            lines.append(scrub_measurement(_unmask_stun(json.loads(raw), addresses), addresses))
+            lines.append(scrub_measurement(json.loads(raw), addresses))
         except ScrubError:
             dropped += 1
         except ValueError:
@@ -237,18 +236,6 @@ def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
         temporary.unlink(missing_ok=True)
         raise TraceError(f"{path}: cannot write the scrubbed trace ({exc})") from None
     return dropped
-
-
-def _unmask_stun(line: Any, addresses: list[str]) -> Any:
-    """A udp_exchange line whose STUN answers no longer name the volunteer: their
-    XOR-MAPPED-ADDRESS hides the address from the reports' scrubber."""
-    if not isinstance(line, dict) or line.get("op") != "udp_exchange":
-        return line
-    try:
-        result = decode_result("udp_exchange", line["result"])
-    except (KeyError, TypeError, ValueError):
-        return line
-    return {**line, "result": to_json(scrub_udp_result(result, addresses))}
 
 
 class TraceWriter:

@@ -33,7 +33,8 @@ from probe.observations import (
 )
 from probe.report.ooni import build_measurement
 from probe.targets import Endpoint, Service
-from tests.report.test_ooni import CERT, TELEGRAM, check_loads_with_oonidata, meta
+
+from .test_ooni import CERT, TELEGRAM, check_loads_with_oonidata, meta
 
 RELAY = "91.108.8.1"
 FRONT = "149.154.167.99"

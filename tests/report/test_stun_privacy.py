@@ -243,7 +243,7 @@ def test_a_stun_mapped_address_reaches_no_report_trace_or_log(tmp_path: Path, pu
 
     # What is kept still says what happened: the answer parses, with the placeholder
     # in place of the volunteer's address, the port and the server's own address kept.
-    placeholder = "0.0.0.0" if ":" not in public else "::"
+    placeholder = "0.0.0.1" if ":" not in public else "::1:0:0:1"  # the first of one
     line = json.loads(report_text.splitlines()[0])
     (flow,) = line["test_keys"]["udp_flows"]
     assert flow["mapped_address"] == SCRUBBED and flow["answered"] == [0]
@@ -284,10 +284,12 @@ def test_rewrite_keeps_what_is_not_the_volunteers_and_a_valid_fingerprint():
     )
     message.add_fingerprint()
     data = bytes(message)
-    assert stun_scrub.rewrite(data, lambda address: False) is data
-    cleaned = stun_scrub.rewrite(data, lambda address: str(address) == "2001:db8:77::5")
+    assert stun_scrub.rewrite(data, lambda address: None) is data
+    placeholder = stun_scrub.PLACEHOLDER_V6 + 1
+    cleaned = stun_scrub.rewrite(
+        data, lambda address: placeholder if str(address) == "2001:db8:77::5" else None)
     parsed = aioice_stun.parse_message(cleaned)
-    assert parsed.attributes["XOR-MAPPED-ADDRESS"] == ("::", 40001)
+    assert parsed.attributes["XOR-MAPPED-ADDRESS"] == ("::1:0:0:1", 40001)
     assert parsed.attributes["OTHER-ADDRESS"] == (SERVER_ADDRESS, 3479)
     assert len(cleaned) == len(data)
 

@@ -37,9 +37,9 @@ What counts as an occurrence, and why (each a real way an address gets echoed):
 - Base64 inside text (cookies, ``data:`` URLs): decoded, scrubbed, re-encoded.
 - STUN answers (base64 in ``udp_flows`` and traces): their XOR-MAPPED-ADDRESS
   is the volunteer's address XORed with the magic cookie, which no search can
-  see; the attribute is rewritten to ``0.0.0.0``/``::`` (same port) and the
-  datagram still parses. Every mapped address a run sees is one of the
-  volunteer's addresses (``volunteer_addresses(mapped=...)``).
+  see; the attribute is rewritten to a placeholder (``0.0.0.k``/``::1:0:0:k``,
+  one per address, same port) and the datagram still parses. Every mapped
+  address a run sees is one of the volunteer's addresses (``volunteer_addresses(mapped=...)``).
 
 Numbers inside a token are never split: ``198.51.100.70`` is not
 ``198.51.100.7``. Certificates (``peer_certificates``) are evidence signed by

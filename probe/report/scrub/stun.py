@@ -6,9 +6,12 @@ cookie (and, for IPv6, the transaction id; RFC 5389 section 15.2), so no text
 or byte search can see it. This module reads the address attributes of a
 STUN message (RFC 5389, RFC 5766 and the RFC 3489 ones old servers still
 send), tells which addresses they carry, and rewrites each attribute whose
-address is the volunteer's into the placeholder address (``0.0.0.0`` or
-``::``, same family and port), recomputing FINGERPRINT, so that a report or
-trace keeps a datagram that still parses and replays.
+address is the volunteer's into a placeholder address (same family and port),
+recomputing FINGERPRINT, so that a report or trace keeps a datagram that still
+parses and replays. Two different addresses get two different placeholders
+(``0.0.0.1``, ``0.0.0.2``... by rank among the volunteer's addresses): an
+injected answer next to the real one stays a *different* answer, so the
+evidence of injection survives scrubbing and a replay judges it the same way.
 
 Pure. It does not decide which addresses are the volunteer's (``addresses``
 does) and does not judge STUN answers (``probe.stun`` does). MESSAGE-INTEGRITY
@@ -30,10 +33,12 @@ from typing import Any
 
 MAGIC_COOKIE = 0x2112A442
 HEADER = 20
-#: The placeholders a volunteer address is rewritten to: unspecified, so that no
-#: scrubber or checker ever mistakes them for anyone's address.
+#: The placeholders a volunteer address is rewritten to: 0.0.0.k and ::1:0:0:k
+#: (nobody's address), the k-th of the volunteer's addresses becoming number k;
+#: an address matched by its IPv6 prefix alone becomes the first.
 PLACEHOLDER_V4 = ipaddress.IPv4Address("0.0.0.0")
-PLACEHOLDER_V6 = ipaddress.IPv6Address("::")
+PLACEHOLDER_V6 = ipaddress.IPv6Address("::1:0:0:0")
+PLACEHOLDERS = 255
 
 # Attributes holding an address, and whether it is XORed (RFC 5389 section 15,
 # RFC 5766 section 14, RFC 5780 section 7, RFC 3489 section 11.2).
@@ -86,6 +91,28 @@ def volunteer_test(targets: Any) -> Callable[[Any], bool]:
         return targets.v6_hit(value) is not None
 
     return check
+
+
+def placeholder_test(targets: Any) -> Callable[[Any], Any]:
+    """``address -> placeholder or None``: what a volunteer's address (per
+    ``volunteer_test``) is rewritten to, distinct for distinct addresses."""
+    is_volunteer = volunteer_test(targets)
+    ranks = {4: {v: n for n, v in enumerate(sorted(targets.v4), 1)},
+             6: {v: n for n, v in enumerate(sorted(targets.v6), 1)}}
+
+    def placeholder(address: Any) -> Any:
+        if not is_volunteer(address):
+            return None
+        rank = min(ranks[address.version].get(int(address), 1), PLACEHOLDERS)
+        base = PLACEHOLDER_V4 if address.version == 4 else PLACEHOLDER_V6
+        return base + rank
+
+    return placeholder
+
+
+def is_placeholder(address: Any) -> bool:
+    base = PLACEHOLDER_V4 if address.version == 4 else PLACEHOLDER_V6
+    return 0 <= int(address) - int(base) <= PLACEHOLDERS
 
 
 def is_stun(data: bytes) -> bool:
@@ -144,7 +171,7 @@ def mapped_addresses(data: bytes) -> list[str]:
     return [
         str(attribute.address) for attribute in address_attributes(data)
         if attribute.code in MAPPED_ATTRIBUTES
-        and not (attribute.address.is_unspecified or attribute.address.is_loopback)
+        and not (is_placeholder(attribute.address) or attribute.address.is_loopback)
     ]
 
 
@@ -165,17 +192,17 @@ def _refresh_fingerprint(message: bytearray) -> None:
             struct.pack_into("!I", message, offset, crc)
 
 
-def rewrite(data: bytes, is_volunteer: Any) -> bytes:
-    """``data`` with every address attribute for which ``is_volunteer(address)``
-    holds rewritten to the placeholder of its family (port kept). Not STUN, or
-    nothing to rewrite: ``data`` itself."""
+def rewrite(data: bytes, placeholder_of: Any) -> bytes:
+    """``data`` with every address attribute for which ``placeholder_of(address)``
+    names a placeholder rewritten to it (port kept). Not STUN, or nothing to
+    rewrite: ``data`` itself."""
     message: bytearray | None = None
     for attribute in address_attributes(data):
-        if not is_volunteer(attribute.address):
+        placeholder = placeholder_of(attribute.address)
+        if placeholder is None:
             continue
         if message is None:
             message = bytearray(data)
-        placeholder = PLACEHOLDER_V4 if attribute.address.version == 4 else PLACEHOLDER_V6
         raw = _encode(attribute, data, placeholder)
         message[attribute.offset + 4: attribute.offset + 4 + len(raw)] = raw
     if message is None:
@@ -195,12 +222,12 @@ def decode_base64_stun(text: str) -> bytes | None:
     return data if is_stun(data) else None
 
 
-def rewrite_base64(text: str, is_volunteer: Any) -> str:
+def rewrite_base64(text: str, placeholder_of: Any) -> str:
     """A base64 string holding a STUN message, with the volunteer's address rewritten."""
     data = decode_base64_stun(text)
     if data is None:
         return text
-    cleaned = rewrite(data, is_volunteer)
+    cleaned = rewrite(data, placeholder_of)
     return text if cleaned is data else base64.b64encode(cleaned).decode("ascii")
 
 

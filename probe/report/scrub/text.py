@@ -29,7 +29,7 @@ from .decoders import (
     _looks_encoded,
 )
 from .forms import _find, _Targets
-from .stun import is_stun, rewrite, volunteer_test
+from .stun import is_stun, placeholder_test, rewrite
 
 SCRUBBED = "[scrubbed]"
 _SCRUBBED_BYTES = SCRUBBED.encode("ascii")
@@ -160,7 +160,7 @@ def scrub_bytes(
         # sees it): its address attributes become the placeholder first, so the
         # datagram still parses; replacing packed bytes with "[scrubbed]" below
         # would break its framing.
-        data = rewrite(data, volunteer_test(targets))
+        data = rewrite(data, placeholder_test(targets))
     data = _replace_packed(data, targets)
     if data[:2] == b"\x1f\x8b" and depth > 0:
         inner = _gunzip(data)
