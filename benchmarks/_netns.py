@@ -40,9 +40,12 @@ def rewrite_targets(
     directory: Path,
     keep: Callable[[Endpoint], bool] = lambda endpoint: True,
     name: str = "targets.yaml",
+    keep_pins: bool = True,
 ) -> tuple[Path, list[Endpoint]]:
     """The bundled targets, literal addresses moved to documentation ranges,
     only the endpoints ``keep`` accepts (a service left empty is dropped).
+    ``keep_pins=False`` drops the endpoints' pinned CAs (Signal pins its own
+    root), for a world whose servers all hold one lab certificate.
 
     Returns the file and the endpoints written, with their rewritten hosts."""
     targets = load_targets(default_targets_path())
@@ -60,7 +63,7 @@ def rewrite_targets(
                            "checks": list(endpoint.checks), "path": endpoint.path}
             if endpoint.sni and endpoint.sni != endpoint.host:
                 entry["sni"] = endpoint.sni
-            if endpoint.ca_pem:
+            if endpoint.ca_pem and keep_pins:
                 entry["ca"] = endpoint.ca_pem
             if endpoint.function:
                 entry["function"] = endpoint.function
@@ -69,7 +72,8 @@ def rewrite_targets(
                 entry.update(payload=endpoint.payload, datagrams=endpoint.datagrams,
                              interval=endpoint.interval)
             endpoints.append(entry)
-            written.append(dataclasses.replace(endpoint, host=host))
+            written.append(dataclasses.replace(
+                endpoint, host=host, ca_pem=endpoint.ca_pem if keep_pins else None))
         if endpoints:
             services.append({"id": service.id, "name": service.name,
                              "test_name": service.test_name, "baseline": service.baseline,

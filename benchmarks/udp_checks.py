@@ -28,11 +28,19 @@ is shared:
   silently dropped as it enters the services namespace (nft, prerouting; DNS
   stays on the client's loopback and answers), at each ``--timeouts``.
 
+Pinned CAs (Signal's) are left out of the rewritten targets: every server
+here holds the one lab leaf, which a pin would rightly call interception.
+
 It prints a markdown table: wall time, rows, rows ok, and the verdicts of
-the rows that are not ok. Namespaces and the server processes it started are
-removed on exit, errors included; every run is bounded in time.
+the rows that are not ok. ``--rate`` is passed to ``probe run`` (default: the
+CLI's 30 new connections a second, which paces TCP connects and QUIC
+handshakes but not STUN or UDP flows); ``--record`` keeps a trace of each run,
+whose operation timings say where the time went. Namespaces and the server
+processes it started are removed on exit, errors included; every run is
+bounded in time.
 
     sudo .venv/bin/python benchmarks/udp_checks.py [--clean-timeouts 2 5] [--timeouts 2 5 10]
+    sudo .venv/bin/python benchmarks/udp_checks.py --rate 0 --record
 """
 
 from __future__ import annotations
@@ -215,14 +223,16 @@ def stop(processes: list[subprocess.Popen]) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def probe_run(work: Path, targets: Path, root: Path, timeout: float, rate: float | None
-              ) -> tuple[float, dict]:
+def probe_run(work: Path, targets: Path, root: Path, timeout: float, rate: float | None,
+              record: Path | None = None) -> tuple[float, dict]:
     command = [sys.executable, "-m", "probe", "run", "--targets", str(targets),
                "--resolver", "127.0.0.1", "--no-system-resolver", "--ephemeral-key",
                "--ca-bundle", str(root), "--timeout", str(timeout),
                "--out", str(work / "reports"), "--json"]
     if rate is not None:
         command += ["--rate", str(rate)]
+    if record is not None:
+        command += ["--record", str(record)]
     started = time.monotonic()
     result = subprocess.run(in_namespace(CLIENT, *command), capture_output=True, text=True,
                             timeout=timeout * 20 + 120, cwd=ROOT)
@@ -268,14 +278,16 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help="--rate for probe run (default: the CLI's own)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--record", action="store_true",
+                        help="record a trace of each run in the work folder (implies --keep)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it creates network namespaces)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="probe-udp-bench-"))
-    all_targets, endpoints = rewrite_targets(work, name="all.yaml")
+    all_targets, endpoints = rewrite_targets(work, name="all.yaml", keep_pins=False)
     tcp_targets, tcp_endpoints = rewrite_targets(work, keep=lambda e: not is_udp(e),
-                                                 name="tcp.yaml")
+                                                 name="tcp.yaml", keep_pins=False)
     root, services_config, dns_config = write_world(work, endpoints)
     print(f"{len(endpoints)} endpoints ({len(endpoints) - len(tcp_endpoints)} with UDP checks), "
           f"work folder {work}", flush=True)
@@ -287,12 +299,16 @@ def main() -> int:
         start(CLIENT, dns_config, processes)
         for timeout in args.clean_timeouts:
             for label, targets in (("TCP only", tcp_targets), ("all", all_targets)):
-                wall, summary = probe_run(work, targets, root, timeout, args.rate)
+                trace = work / f"clean-{label.split()[0].lower()}-{timeout:g}.jsonl"
+                wall, summary = probe_run(work, targets, root, timeout, args.rate,
+                                          trace if args.record else None)
                 runs.append(tally("clean", label, timeout, wall, summary))
                 print(f"  clean, {label}, --timeout {timeout:g}: {wall:.1f} s", flush=True)
         blackhole_udp()
         for timeout in args.timeouts:
-            wall, summary = probe_run(work, all_targets, root, timeout, args.rate)
+            trace = work / f"blackholed-{timeout:g}.jsonl"
+            wall, summary = probe_run(work, all_targets, root, timeout, args.rate,
+                                      trace if args.record else None)
             runs.append(tally("UDP blackholed", "all", timeout, wall, summary))
             print(f"  UDP blackholed, --timeout {timeout:g}: {wall:.1f} s", flush=True)
             (work / f"blackholed-{timeout:g}.json").write_text(json.dumps(summary, indent=1))
@@ -301,7 +317,7 @@ def main() -> int:
         delete_namespaces()
     print()
     print(table(runs))
-    if not args.keep:
+    if not (args.keep or args.record):
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
