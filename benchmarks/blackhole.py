@@ -11,7 +11,7 @@ Nothing can leave the namespace.
 For each per-step timeout it runs `probe run` and reports the wall time, the
 endpoints measured, and the probe's peak memory (max RSS).
 
-    sudo .venv/bin/python benchmarks/blackhole.py [--timeouts 2 5 10]
+    sudo .venv/bin/python benchmarks/blackhole.py [--timeouts 2 5 10] [--rate 0]
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def ns(*args: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeouts", type=float, nargs="+", default=[2.0, 5.0, 10.0])
+    parser.add_argument("--rate", type=float, default=None,
+                        help="--rate for probe run (default: the CLI's own)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it creates a network namespace)", file=sys.stderr)
@@ -84,7 +86,8 @@ def main() -> int:
             result = subprocess.run(
                 ns(sys.executable, "-m", "probe", "run", "--targets", str(targets),
                    "--resolver", "127.0.0.1", "--no-system-resolver", "--ephemeral-key",
-                   "--timeout", str(timeout), "--out", str(work / "reports"), "--json"),
+                   "--timeout", str(timeout), "--out", str(work / "reports"), "--json",
+                   *(["--rate", str(args.rate)] if args.rate is not None else [])),
                 capture_output=True, text=True, timeout=timeout * 20 + 60,
             )
             wall = time.monotonic() - started
