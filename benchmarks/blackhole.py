@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,7 @@ def main() -> int:
             dns.wait(10)
         subprocess.run(["ip", "netns", "delete", NAMESPACE], check=False)
         subprocess.run(["ip", "netns", "delete", SINK], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
