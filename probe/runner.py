@@ -288,8 +288,10 @@ class Measurer:
     async def udp_flow_check(self, endpoint: Endpoint, address: str, port: int) -> UdpCheck:
         """``endpoint.datagrams`` datagrams every ``endpoint.interval`` s on one 5-tuple;
         the step lasts the whole flow and its linger, at least one step timeout."""
-        request = stun.flow_request(
-            address, port, endpoint.payload, endpoint.datagrams, endpoint.interval
+        request = dataclasses.replace(
+            stun.flow_request(address, port, endpoint.payload, endpoint.datagrams,
+                              endpoint.interval),
+            give_up=self.options.timeout,
         )
         duration = (request.schedule[-1] if request.schedule else 0.0) + request.linger
         timeout = max(self.options.timeout, duration + 0.5)
