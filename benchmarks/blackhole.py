@@ -11,82 +11,47 @@ Nothing can leave the namespace.
 For each per-step timeout it runs `probe run` and reports the wall time, the
 endpoints measured, and the probe's peak memory (max RSS).
 
-    sudo .venv/bin/python benchmarks/blackhole.py [--timeouts 2 5 10]
+    sudo .venv/bin/python benchmarks/blackhole.py [--timeouts 2 5 10] [--rate 0]
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from probe.targets import default_targets_path, load_targets  # noqa: E402
+from _netns import in_namespace, rewrite_targets, sh  # noqa: E402
 
 NAMESPACE = f"probe-bench-{os.getpid()}"
 SINK = f"probe-sink-{os.getpid()}"
 
 
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True)
-
-
 def ns(*args: str) -> list[str]:
-    return ["ip", "netns", "exec", NAMESPACE, *args]
-
-
-def rewrite_targets(directory: Path) -> tuple[Path, int]:
-    """The bundled targets, with literal addresses moved to documentation ranges."""
-    targets = load_targets(default_targets_path())
-    services = []
-    count = 0
-    for s_index, service in enumerate(targets.services):
-        endpoints = []
-        for e_index, endpoint in enumerate(service.endpoints):
-            host = endpoint.host
-            if endpoint.host_is_address:
-                if ipaddress.ip_address(host).version == 4:
-                    host = f"203.0.113.{(s_index * 16 + e_index) % 250 + 1}"
-                else:
-                    host = f"2001:db8::{s_index:x}:{e_index:x}"
-            entry = {"id": endpoint.id, "host": host, "ports": list(endpoint.ports),
-                     "checks": list(endpoint.checks), "path": endpoint.path}
-            if endpoint.sni and endpoint.sni != endpoint.host:
-                entry["sni"] = endpoint.sni
-            if endpoint.ca_pem:
-                entry["ca"] = endpoint.ca_pem
-            endpoints.append(entry)
-            count += 1
-        services.append({"id": service.id, "name": service.name, "test_name": service.test_name,
-                         "baseline": service.baseline, "endpoints": endpoints})
-    path = directory / "targets.yaml"
-    path.write_text(yaml.safe_dump({
-        "version": 1, "routable_networks": ["203.0.113.0/24", "2001:db8::/32"],
-        "services": services,
-    }, sort_keys=False))
-    return path, count
+    return in_namespace(NAMESPACE, *args)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeouts", type=float, nargs="+", default=[2.0, 5.0, 10.0])
+    parser.add_argument("--rate", type=float, default=None,
+                        help="--rate for probe run (default: the CLI's own)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it creates a network namespace)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
-    targets, count = rewrite_targets(work)
+    targets, endpoints = rewrite_targets(work)
+    count = len(endpoints)
     config = {"servers": [{"kind": "dns", "listen": ["127.0.0.1:53"], "zone": {},
                            "behaviours": {"*": {"forge": ["203.0.113.77"]}}}]}
     (work / "dns.json").write_text(json.dumps(config))
@@ -122,7 +87,8 @@ def main() -> int:
             result = subprocess.run(
                 ns(sys.executable, "-m", "probe", "run", "--targets", str(targets),
                    "--resolver", "127.0.0.1", "--no-system-resolver", "--ephemeral-key",
-                   "--timeout", str(timeout), "--out", str(work / "reports"), "--json"),
+                   "--timeout", str(timeout), "--out", str(work / "reports"), "--json",
+                   *(["--rate", str(args.rate)] if args.rate is not None else [])),
                 capture_output=True, text=True, timeout=timeout * 20 + 60,
             )
             wall = time.monotonic() - started
@@ -139,6 +105,7 @@ def main() -> int:
             dns.wait(10)
         subprocess.run(["ip", "netns", "delete", NAMESPACE], check=False)
         subprocess.run(["ip", "netns", "delete", SINK], check=False)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -108,8 +108,8 @@ def verify_chain(
     store = _store(trust_pem)
     if store is None:
         return failures.SSL_UNKNOWN_AUTHORITY
+    subject: IPAddress | DNSName
     try:
-        ipaddress.ip_address(server_name)
         subject = IPAddress(ipaddress.ip_address(server_name))
     except ValueError:
         subject = DNSName(server_name.rstrip("."))

@@ -9,39 +9,54 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib
 import ipaddress
-import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from probe import __version__
+from probe.aggregate.cli import aggregate
+from probe.bogons import parse_networks
+from probe.collector.cli import collector
+from probe.display import Display, iter_summary_json
+from probe.geo import GeoDatabase, GeoDatabaseError
+from probe.spool_cli import status, upload
+from probe.trace_cli import replay
+
+# Each command imports the subsystem it drives when it runs: the measuring stack
+# (aiohttp, dnspython, cryptography, yaml) takes most of a second to import, which
+# `probe --help` and the quick commands should not pay.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def fail_usage(message: str) -> None:
+def fail_usage(message: str) -> NoReturn:
     click.echo(f"probe: {message}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def parse_hostport(
     value: str, default_port: int, what: str, allow_any_port: bool = False
 ) -> tuple[str, int]:
     """'1.2.3.4', '1.2.3.4:53', '[2001:db8::1]:53' or '2001:db8::1' -> (address, port)."""
-    host, port = value, default_port
+    host, port_text = value, str(default_port)
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
         if rest.startswith(":"):
-            port = rest[1:]
+            port_text = rest[1:]
     elif value.count(":") == 1:
-        host, port = value.split(":")
+        host, port_text = value.split(":")
     try:
         ipaddress.ip_address(host)
-        port = int(port)
+        port = int(port_text)
         if not (0 if allow_any_port else 1) <= port < 65536:
             raise ValueError
     except ValueError:
@@ -58,7 +73,25 @@ def load_targets_or_exit(path: str | None):
         fail_usage(str(exc))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ProbeGroup(click.Group):
+    """``probe``'s root group: ``probe lab`` is loaded by name when it is asked for.
+
+    The product never imports the censorship lab (it needs root, scapy and
+    NetfilterQueue, the ``lab`` extra): the lab plugs its commands in here.
+    """
+
+    LAB = "lab"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), self.LAB})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == self.LAB and cmd_name not in self.commands:
+            self.add_command(importlib.import_module("probe.lab.cli").lab)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_ProbeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="probe")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
 def main(verbose: bool) -> None:
@@ -98,26 +131,21 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
         asn_dbs, upload_url, show_ip) -> None:
     """Measure every endpoint of the targets file and write a report."""
-    from probe.bogons import parse_networks
+    from probe.app import (
+        RunConfig,
+        RunFailed,
+        RunUsageError,
+        fit_concurrency_to_descriptors,
+        run_probe,
+        scrub_streams,
+    )
     from probe.certificates import parse_pem_bundle
-    from probe.display import Display
     from probe.net.dns import system_nameserver
-    from probe.net.live import LiveNetwork
-    from probe.report import scrub
-    from probe.report.measurements import RunContext, write_run_report
-    from probe.report.staging import StagedResults
-    from probe.report.writer import ReportWriteError
     from probe.runner import RunOptions
-    from probe.session import ControlConfig, stream
+    from probe.session import ControlConfig
     from probe.targets import TargetsError
 
-    local_addresses = scrub.interface_addresses()
-    log_filter = None
-    if not show_ip:
-        # installed before anything prints: rich and click capture the streams
-        log_filter = scrub.install_log_scrubbing(local_addresses)
-        sys.stderr = scrub.ScrubbingStream(sys.stderr, log_filter)
-        sys.stdout = scrub.ScrubbingStream(sys.stdout, log_filter)
+    scrubbing = scrub_streams(show_ip)  # before anything prints, usage errors included
     geo = open_geo_or_exit(asn_dbs)
     if upload_url and not upload_url.startswith(("http://", "https://")):
         fail_usage(f"--upload {upload_url!r}: expected an http:// or https:// URL")
@@ -135,7 +163,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         try:
             trust_pem = Path(ca_bundle).read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            fail_usage(f"--ca-bundle {ca_bundle}: cannot read ({exc.strerror or exc})")
+            fail_usage(f"--ca-bundle {ca_bundle}: cannot read ({getattr(exc, 'strerror', None) or exc})")
         if not parse_pem_bundle(trust_pem):
             fail_usage(f"--ca-bundle {ca_bundle}: no PEM certificate in the file")
     if control_file and not Path(control_file).is_file():
@@ -144,7 +172,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         if not url.startswith(("http://", "https://")):
             fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
-    concurrency = fit_concurrency_to_descriptors(concurrency)
+    concurrency = fit_concurrency_to_descriptors(concurrency, say=_say)
     if no_system_resolver and resolver_address is None:
         fail_usage("--no-system-resolver needs --resolver (there would be no DNS at all)")
     options = RunOptions(
@@ -158,124 +186,41 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         routable=parse_networks(getattr(targets, "routable_networks", ())),
         started_at=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
     )
-    control = ControlConfig(tuple(control_urls), Path(control_file) if control_file else None,
-                            control_timeout)
+    config = RunConfig(
+        targets=targets,
+        options=options,
+        control=ControlConfig(tuple(control_urls), Path(control_file) if control_file else None,
+                              control_timeout),
+        out_dir=out_dir,
+        key=key,
+        scrubbing=scrubbing,
+        geo=geo,
+        record_path=record_path,
+        upload_url=upload_url,
+    )
     display = Display(targets, enabled=not as_json and sys.stderr.isatty())
-    holder = {}
     try:
-        # each service's result waits on disk for the run's end, not in memory
-        staged = StagedResults(Path(out_dir))
-    except ReportWriteError as exc:
-        fail_usage(f"--out {out_dir}: {exc.reason}")
-    recording = None
-    if record_path:
-        from probe.trace import RunInfo, TraceError, start_recording
-
-        try:
-            recording = start_recording(record_path, RunInfo.from_run(targets, options, control))
-        except (TraceError, OSError) as exc:
-            fail_usage(f"--record {record_path}: {exc}")
-
-    async def go():
-        network = recording if recording is not None else LiveNetwork()
-        try:
-            holder["outcome"] = await stream(
-                network, targets, options, control, staged.add, on_endpoint=display.advance,
-                report_id=recording.run_info.report_id if recording is not None else None,
-            )
-        finally:
-            await network.aclose()
-
-    interrupted = False
-    with staged, display:
-        try:
-            asyncio.run(go())
-        except KeyboardInterrupt:
-            interrupted = True
-        except ReportWriteError as exc:
-            click.echo(f"probe: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        outcome = holder.get("outcome")
-        if outcome is None:
-            click.echo("probe: interrupted before anything was measured; no report written",
-                       err=True)
-            sys.exit(EXIT_FAILED)
-        addresses = scrub.volunteer_addresses(
-            outcome.control.probe_address, local_addresses, options.routable
-        )
-        if log_filter is not None:
-            log_filter.set_addresses(addresses)
-        context = RunContext.build(outcome, addresses, geo)
-        if not addresses:
-            click.echo("probe: warning: your public address is unknown (no control answered), "
-                       "so reports could not be checked for it; see docs/privacy.md", err=True)
-        try:
-            results = staged.in_order(s.id for s in targets.services)
-            path, dropped = write_run_report(outcome, targets, Path(out_dir), key, context, results)
-        except ReportWriteError as exc:
-            click.echo(f"probe: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-    for service, reason in dropped:
-        click.echo(f"probe: the {service} measurement was not written: {reason}", err=True)
-    if recording is not None:
-        from probe.trace import TraceError, finish_recording, scrub_trace_file
-
-        try:
-            trace_path = finish_recording(recording, outcome)
-            scrub_trace_file(trace_path, addresses)
-            click.echo(f"trace: {trace_path}", err=True)
-        except TraceError as exc:
-            click.echo(f"probe: the trace is incomplete: {exc}", err=True)
-    if upload_url:
-        from probe.spool import upload_pending
-
-        summary = asyncio.run(upload_pending(Path(out_dir), upload_url))
-        if summary.drained:
-            click.echo(f"uploaded to {upload_url}", err=True)
-        else:
-            click.echo(f"probe: upload incomplete ({summary.problem}); `probe upload` retries",
-                       err=True)
+        result = run_probe(config, display, say=_say)
+    except RunUsageError as exc:
+        fail_usage(str(exc))
+    except RunFailed as exc:
+        click.echo(f"probe: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     if as_json:
         # one row per line (terminal scrubbing works line by line), printed row by row:
         # a 10,000-endpoint summary is never one 3 MB string
-        for text in iter_summary_json(outcome, path):
+        for text in iter_summary_json(result.outcome, result.report_path):
             click.echo(text)
     else:
-        display.print_summary(outcome, path)
-    if interrupted or not outcome.complete:
-        click.echo(f"probe: interrupted; the partial report is marked incomplete: {path}", err=True)
+        display.print_summary(result.outcome, result.report_path)
+    if not result.complete:
+        click.echo(f"probe: interrupted; the partial report is marked incomplete: {result.report_path}", err=True)
         sys.exit(EXIT_FAILED)
-
-
-def fit_concurrency_to_descriptors(concurrency: int) -> int:
-    """Raise the soft file-descriptor limit as far as allowed, and keep the
-    operations in flight (connections plus DNS queries, two budgets) under it:
-    running out of descriptors would fail measurements for a local reason."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = 2 * concurrency + 128
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    except (ImportError, ValueError, OSError):
-        return concurrency  # not POSIX, or not allowed: keep the user's choice
-    if soft == resource.RLIM_INFINITY:
-        return concurrency
-    fitted = max(1, min(concurrency, (soft - 128) // 2))
-    if fitted < concurrency:
-        click.echo(f"probe: --concurrency {concurrency} lowered to {fitted} to stay within "
-                   f"the open-file limit ({soft})", err=True)
-    return fitted
 
 
 def open_geo_or_exit(paths):
     if not paths:
         return None
-    from probe.geo import GeoDatabase, GeoDatabaseError
-
     try:
         return GeoDatabase.open(*paths)
     except GeoDatabaseError as exc:
@@ -293,45 +238,6 @@ def signing_key_or_exit(key_path: str | None, ephemeral: bool, control: bool = F
         return keys.load_or_create_key(key_path)
     except (keys.KeyFileError, keys.KeyFormatError) as exc:
         fail_usage(str(exc))
-
-
-def iter_summary_json(outcome, path: Path) -> Iterator[str]:
-    """``json.dumps(summary_json(outcome, path), indent=1)``, a few lines at a time."""
-    summary = summary_json(outcome, path, endpoints=False)
-    head = json.dumps(summary, indent=1)
-    yield head[: -len("\n}")] + ',\n "endpoints": ['
-    previous = None
-    for row in _endpoint_rows(outcome):
-        if previous is not None:
-            yield previous + ","
-        previous = "\n".join("  " + line for line in json.dumps(row, indent=1).splitlines())
-    if previous is not None:
-        yield previous
-    yield " ]\n}"
-
-
-def _endpoint_rows(outcome) -> Iterator[dict]:
-    for rows in outcome.verdicts.values():
-        for v in rows:
-            yield {
-                "service": v.service, "id": v.endpoint_id, "host": v.host, "address": v.address,
-                "port": v.port, "verdict": v.verdict, "method": v.method, "failure": v.failure,
-                "failed_operation": v.failed_operation, "explanation": v.explanation,
-            }
-
-
-def summary_json(outcome, path: Path, endpoints: bool = True) -> dict:
-    return {
-        "complete": outcome.complete,
-        "report": str(path),
-        "network_down": outcome.network_down,
-        "control": {"source": outcome.control.source, "problems": outcome.control.problems},
-        "services": [
-            {"id": s.service, "status": s.status, "explanation": s.explanation}
-            for s in outcome.services.values()
-        ],
-        **({"endpoints": list(_endpoint_rows(outcome))} if endpoints else {}),
-    }
 
 
 # --------------------------------------------------------------------------- #
@@ -380,11 +286,17 @@ def control() -> None:
 @click.option("--allow-network", "allow", multiple=True, metavar="CIDR", help="Treat this network as public (test labs only).")
 @click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="The helper's signing key (default: its own key, created on first use).")
-def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -> None:
-    """Serve POST /measure for probes and GET / for health checks."""
-    from probe.bogons import parse_networks
+@click.option("--udp-echo", "udp_echo", multiple=True, metavar="PORTS", help="Also serve a rate-limited UDP echo on these ports (e.g. 3478 or 443,596-599): the probes' reference UDP flow.")
+def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo) -> None:
+    """Serve POST /measure for probes, GET / for health checks and GET /info."""
+    from probe.control import udp_echo as echo
     from probe.control.server import ControlHelper, serve
     from probe.net.dns import system_nameserver
+
+    try:
+        echo_ports = echo.parse_ports(udp_echo)
+    except ValueError as exc:
+        fail_usage(f"--udp-echo: {exc}")
 
     host, port = parse_hostport(listen, 8780, "--listen", allow_any_port=True)
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
@@ -393,7 +305,8 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -
     except ValueError as exc:
         fail_usage(f"--allow-network: {exc}")
     key = signing_key_or_exit(key_path, False, control=True)
-    helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key)
+    helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key,
+                           udp_echo_ports=echo_ports)
     click.echo(f"control helper key: {key.public_key_b64} (id {key.key_id})", err=True)
 
     async def go():
@@ -407,7 +320,8 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path) -
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        click.echo(f"probe: cannot listen on {listen}: {exc.strerror or exc}", err=True)
+        where = listen if not echo_ports else f"{listen} or UDP port(s) {' '.join(map(str, echo_ports))}"
+        click.echo(f"probe: cannot listen on {where}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -457,16 +371,6 @@ def verify(files, trusted_keys, trusted_control_keys, require_complete) -> None:
                             require_end=require_complete))
 
 
-def _register_optional_groups() -> None:
-    """Subcommands that live with their subsystem."""
-    from probe.aggregate.cli import aggregate
-    from probe.collector.cli import collector
-    from probe.lab.cli import lab
-    from probe.spool_cli import status, upload
-    from probe.trace_cli import replay
-
-    for command in (lab, replay, upload, status, collector, aggregate):
-        main.add_command(command)
-
-
-_register_optional_groups()
+# Subcommands that live with their subsystem (``probe lab``: see _ProbeGroup).
+for _command in (replay, upload, status, collector, aggregate):
+    main.add_command(_command)

@@ -127,7 +127,8 @@ class GeoDatabase:
 
 
 def _asn_of(record: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    traits = record.get("traits") if isinstance(record.get("traits"), Mapping) else {}
+    found = record.get("traits")
+    traits: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     number = (
         record.get("autonomous_system_number")
         or record.get("asn")

@@ -24,12 +24,13 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import selectors
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probe.net import failures
 from probe.net.network import (
@@ -53,6 +54,9 @@ from probe.net.network import (
     to_json,
 )
 from probe.trace import Trace, TraceError, decode_result, load_trace
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 # The failure of an operation the trace does not hold. It belongs in
 # probe.net.failures' table once that table takes non-OONI strings of replay.
@@ -96,15 +100,15 @@ def _leading_bytes(datagram: Any) -> str:
         return ""
 
 
-class _VirtualSelector:
+class _VirtualSelector(selectors.BaseSelector):
     """Wraps a selector: where the loop would sleep until its next timer, the
     virtual clock jumps there instead (real I/O ready now is still served)."""
 
-    def __init__(self, selector, loop: VirtualTimeLoop) -> None:
+    def __init__(self, selector: selectors.BaseSelector, loop: VirtualTimeLoop) -> None:
         self._selector = selector
         self._loop = loop
 
-    def select(self, timeout: float | None = None):
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         events = self._selector.select(0)
         if events or timeout == 0:
             return events
@@ -113,8 +117,28 @@ class _VirtualSelector:
         self._loop._virtual_now += timeout
         return []
 
-    def __getattr__(self, name: str):
-        return getattr(self._selector, name)
+    # everything else is the wrapped selector's
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._selector.register(fileobj, events, data)
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._selector.unregister(fileobj)
+
+    def modify(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._selector.modify(fileobj, events, data)
+
+    def get_key(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._selector.get_key(fileobj)
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        return self._selector.get_map()
+
+    def close(self) -> None:
+        self._selector.close()
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -124,9 +148,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     virtual_time = True
 
     def __init__(self) -> None:
-        super().__init__()
-        self._virtual_now = 0.0
-        self._selector = _VirtualSelector(self._selector, self)
+        self._virtual_now = 0.0  # before the loop's set-up, which may ask the time
+        super().__init__(_VirtualSelector(selectors.DefaultSelector(), self))
 
     def time(self) -> float:
         return self._virtual_now
@@ -290,7 +313,8 @@ async def replay_run(
                 # The recorded --control-file, restored under its own name.
                 control_file = Path(scratch) / (control_file.name or "control.json")
                 control_file.write_text(info.control.file_content)
-        config = ControlConfig(info.control.urls, control_file, info.control.timeout)
+        config = ControlConfig(info.control.urls, control_file, info.control.timeout,
+                               info.control.reference_flow)
         outcome = await run(network, info.targets, info.options, config,
                             on_endpoint=on_endpoint, report_id=info.report_id or None)
     return outcome, network
@@ -391,10 +415,15 @@ def compare_verdicts(
         row = a or b or {}
         changes.append(VerdictChange(
             str(row.get("endpoint_id")), row.get("host"), row.get("address"), row.get("port"),
-            a and a.get("verdict"), a and a.get("method"),
-            b and b.get("verdict"), b and b.get("method"),
+            _row_value(a, "verdict"), _row_value(a, "method"),
+            _row_value(b, "verdict"), _row_value(b, "method"),
         ))
     return changes
+
+
+def _row_value(row: dict[str, Any] | None, key: str) -> Any:
+    """A verdict row's field; None where the row is absent from one side."""
+    return None if row is None else row.get(key)
 
 
 def _recorded_verdicts(trace: Trace) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ every endpoint blackholed therefore takes about one DNS timeout plus one step
 timeout, not their sum over endpoints. Cancelling the run (Ctrl-C) keeps what
 was measured: unfinished endpoints come back marked ``interrupted``.
 
-The control helper measures with the same ``measure_endpoint`` from its own
-vantage, so the probe and the control always run the same steps.
+The order of endpoints (concurrently, transfers last) is ``probe.scheduler``'s;
+the control helper measures through the same scheduler and ``Measurer`` from its
+own vantage, so the probe and the control always run the same steps.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from probe.net.network import (
     TlsRequest,
 )
 from probe.observations import EndpointObservation, MtprotoCheck, PortObservation, UdpCheck
+from probe.scheduler import Scheduler
 from probe.targets import Endpoint
 from probe.vocabulary import UDP_CHECKS, Check
 
@@ -180,7 +182,8 @@ class Measurer:
         if endpoint.host_is_address:
             dns: tuple[DnsExchange, ...] = ()
             system = None
-            addresses, bogons = (endpoint.host,), ()
+            addresses: tuple[str, ...] = (endpoint.host,)
+            bogons: tuple[str, ...] = ()
         else:
             dns, system = await self.resolve(endpoint)
             addresses, bogons = candidate_addresses(
@@ -285,8 +288,10 @@ class Measurer:
     async def udp_flow_check(self, endpoint: Endpoint, address: str, port: int) -> UdpCheck:
         """``endpoint.datagrams`` datagrams every ``endpoint.interval`` s on one 5-tuple;
         the step lasts the whole flow and its linger, at least one step timeout."""
-        request = stun.flow_request(
-            address, port, endpoint.payload, endpoint.datagrams, endpoint.interval
+        request = dataclasses.replace(
+            stun.flow_request(address, port, endpoint.payload, endpoint.datagrams,
+                              endpoint.interval),
+            give_up=self.options.timeout,
         )
         duration = (request.schedule[-1] if request.schedule else 0.0) + request.linger
         timeout = max(self.options.timeout, duration + 0.5)
@@ -304,7 +309,7 @@ class Measurer:
         """The throughput transfer of one address and port, when its steps passed.
 
         Transfers run after every other step of the run, one at a time
-        (``run_endpoints``): a transfer saturates the link for its duration, and on
+        (``probe.scheduler``): a transfer saturates the link for its duration, and on
         a slow home link it would starve the handshakes and requests of other
         endpoints into timeouts that would read as blocking.
         """
@@ -312,7 +317,9 @@ class Measurer:
         uses_tls = port.tls is not None
         if port.connect is None or port.connect.failure is not None:
             return port
-        if uses_tls and (port.tls.failure is not None or port.tls_verification is not None):
+        if port.tls is not None and (
+            port.tls.failure is not None or port.tls_verification is not None
+        ):
             return port
         scheme = "https" if uses_tls else "http"
         request = HttpRequest(
@@ -379,54 +386,23 @@ async def run_endpoints(
     extra_addresses: dict[str, tuple[str, ...]] | None = None,
     results: dict[str, EndpointObservation] | None = None,
 ) -> dict[str, EndpointObservation]:
-    """Measure every endpoint concurrently; on cancellation, return what is done.
+    """Measure every endpoint concurrently (the scheduler's order: transfers last,
+    one at a time); on cancellation, return what is done.
 
-    Unfinished endpoints are returned as ``interrupted`` observations, and the
-    CancelledError propagates after ``on_result`` has seen them all, so the caller
-    can write a complete-but-marked report before exiting; pass ``results`` to
-    keep them.
+    Unfinished endpoints are returned as ``interrupted`` observations in
+    ``results`` and the CancelledError propagates, so the caller can write a
+    complete-but-marked report before exiting; pass ``results`` to keep them.
+    The control helper measures its batches with this.
     """
-    measurer = Measurer(network, options)
     endpoints = list(endpoints)
-    results = {} if results is None else results
-    extra = extra_addresses or {}
-
-    async def one(endpoint: Endpoint) -> None:
-        try:
-            observation = await measurer.measure(endpoint, extra.get(endpoint.id, ()))
-        except Exception:  # a bug must not lose the other endpoints' measurements
-            log.exception("measuring %s failed", endpoint.id)
-            observation = EndpointObservation(
-                endpoint.id, endpoint.service, endpoint.host, None, (), (), (), (),
-                interrupted=True,
-            )
-        results[endpoint.id] = observation
-        if on_result is not None and "download" not in endpoint.checks:
-            on_result(observation)  # the others are reported after their transfer
-
-    async def transfers() -> None:
-        for endpoint in downloading:
-            observation = results.get(endpoint.id)
-            if observation is not None and not observation.interrupted:
-                ports = []
-                for port in observation.ports:
-                    ports.append(await measurer.download(endpoint, port))
-                results[endpoint.id] = dataclasses.replace(observation, ports=tuple(ports))
-            if on_result is not None and endpoint.id in results:
-                on_result(results[endpoint.id])
-
-    downloading = [e for e in endpoints if "download" in e.checks]
+    schedule = Scheduler(
+        Measurer(network, options), on_result=on_result, extra_addresses=extra_addresses,
+        results=results,
+    )
     try:
-        async with asyncio.TaskGroup() as group:
-            for endpoint in endpoints:
-                group.create_task(one(endpoint))
-        await transfers()
+        await schedule.measure_all(endpoints)
+        await schedule.transfer_all(endpoints)
     except asyncio.CancelledError:
-        for endpoint in endpoints:
-            if endpoint.id not in results:
-                results[endpoint.id] = EndpointObservation(
-                    endpoint.id, endpoint.service, endpoint.host, None, (), (), (), (),
-                    interrupted=True,
-                )
+        schedule.fill_interrupted(endpoints)
         raise
-    return {e.id: results[e.id] for e in endpoints}
+    return {e.id: schedule.results[e.id] for e in endpoints}

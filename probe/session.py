@@ -2,19 +2,21 @@
 
 Data flows one way: targets -> runner (through the network seam) ->
 observations -> control -> analysis -> one :class:`ServiceResult` per service.
-A run is a pipeline over batches of whole services (at most ``CONTROL_BATCH``
-endpoints each, in the targets file's order): while the next batch is being
-measured, the previous one is compared with the control, analysed, handed to
-``emit`` and forgotten, so a run's memory does not grow with its number of
-endpoints. Batches are fixed by the targets file, never by timing, so a replay
-draws the same conclusions as the live run.
+A run is a pipeline over batches of whole services (at most ``batch_size``
+endpoints each, ``CONTROL_BATCH`` by default, in the targets file's order):
+while the next batch is being measured, the previous one is compared with the
+control, analysed, handed to ``emit`` and forgotten, so a run's memory does not
+grow with its number of endpoints. Batches are fixed by the targets file, never
+by timing, so a replay draws the same conclusions as the live run.
 
 Services with a throughput transfer are the exception: transfers run one at a
 time after every other step (a transfer saturates a slow link and would make
 other endpoints time out), so those services are held and analysed last.
 
-Every network operation goes through the ``Network`` this module is given
-(live, recording or replaying); it writes no file itself.
+The order of measurements (concurrently, transfers last and one at a time,
+placeholders for what was interrupted) is ``probe.scheduler``'s, the same the
+control helper uses. Every network operation goes through the ``Network`` this
+module is given (live, recording or replaying); it writes no file itself.
 """
 
 from __future__ import annotations
@@ -33,21 +35,23 @@ from pathlib import Path
 from typing import Any
 
 from probe import __version__, analysis
-from probe.control import protocol
+from probe.control import protocol, reference
 from probe.net.network import ControlRequest, Network
 from probe.observations import (
     EndpointObservation,
+    FunctionVerdict,
     NetworkFindings,
     ServiceResult,
     ServiceVerdict,
     Verdict,
 )
 from probe.runner import Measurer, RunOptions
+from probe.scheduler import CONTROL_BATCH, Scheduler, plan_batches, transfers
 from probe.targets import Endpoint, Service, Targets
+from probe.vocabulary import ServiceStatus
 
 log = logging.getLogger("probe.session")
 
-CONTROL_BATCH = 500  # endpoints per batch, and so per control request
 NETWORK_DOWN = "Your network seems down: nothing, not even the baseline, answered."
 INTERRUPTED = "run interrupted before the control was asked"
 
@@ -57,6 +61,7 @@ class ControlConfig:
     urls: tuple[str, ...] = ()
     file: Path | None = None
     timeout: float = 60.0
+    reference_flow: bool = True  # ask the helpers for their UDP echo (``with_reference``)
 
 
 @dataclass
@@ -88,6 +93,8 @@ class ControlOutcome:
         if self.observations is None:
             self.observations, self.entries = {}, {}
             self.source = other.source
+        if self.entries is None:
+            self.entries = {}
         self.probe_address = self.probe_address or other.probe_address
         self.observations.update(other.observations or {})
         self.entries.update(other.entries or {})
@@ -107,37 +114,19 @@ class RunOutcome:
     resolver: str | None
     results: list[ServiceResult] = field(default_factory=list)  # kept by run(), not stream()
     network: NetworkFindings = field(default_factory=NetworkFindings)
+    # what was measured: the targets plus the run's reference endpoints (the control
+    # helper's UDP echo); None: the targets as given
+    targets: Targets | None = None
+    # by service id: each service's per-function status, as its ServiceResult has it
+    functions: dict[str, tuple[FunctionVerdict, ...]] = field(default_factory=dict)
 
 
 def new_report_id(started_at: datetime.datetime) -> str:
     return f"{started_at:%Y%m%dT%H%M%SZ}_probe_{uuid.uuid4().hex[:12]}"
 
 
-def plan_batches(services: Sequence[Service], limit: int) -> list[tuple[Service, ...]]:
-    """Whole services in file order, grouped into batches of at most ``limit``
-    endpoints (a larger service is a batch of its own)."""
-    batches: list[tuple[Service, ...]] = []
-    current: list[Service] = []
-    size = 0
-    for service in services:
-        if current and size + len(service.endpoints) > limit:
-            batches.append(tuple(current))
-            current, size = [], 0
-        current.append(service)
-        size += len(service.endpoints)
-    if current:
-        batches.append(tuple(current))
-    return batches
-
-
 def _transfers(service: Service) -> bool:
-    return any("download" in e.checks for e in service.endpoints)
-
-
-def _interrupted(endpoint: Endpoint) -> EndpointObservation:
-    return EndpointObservation(
-        endpoint.id, endpoint.service, endpoint.host, None, (), (), (), (), interrupted=True
-    )
+    return any(transfers(e) for e in service.endpoints)
 
 
 def control_summary(control: ControlOutcome, endpoint_ids: Sequence[str]) -> dict[str, Any] | None:
@@ -187,7 +176,28 @@ async def ask_control_batch(
     if not items:
         outcome.problems.append("nothing was measured")
         return outcome
-    body = protocol.build_request(items, step_timeout, trust_pem)
+    # a batch whose UDP flows cost more datagrams than one request may is asked in
+    # parts (the helper refuses a costlier request rather than flood anyone)
+    parts = protocol.split_by_cost(list(items))
+    if len(parts) == 1:
+        return await _ask_helpers(network, parts[0], config, step_timeout, trust_pem)
+    answers = await asyncio.gather(
+        *(_ask_helpers(network, part, config, step_timeout, trust_pem) for part in parts))
+    for answer in answers:
+        outcome.merge(answer)
+    return outcome
+
+
+async def _ask_helpers(
+    network: Network,
+    items: Sequence[protocol.ControlEndpoint],
+    config: ControlConfig,
+    step_timeout: float,
+    trust_pem: str | None,
+) -> ControlOutcome:
+    """One request to every helper, in parallel; the first good answer wins."""
+    outcome = ControlOutcome()
+    body = protocol.build_request(list(items), step_timeout, trust_pem)
 
     async def one(url: str):
         target = url.rstrip("/") + "/measure"
@@ -224,13 +234,14 @@ async def ask_control(
     config: ControlConfig,
     step_timeout: float,
     trust_pem: str | None = None,
+    batch_size: int = CONTROL_BATCH,
 ) -> ControlOutcome:
     """The control for a whole measured run, asked batch by batch."""
     recorded = _control_file(config)
     if recorded is not None:
         return recorded
     outcome = ControlOutcome()
-    for batch in plan_batches(targets.services, CONTROL_BATCH):
+    for batch in plan_batches(targets.services, batch_size):
         items = _control_items(batch, observations)
         if items:
             outcome.merge(await ask_control_batch(network, items, config, step_timeout, trust_pem))
@@ -255,8 +266,93 @@ def _control_items(
 # --------------------------------------------------------------------------- #
 
 
+class _Batches:
+    """The run's batches of whole services (fixed by the targets file) and how far
+    each one has got: measured, then analysed and handed on."""
+
+    def __init__(self, services: Sequence[Service], size: int) -> None:
+        self.plan = plan_batches(services, size)
+        self.number_of = {
+            e.id: number
+            for number, batch in enumerate(self.plan)
+            for service in batch
+            for e in service.endpoints
+        }
+        self._unmeasured = [sum(len(s.endpoints) for s in batch) for batch in self.plan]
+        self.measured = [asyncio.Event() for _ in self.plan]
+        self.analysed = [asyncio.Event() for _ in self.plan]
+
+    def count_measured(self, endpoint_id: str) -> None:
+        number = self.number_of[endpoint_id]
+        self._unmeasured[number] -= 1
+        if not self._unmeasured[number]:
+            self.measured[number].set()
+
+
+class _Baseline:
+    """The volunteer's own baseline: measured first, as every batch's analysis needs it."""
+
+    def __init__(self, services: Sequence[Service]) -> None:
+        self.endpoints = tuple(e for s in services if s.baseline for e in s.endpoints)
+        self.ids = frozenset(e.id for e in self.endpoints)
+        self.observations: dict[str, EndpointObservation] = {}
+        self._unmeasured = len(self.endpoints)
+        self.measured = asyncio.Event()
+        if not self.endpoints:
+            self.measured.set()
+
+    def add(self, endpoint_id: str, observation: EndpointObservation) -> None:
+        if endpoint_id not in self.ids:
+            return
+        self.observations[endpoint_id] = observation
+        self._unmeasured -= 1
+        if not self._unmeasured:
+            self.measured.set()
+
+    def throughput_bps(self) -> float | None:
+        """The best transfer rate of the baseline (0 is a measurement: the volunteer's
+        own baseline froze; None is not)."""
+        bps = [
+            h.throughput_bps
+            for o in self.observations.values()
+            for p in o.ports
+            for h in p.http
+            if h.throughput_bps is not None
+        ]
+        return max(bps) if bps else None
+
+
+class _RunEvidence:
+    """Run-wide facts the analysis of each endpoint needs, gathered batch by batch."""
+
+    def __init__(self, targets: Targets) -> None:
+        self.probe_ipv6 = analysis.Ipv6Evidence()
+        self.control_ipv6 = analysis.Ipv6Evidence()
+        self.pinned = frozenset(e.id for e in targets.endpoints() if e.ca_pem)
+        self.tls_checked = frozenset(
+            e.id for e in targets.endpoints() if {"tls", "https", "quic"} & set(e.checks)
+        )
+        self.functions = {e.id: e.function for e in targets.endpoints()}
+        # the network as a whole (UDP dropped everywhere, allowlist mode), service by service
+        self.network = analysis.NetworkEvidence()
+        self.baseline_control: dict[str, EndpointObservation] = {}
+
+
+class _Conclusions:
+    """What the run has concluded so far: the outcome's content."""
+
+    def __init__(self) -> None:
+        self.emitted: set[str] = set()
+        self.verdicts: dict[str, list[Verdict]] = {}
+        self.services: dict[str, ServiceVerdict] = {}
+        self.functions: dict[str, tuple[FunctionVerdict, ...]] = {}
+        self.control = ControlOutcome()  # the run-wide view: source, problems, address
+        self.down: list[bool] = []
+
+
 class _Pipeline:
-    """The state of one streamed run: what is measured, held, and concluded."""
+    """One streamed run: the scheduler measures, batches are compared with the
+    control and analysed as they complete, services are handed on."""
 
     def __init__(
         self,
@@ -267,140 +363,89 @@ class _Pipeline:
         emit: Callable[[ServiceResult], None],
         on_endpoint: Callable[[EndpointObservation], None] | None,
         on_control: Callable[[ControlOutcome], None] | None,
+        batch_size: int,
     ) -> None:
         self.network, self.targets, self.options = network, targets, options
         self.control_config = control_config
-        self.emit, self.on_endpoint, self.on_control = emit, on_endpoint, on_control
-        self.measurer = Measurer(network, options)
         self.recorded_control = _control_file(control_config)
-        self.batches = plan_batches(targets.services, CONTROL_BATCH)
-        self.batch_of = {
-            e.id: number
-            for number, batch in enumerate(self.batches)
-            for service in batch
-            for e in service.endpoints
-        }
-        self.unmeasured = [sum(len(s.endpoints) for s in batch) for batch in self.batches]
-        self.measured = [asyncio.Event() for _ in self.batches]
-        self.analysed = [asyncio.Event() for _ in self.batches]
-        baseline = [e for s in targets.services if s.baseline for e in s.endpoints]
-        self.baseline_ids = {e.id for e in baseline}
-        self.baseline_unmeasured = len(baseline)
-        self.baseline_measured = asyncio.Event()
-        if not baseline:
-            self.baseline_measured.set()
-        self.baseline: dict[str, EndpointObservation] = {}
-        self.results: dict[str, EndpointObservation] = {}  # measured, not yet handed on
+        self.emit, self.on_control = emit, on_control
+        self.batches = _Batches(targets.services, batch_size)
+        self.baseline = _Baseline(targets.services)
         self.held = [s for s in targets.services if _transfers(s)]  # analysed last
         self.held_ids = {s.id for s in self.held}
         self.held_control = ControlOutcome()
-        self.probe_ipv6 = analysis.Ipv6Evidence()
-        self.control_ipv6 = analysis.Ipv6Evidence()
-        self.pinned = frozenset(e.id for e in targets.endpoints() if e.ca_pem)
-        self.tls_checked = frozenset(
-            e.id for e in targets.endpoints() if {"tls", "https"} & set(e.checks)
+        self.evidence = _RunEvidence(targets)
+        self.concluded = _Conclusions()
+        # One task per endpoint in flight at most ``concurrency`` (each holds at least
+        # one operation).
+        self.scheduler = Scheduler(
+            Measurer(network, options), window=options.concurrency, on_result=on_endpoint,
+            on_measured=self._measured,
         )
-        self.emitted: set[str] = set()
-        self.verdicts: dict[str, list[Verdict]] = {}
-        self.services: dict[str, ServiceVerdict] = {}
-        self.control = ControlOutcome()  # the run-wide view: source, problems, address
-        self.down: list[bool] = []
+
+    @property
+    def results(self) -> dict[str, EndpointObservation]:
+        """Measured, not yet handed on."""
+        return self.scheduler.results
 
     # measuring ------------------------------------------------------------ #
 
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._measure_all(group))
+                group.create_task(self._measure_all())
                 group.create_task(self._analyse_all())
         except BaseExceptionGroup as failed:
             # one step failed (e.g. the report folder's disk is full): say which, as is
             raise failed.exceptions[0] from None
 
-    async def _measure_all(self, group: asyncio.TaskGroup) -> None:
-        # One task per endpoint in flight at most ``concurrency`` (each holds at least
-        # one operation), the baseline first: every batch's analysis needs it. A
-        # batch starts once the one two places before it was handed on, so at most
-        # two batches of observations are in memory.
-        window = asyncio.Semaphore(self.options.concurrency)
-        baseline = [e for s in self.targets.services if s.baseline for e in s.endpoints]
-        rest = [e for e in self.targets.endpoints() if e.id not in self.baseline_ids]
-        for endpoint in (*baseline, *rest):
-            number = self.batch_of[endpoint.id]
-            if endpoint.id not in self.baseline_ids and number >= 2:
-                await self.analysed[number - 2].wait()
-            await window.acquire()
-            group.create_task(self._measure_one(endpoint, window))
+    async def _measure_all(self) -> None:
+        # The baseline first: every batch's analysis needs it. A batch starts once
+        # the one two places before it was handed on, so at most two batches of
+        # observations are in memory.
+        rest = [e for e in self.targets.endpoints() if e.id not in self.baseline.ids]
+        await self.scheduler.measure_all((*self.baseline.endpoints, *rest), gate=self._turn)
 
-    async def _measure_one(self, endpoint: Endpoint, window: asyncio.Semaphore) -> None:
-        try:
-            observation = await self.measurer.measure(endpoint)
-        except Exception:  # a bug must not lose the other endpoints' measurements
-            log.exception("measuring %s failed", endpoint.id)
-            observation = _interrupted(endpoint)
-        finally:
-            window.release()
-        self.results[endpoint.id] = observation
-        if self.on_endpoint is not None and "download" not in endpoint.checks:
-            self.on_endpoint(observation)  # the others are reported after their transfer
-        number = self.batch_of[endpoint.id]
-        self.unmeasured[number] -= 1
-        if not self.unmeasured[number]:
-            self.measured[number].set()
-        if endpoint.id in self.baseline_ids:
-            self.baseline[endpoint.id] = observation
-            self.baseline_unmeasured -= 1
-            if not self.baseline_unmeasured:
-                self.baseline_measured.set()
+    async def _turn(self, endpoint: Endpoint) -> None:
+        number = self.batches.number_of[endpoint.id]
+        if endpoint.id not in self.baseline.ids and number >= 2:
+            await self.batches.analysed[number - 2].wait()
+
+    def _measured(self, endpoint: Endpoint, observation: EndpointObservation) -> None:
+        self.batches.count_measured(endpoint.id)
+        self.baseline.add(endpoint.id, observation)
 
     async def _transfers(self) -> None:
         """Every throughput transfer, one at a time, after every other step."""
-        for service in self.held:
-            for endpoint in service.endpoints:
-                if "download" not in endpoint.checks:
-                    continue
-                observation = self.results.get(endpoint.id)
-                if observation is not None and not observation.interrupted:
-                    ports = []
-                    for port in observation.ports:
-                        ports.append(await self.measurer.download(endpoint, port))
-                    observation = dataclasses.replace(observation, ports=tuple(ports))
-                    self.results[endpoint.id] = observation
-                    if endpoint.id in self.baseline_ids:
-                        self.baseline[endpoint.id] = observation
-                if self.on_endpoint is not None and observation is not None:
-                    self.on_endpoint(observation)
+        held = [e for service in self.held for e in service.endpoints]
+        await self.scheduler.transfer_all(held)
+        for endpoint in held:
+            if endpoint.id in self.baseline.ids and endpoint.id in self.results:
+                self.baseline.observations[endpoint.id] = self.results[endpoint.id]
 
     # analysing ------------------------------------------------------------ #
 
     async def _analyse_all(self) -> None:
-        await self.baseline_measured.wait()
-        for number, batch in enumerate(self.batches):
-            await self.measured[number].wait()
+        await self.baseline.measured.wait()
+        for number, batch in enumerate(self.batches.plan):
+            await self.batches.measured[number].wait()
             observations = {e.id: self.results[e.id] for s in batch for e in s.endpoints}
             control = await self._ask(batch, observations)
-            self.probe_ipv6.add(observations.values())
+            self.evidence.probe_ipv6.add(observations.values())
             if control.available:
-                self.control_ipv6.add((control.observations or {}).values())
+                self.evidence.control_ipv6.add((control.observations or {}).values())
             down = self._network_down(observations.values(), control.available)
             for service in batch:
                 if service.id in self.held_ids:
                     self.held_control.merge(_only(control, service))
                 else:
                     self._conclude(service, control, down)
-            self.analysed[number].set()
+            self.batches.analysed[number].set()
         await self._transfers()
         down = self._network_down(self.results.values(), self.held_control.available)
-        # 0 is a measurement (the volunteer's own baseline froze), None is not
-        bps = [
-            h.throughput_bps
-            for o in self.baseline.values()
-            for p in o.ports
-            for h in p.http
-            if h.throughput_bps is not None
-        ]
+        bps = self.baseline.throughput_bps()
         for service in self.held:
-            self._conclude(service, self.held_control, down, max(bps) if bps else None)
+            self._conclude(service, self.held_control, down, bps)
 
     async def _ask(
         self, batch: Sequence[Service], observations: dict[str, EndpointObservation]
@@ -413,17 +458,20 @@ class _Pipeline:
                 self.network, _control_items(batch, observations), self.control_config,
                 o.timeout, o.trust_pem,
             )
-        self.control.merge(dataclasses.replace(control, observations=None if not
-                                               control.available else {}, entries=None))
+        self.concluded.control.merge(dataclasses.replace(
+            control, observations=None if not control.available else {}, entries=None))
+        for endpoint_id, theirs in (control.observations or {}).items():
+            if endpoint_id in self.baseline.ids:
+                self.evidence.baseline_control[endpoint_id] = theirs
         if self.on_control is not None:
             self.on_control(control)
         return control
 
     def _network_down(self, observations, control_available: bool) -> bool:
         down = analysis.network_down(
-            list(self.baseline.values()) or list(observations), control_available
+            list(self.baseline.observations.values()) or list(observations), control_available
         )
-        self.down.append(down)
+        self.concluded.down.append(down)
         return down
 
     def _conclude(
@@ -434,45 +482,63 @@ class _Pipeline:
         baseline_bps: float | None = None,
     ) -> None:
         """Analyse one service, hand its result on and forget its observations."""
+        observations = tuple(
+            self.results.pop(e.id) for e in service.endpoints if e.id in self.results
+        )
+        self.evidence.network.add(observations, control.observations, baseline=service.baseline)
         context = analysis.Context(
             control=control.observations,
-            probe_has_ipv6=self.probe_ipv6.has_ipv6,
-            control_has_ipv6=self.control_ipv6.has_ipv6 if control.available else True,
+            probe_has_ipv6=self.evidence.probe_ipv6.has_ipv6,
+            control_has_ipv6=self.evidence.control_ipv6.has_ipv6 if control.available else True,
             network_down=down,
             routable=self.options.routable,
             baseline_throughput_bps=baseline_bps,
-            pinned=self.pinned,
-            tls_checked=self.tls_checked,
-            resolver_reachable=analysis.resolver_replied(self.baseline.values()),
-        )
-        observations = tuple(
-            self.results.pop(e.id) for e in service.endpoints if e.id in self.results
+            pinned=self.evidence.pinned,
+            tls_checked=self.evidence.tls_checked,
+            resolver_reachable=analysis.resolver_replied(self.baseline.observations.values()),
+            udp_network=self.network_findings().udp,
         )
         rows: list[Verdict] = []
         for observation in observations:
             verdicts = analysis.endpoint_verdicts(observation, context)
-            self.verdicts[observation.endpoint_id] = verdicts
+            self.concluded.verdicts[observation.endpoint_id] = verdicts
             rows += verdicts
-        status, explanation = analysis.service_status(rows)
-        if down and status == "inconclusive":
+        summary = analysis.service_status(rows)
+        explanation = summary.explanation
+        if down and summary.status == ServiceStatus.INCONCLUSIVE:
             explanation = NETWORK_DOWN
-        verdict = ServiceVerdict(service.id, status, explanation)
-        self.services[service.id] = verdict
-        self.emitted.add(service.id)
-        self.emit(ServiceResult(
+        verdict = ServiceVerdict(service.id, summary.status, explanation)
+        self.concluded.services[service.id] = verdict
+        self.concluded.emitted.add(service.id)
+        result = ServiceResult(
             service.id, observations, tuple(rows), verdict,
             control_summary(control, [e.id for e in service.endpoints]),
             () if control.available else tuple(control.problems), down,
-        ))
+            functions=analysis.function_statuses(rows, self.evidence.functions),
+            network=self.network_findings(),
+        )
+        if result.functions:  # kept for the summary (the result itself is handed on)
+            self.concluded.functions[service.id] = result.functions
+        self.emit(result)
+
+    def network_findings(self) -> NetworkFindings:
+        """What the run has learned so far about the network as a whole: from the
+        baseline (measured first), the reference flows to the control helper's echo,
+        and every service concluded so far."""
+        baseline = [o for i, o in self.baseline.observations.items()
+                    if i != reference.ENDPOINT_ID]
+        echo = self.baseline.observations.get(reference.ENDPOINT_ID)
+        flows = () if echo is None else tuple(c for p in echo.ports for c in p.udp)
+        return analysis.network_findings(
+            baseline, self.evidence.baseline_control or None, flows, self.evidence.network)
 
     def conclude_interrupted(self) -> None:
         """After Ctrl-C: every service not yet handed on, with what was measured."""
-        self.control.merge(ControlOutcome(problems=[INTERRUPTED]))
+        self.concluded.control.merge(ControlOutcome(problems=[INTERRUPTED]))
         for service in self.targets.services:
-            if service.id in self.emitted:
+            if service.id in self.concluded.emitted:
                 continue
-            for endpoint in service.endpoints:
-                self.results.setdefault(endpoint.id, _interrupted(endpoint))
+            self.scheduler.fill_interrupted(service.endpoints)
             control = self.held_control if service.id in self.held_ids else ControlOutcome(
                 problems=[INTERRUPTED])
             observations = [self.results[e.id] for e in service.endpoints]
@@ -482,19 +548,41 @@ class _Pipeline:
     def outcome(self, report_id: str, complete: bool, runtime: float) -> RunOutcome:
         order = [e.id for e in self.targets.endpoints()]
         o = self.options
+        concluded = self.concluded
         return RunOutcome(
             started_at=o.started_at,
             report_id=report_id,
             observations={},
-            verdicts={i: self.verdicts[i] for i in order if i in self.verdicts},
-            services={s.id: self.services[s.id] for s in self.targets.services
-                      if s.id in self.services},
-            control=self.control,
-            network_down=bool(self.down) and all(self.down),
+            verdicts={i: concluded.verdicts[i] for i in order if i in concluded.verdicts},
+            services={s.id: concluded.services[s.id] for s in self.targets.services
+                      if s.id in concluded.services},
+            control=concluded.control,
+            network_down=bool(concluded.down) and all(concluded.down),
             complete=complete,
             runtime=runtime,
             resolver=f"{o.resolver[0]}" if o.resolver else None,
+            functions={s.id: concluded.functions[s.id] for s in self.targets.services
+                       if s.id in concluded.functions},
+            network=self.network_findings(),
+            targets=self.targets,
         )
+
+
+REFERENCE_TIMEOUT = 2.0  # asking a helper for its UDP echo: one round trip, never longer
+
+
+async def with_reference(
+    network: Network, targets: Targets, options: RunOptions, config: ControlConfig
+) -> Targets:
+    """The targets plus a reference UDP flow to the control helper's echo, when a
+    helper offers one: it tells a network that drops every UDP flow (calls fail for
+    every app) from one that drops a messenger's. Costs one round trip to the helper
+    before measuring (at most ``REFERENCE_TIMEOUT``); never fails the run."""
+    if not config.urls or config.file is not None or not config.reference_flow:
+        return targets
+    extra = await reference.reference_endpoints(
+        network, config.urls, min(REFERENCE_TIMEOUT, options.timeout))
+    return targets.with_baseline(tuple(extra))
 
 
 def _only(control: ControlOutcome, service: Service) -> ControlOutcome:
@@ -519,6 +607,7 @@ async def stream(
     on_endpoint: Callable[[EndpointObservation], None] | None = None,
     report_id: str | None = None,
     on_control: Callable[[ControlOutcome], None] | None = None,
+    batch_size: int = CONTROL_BATCH,
 ) -> RunOutcome:
     """Measure, compare and analyse batch by batch; each service's result goes to
     ``emit`` (exactly once, in an order set by the targets file) and is not kept.
@@ -526,11 +615,13 @@ async def stream(
     The outcome holds the verdicts and the control's run-wide view, not the
     observations. On cancellation (Ctrl-C) every service not yet handed on is
     analysed with what was measured, without control, and the outcome says
-    ``complete=False``.
+    ``complete=False``. ``batch_size`` bounds the endpoints of a batch (and of a
+    control request).
     """
     started = time.monotonic()
+    targets = await with_reference(network, targets, options, control_config)
     pipeline = _Pipeline(network, targets, options, control_config, emit, on_endpoint,
-                         on_control)
+                         on_control, batch_size)
     complete = True
     try:
         await pipeline.run()
@@ -548,18 +639,21 @@ async def run(
     control_config: ControlConfig,
     on_endpoint: Callable[[EndpointObservation], None] | None = None,
     report_id: str | None = None,
+    batch_size: int = CONTROL_BATCH,
 ) -> RunOutcome:
     """:func:`stream`, keeping everything: observations, control, each service's result
     (for replays, tests and small runs; ``probe run`` streams)."""
     results: list[ServiceResult] = []
     control = ControlOutcome()
     outcome = await stream(network, targets, options, control_config, results.append,
-                           on_endpoint, report_id, on_control=control.merge)
+                           on_endpoint, report_id, on_control=control.merge,
+                           batch_size=batch_size)
     by_id = {o.endpoint_id: o for r in results for o in r.observations}
-    outcome.observations = {e.id: by_id[e.id] for e in targets.endpoints() if e.id in by_id}
+    measured = outcome.targets or targets
+    outcome.observations = {e.id: by_id[e.id] for e in measured.endpoints() if e.id in by_id}
     control.problems = list(outcome.control.problems)  # with the run's own (Ctrl-C)
     outcome.control = control
-    order = {s.id: n for n, s in enumerate(targets.services)}
+    order = {s.id: n for n, s in enumerate(measured.services)}
     outcome.results = sorted(results, key=lambda r: order[r.service])
     return outcome
 

@@ -20,14 +20,16 @@ import tomllib
 from pathlib import Path
 
 import click
+import platformdirs
+
+# probe.spool (the uploader, with aiohttp) is imported when a command runs: it
+# costs every `probe` invocation a fifth of a second otherwise.
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CONFIG_NAME = "config.toml"
 
 
 def default_config_path() -> Path:
-    import platformdirs
-
     return Path(platformdirs.user_config_dir("probe")) / CONFIG_NAME
 
 

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import ipaddress
 import os
 import random
 import struct
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from probe.net import failures
@@ -190,60 +188,6 @@ def parse(data: bytes) -> StunMessage:
         attributes.setdefault(kind, value)
         position += 4 + size + (-size % 4)
     return StunMessage(message_type, transaction_id, attributes)
-
-
-# What a volunteer's own address becomes in a scrubbed datagram (RFC 5737, RFC 3849).
-SCRUBBED_ADDRESS = {1: ipaddress.ip_address("192.0.2.1"), 2: ipaddress.ip_address("2001:db8::1")}
-
-
-def scrub_mapped_addresses(data: bytes, addresses: Iterable[str]) -> bytes:
-    """``data`` with every (XOR-)MAPPED-ADDRESS naming one of ``addresses`` (the
-    volunteer's) replaced by a documentation address of its family, port kept,
-    FINGERPRINT recomputed so the message still parses. The XOR encoding hides
-    the address from a scrubber looking for its bytes; answers naming another
-    address (a forged mapping) are left as they are, so a scrubbed trace is
-    judged as the live run was. Bytes that are not STUN are returned unchanged.
-    """
-    try:
-        message = parse(data)
-    except StunError:
-        return data
-    wanted = set()
-    for text in addresses:
-        try:
-            wanted.add(ipaddress.ip_address(text.split("%", 1)[0]))
-        except ValueError:
-            continue
-    mask = struct.pack("!I", MAGIC_COOKIE) + message.transaction_id
-    out = bytearray(data)
-    position = HEADER.size
-    while position + 4 <= len(out):
-        kind, size = struct.unpack_from("!HH", out, position)
-        start = position + 4
-        if kind in (MAPPED_ADDRESS, XOR_MAPPED_ADDRESS) and size in (8, 20):
-            family, xor = out[start + 1], kind == XOR_MAPPED_ADDRESS
-            raw = bytes(out[start + 4 : start + size])
-            plain = bytes(b ^ mask[i] for i, b in enumerate(raw)) if xor else raw
-            if family in SCRUBBED_ADDRESS and len(plain) in (4, 16):
-                if ipaddress.ip_address(plain) in wanted:
-                    packed = SCRUBBED_ADDRESS[family].packed
-                    if xor:
-                        packed = bytes(b ^ mask[i] for i, b in enumerate(packed))
-                    out[start + 4 : start + size] = packed
-        if kind == FINGERPRINT and size == 4:
-            struct.pack_into("!I", out, start, fingerprint(bytes(out[:position])))
-        position = start + size + (-size % 4)
-    return bytes(out)
-
-
-def scrub_udp_result(result: UdpResult, addresses: Iterable[str]) -> UdpResult:
-    """A UDP result whose received STUN answers no longer carry ``addresses``."""
-    addresses = tuple(addresses)
-    received = tuple(
-        dataclasses.replace(r, data=_b64(scrub_mapped_addresses(_decode(r.data), addresses)))
-        for r in result.received
-    )
-    return dataclasses.replace(result, received=received)
 
 
 def new_transaction_id() -> bytes:

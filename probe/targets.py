@@ -8,6 +8,8 @@ The libyaml fast paths (composing and streaming) live in ``probe.targets_fast``;
 and every message lives here.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import os
 import re
@@ -149,13 +151,30 @@ class Targets:
     def endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(endpoint for service in self.services for endpoint in service.endpoints)
 
+    def with_baseline(self, extra: tuple[Endpoint, ...]) -> Targets:
+        """These targets with ``extra`` endpoints added to the baseline service (made
+        when there is none): a run's reference measurements chosen at run time."""
+        ids = {e.id for e in self.endpoints()}
+        extra = tuple(e for e in extra if e.id not in ids)
+        if not extra:
+            return self
+        services = list(self.services)
+        for index, service in enumerate(services):
+            if service.baseline:
+                services[index] = replace(service, endpoints=(*service.endpoints, *extra))
+                break
+        else:
+            services.append(Service(extra[0].service, "Baseline references", "baseline",
+                                    True, "", extra))
+        return replace(self, services=tuple(services))
+
     def service(self, service_id: str) -> Service:
         for service in self.services:
             if service.id == service_id:
                 return service
         raise KeyError(service_id)
 
-    def select(self, service_ids: Iterable[str]) -> "Targets":
+    def select(self, service_ids: Iterable[str]) -> Targets:
         """The named services plus the baseline group, in file order.
 
         The baseline always stays: without it a failure cannot be told apart from the
@@ -257,7 +276,7 @@ _FAST_FAILED = targets_fast.FAST_FAILED
 _compose_fast = targets_fast.compose_fast
 
 
-def _parse_streaming(text: str, parser: "_Parser") -> Targets | None:
+def _parse_streaming(text: str, parser: _Parser) -> Targets | None:
     """Targets validated service by service from libyaml's events
     (``targets_fast.stream_document``), or None: then the whole tree is parsed the
     usual way, whose errors name the line (a file with an error never streams)."""

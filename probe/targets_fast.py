@@ -78,7 +78,7 @@ if _CParser is not None:
         """libyaml's events, composed into nodes by PyYAML's composer a subtree at a time."""
 
         def __init__(self, text: str) -> None:
-            _CParser.__init__(self, text)
+            super().__init__(text)  # yaml.cyaml.CParser, first in the MRO: libyaml's parser
             yaml.composer.Composer.__init__(self)
             yaml.resolver.Resolver.__init__(self)
 

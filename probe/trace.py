@@ -50,7 +50,6 @@ from probe.net.network import (
     to_json,
 )
 from probe.runner import RunOptions
-from probe.stun import scrub_udp_result
 from probe.targets import Targets
 
 FORMAT = "probe-trace"
@@ -101,6 +100,9 @@ class ControlSettings:
     file: str | None = None
     file_content: str | None = None
     timeout: float = 60.0
+    # whether the run asked the helpers for a reference UDP flow to their echo; traces
+    # recorded before probes did lack it, and replay as they were recorded
+    reference_flow: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class RunInfo:
             None if file is None else str(file),
             content,
             float(getattr(control_config, "timeout", 60.0)),
+            bool(getattr(control_config, "reference_flow", False)),
         )
         return cls(targets, options, control, report_id or "")
 
@@ -189,7 +192,7 @@ def run_info_from_json(data: dict[str, Any]) -> tuple[RunInfo, list[str]]:
 
 
 def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
-    """Rewrite a finished trace without the volunteer's ``addresses`` (issue 5).
+    """Rewrite a finished trace without the volunteer's ``addresses``.
 
     The public address is only known once the control has answered, so traces
     are scrubbed when the run is over: every line goes through the reports'
@@ -213,7 +216,7 @@ def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
     dropped = 0
     for raw in raw_lines:
         try:
-            lines.append(scrub_measurement(_unmask_stun(json.loads(raw), addresses), addresses))
+            lines.append(scrub_measurement(json.loads(raw), addresses))
         except ScrubError:
             dropped += 1
         except ValueError:
@@ -233,18 +236,6 @@ def scrub_trace_file(path: str | os.PathLike, addresses: list[str]) -> int:
         temporary.unlink(missing_ok=True)
         raise TraceError(f"{path}: cannot write the scrubbed trace ({exc})") from None
     return dropped
-
-
-def _unmask_stun(line: Any, addresses: list[str]) -> Any:
-    """A udp_exchange line whose STUN answers no longer name the volunteer: their
-    XOR-MAPPED-ADDRESS hides the address from the reports' scrubber."""
-    if not isinstance(line, dict) or line.get("op") != "udp_exchange":
-        return line
-    try:
-        result = decode_result("udp_exchange", line["result"])
-    except (KeyError, TypeError, ValueError):
-        return line
-    return {**line, "result": to_json(scrub_udp_result(result, addresses))}
 
 
 class TraceWriter:

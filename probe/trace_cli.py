@@ -1,26 +1,24 @@
-"""Commands for traces: ``probe replay`` and the lab corpus refresher.
+"""The ``probe replay`` command: run the analysis again over a recorded trace.
 
 ``replay`` is registered by ``probe.cli`` as ``probe replay``; the module also runs
-on its own (``python -m probe.trace_cli replay TRACE``, ``python -m probe.trace_cli
-refresh-lab-corpus``). Parse, call ``probe.replay``, print: no replay logic here.
+on its own (``python -m probe.trace_cli replay TRACE``). Parse, call
+``probe.replay``, print: no replay logic here. (Re-recording the lab corpus is a
+test tool, ``tests/traces/refresh_lab_corpus.py``, not a command of the product.)
 
 Exit codes as for ``probe run``: 0 done (for ``--diff``: no verdict changed),
-1 ``--diff`` found changes (or the corpus refresh disagrees with a scenario's
-truth), 2 the trace (or the usage) is unusable.
+1 ``--diff`` found changes, 2 the trace (or the usage) is unusable.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import click
 
+from probe.display import Display, summary_json
+
 EXIT_OK, EXIT_CHANGED, EXIT_USAGE = 0, 1, 2
-LAB_CORPUS = Path("tests") / "traces" / "lab"
 
 
 def _warn(message: str) -> None:
@@ -51,6 +49,7 @@ def _replay_notes(replayed) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def replay(trace: str, out_dir: str | None, show_diff: bool, as_json: bool) -> None:
     """Run the analysis again over a recorded TRACE, without any network."""
+    # the analysis and report stack is imported when a replay runs, not for `probe --help`
     from probe.replay import as_dict, diff_replayed, replay_trace
     from probe.trace import TraceError
 
@@ -84,114 +83,17 @@ def replay(trace: str, out_dir: str | None, show_diff: bool, as_json: bool) -> N
                 click.echo(str(change))
         sys.exit(EXIT_CHANGED if changes else EXIT_OK)
 
-    from probe.cli import summary_json
-
+    report_path = replayed.report_path
+    assert report_path is not None, "a replay without --diff always writes a report"
     if as_json:
-        click.echo(json.dumps({**summary_json(replayed.outcome, replayed.report_path),
+        click.echo(json.dumps({**summary_json(replayed.outcome, report_path),
                                "replay": info}))
         return
     for note in notes:
         _warn(note)
-    from probe.display import Display
-
     Display(replayed.trace.run.targets, enabled=False).print_summary(
-        replayed.outcome, replayed.report_path
+        replayed.outcome, report_path
     )
-
-
-# --------------------------------------------------------------------------- #
-# The lab-recorded corpus                                                      #
-# --------------------------------------------------------------------------- #
-
-
-def expected_from_footer(trace, scenario_name: str | None = None) -> dict:
-    """The expected.json of a recorded trace: the verdicts its own run reached."""
-    footer = trace.footer or {}
-    return {
-        "trace": trace.path.name,
-        "scenario": scenario_name,
-        "endpoints": [
-            {"id": v.get("endpoint_id"), "address": v.get("address"), "port": v.get("port"),
-             "verdict": v.get("verdict"), "method": v.get("method")}
-            for v in footer.get("verdicts", [])
-        ],
-        "services": {s.get("service"): s.get("status") for s in footer.get("services", [])},
-    }
-
-
-def refresh_lab_corpus(names: list[str], out_dir: Path, timeout: float, echo=click.echo) -> int:
-    """Record the probe in every lab scenario (``--record``), write traces and expected
-    verdicts to ``out_dir``, and check each against the scenario's ground truth.
-
-    Needs root, the lab (issue 3) and ``probe run --record`` in the CLI. Returns the
-    number of scenarios whose recording or truth check failed.
-    """
-    from probe.lab.demo import evaluate, probe_command
-    from probe.lab.lab import Lab, require_root
-    from probe.lab.scenarios import SCENARIOS
-    from probe.trace import TraceError, load_trace
-
-    require_root()
-    selected = [s for s in SCENARIOS if not names or s.name in names]
-    unknown = set(names) - {s.name for s in SCENARIOS}
-    if unknown:
-        raise click.UsageError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    lab = Lab()
-    lab.up(duration=max(600.0, 120.0 * len(selected)))
-    scratch = tempfile.TemporaryDirectory(prefix="probe-lab-corpus-")  # reports: not kept
-    try:
-        for scenario in selected:
-            trace_path = out_dir / f"{scenario.name}.jsonl.gz"
-            report_dir = Path(scratch.name) / scenario.name
-            lab.apply(scenario)
-            argv = probe_command(lab, report_dir, timeout, lab.control_url())
-            argv += ["--record", str(trace_path.resolve())]
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-            try:
-                summary = json.loads(proc.stdout)
-                trace = load_trace(trace_path)
-            except (ValueError, TraceError) as exc:
-                echo(f"{scenario.name}: recording failed ({exc}); stderr: {proc.stderr[-500:]}")
-                failed += 1
-                lab.reset()
-                continue
-            mismatches = evaluate(scenario, summary)
-            expected = expected_from_footer(trace, scenario.name)
-            expected["truth_mismatches"] = [str(m) for m in mismatches]
-            expected_path = out_dir / f"{scenario.name}.expected.json"
-            expected_path.write_text(json.dumps(expected, indent=2) + "\n")
-            status = "ok" if not mismatches else f"{len(mismatches)} differ from the truth"
-            echo(f"{scenario.name}: {trace_path} ({status})")
-            for mismatch in mismatches:
-                echo(f"    {mismatch}")
-            failed += bool(mismatches)
-            lab.reset()
-    finally:
-        lab.down()
-        scratch.cleanup()
-    return failed
-
-
-@click.command("refresh-lab-corpus")
-@click.argument("names", nargs=-1)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(LAB_CORPUS),
-              show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.5, 30), default=2.0, show_default=True)
-def refresh_lab_corpus_command(names: tuple[str, ...], out_dir: str, timeout: float) -> None:
-    """Re-record tests/traces/lab/ from the lab (root; review the diff before committing)."""
-    try:
-        from probe.lab.processes import LabError
-    except ImportError as exc:
-        _warn(f"the lab is not available in this checkout: {exc}")
-        sys.exit(EXIT_USAGE)
-    try:
-        failed = refresh_lab_corpus(list(names), Path(out_dir), timeout)
-    except (LabError, OSError, subprocess.SubprocessError) as exc:
-        _warn(f"{type(exc).__name__}: {exc}")
-        sys.exit(EXIT_USAGE)
-    sys.exit(EXIT_CHANGED if failed else EXIT_OK)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,7 +102,6 @@ def main() -> None:
 
 
 main.add_command(replay)
-main.add_command(refresh_lab_corpus_command)
 
 if __name__ == "__main__":
     main()

@@ -23,8 +23,7 @@ services:
 """
 
 
-def test_control_is_asked_in_batches_and_covers_every_endpoint(monkeypatch):
-    monkeypatch.setattr(session, "CONTROL_BATCH", 2)  # 5 endpoints: 3 requests
+def test_control_is_asked_in_batches_and_covers_every_endpoint():
     with start_tcp("echo") as server:
         lines = "\n".join(
             f"      - {{id: e{i}, host: 127.0.0.1, port: {server.port}, checks: [tcp]}}"
@@ -45,7 +44,9 @@ def test_control_is_asked_in_batches_and_covers_every_endpoint(monkeypatch):
                 network = LiveNetwork()
                 observations = await run_endpoints(network, targets.endpoints(), options)
                 config = session.ControlConfig(urls=(url,), timeout=20)
-                return await session.ask_control(network, targets, observations, config, 2)
+                # 5 endpoints, 2 a batch: 3 requests
+                return await session.ask_control(network, targets, observations, config, 2,
+                                                 batch_size=2)
             finally:
                 stop.set()
                 await server_task

@@ -64,7 +64,7 @@ class LoggingNetwork:
         return await self.inner.tcp_connect(address, port, timeout)
 
     async def control_call(self, request, timeout):
-        self.events.append(("control", None))
+        self.events.append(("control", request.url))
         return await self.inner.control_call(request, timeout)
 
 
@@ -82,8 +82,7 @@ async def control_helper():
 
 
 @pytest.fixture
-def world(monkeypatch):
-    monkeypatch.setattr(session, "CONTROL_BATCH", 2)  # one service (2 endpoints) a batch
+def world():
     with start_tcp("echo") as echo:
         refused = closed_ports(SERVICES)
         yield parse_targets(targets_text(echo.port, refused)), echo.port, refused
@@ -104,6 +103,7 @@ def test_batches_are_measured_ahead_compared_and_handed_on_once(world):
                 return await session.stream(
                     network, targets, OPTIONS, config,
                     emit=lambda result: events.append(("emit", result)),
+                    batch_size=2,  # one service (2 endpoints) a batch
                 )
             finally:
                 await network.aclose()
@@ -111,7 +111,9 @@ def test_batches_are_measured_ahead_compared_and_handed_on_once(world):
     outcome = asyncio.run(go())
     emitted = [e[1] for e in events if e[0] == "emit"]
     assert [r.service for r in emitted] == [f"s{n}" for n in range(SERVICES)]  # once, in order
-    assert sum(1 for e in events if e[0] == "control") == SERVICES  # one request a batch
+    calls = [e[1] for e in events if e[0] == "control"]
+    assert sum(1 for u in calls if u.endswith("/measure")) == SERVICES  # one request a batch
+    assert calls[0].endswith("/info")  # asked first for a UDP echo (this helper has none)
     for result in emitted:
         assert result.control is not None and result.control["source"].startswith("http://")
         assert result.control["endpoints"] == sorted(f"{result.service}-{k}" for k in ("up", "x"))
@@ -162,7 +164,7 @@ def test_a_failing_hand_on_is_raised_as_itself(world, tmp_path):
 def test_json_summary_printed_row_by_row_is_the_whole_summary(world, tmp_path):
     import json
 
-    from probe.cli import iter_summary_json, summary_json
+    from probe.display import iter_summary_json, summary_json
 
     targets, _, _ = world
     outcome = asyncio.run(session.run(LiveNetwork(), targets, OPTIONS, session.ControlConfig()))

@@ -62,10 +62,10 @@ def test_default_path_is_the_checkout_file():
 
 def test_bundled_services_and_counts(bundled):
     counts = {service.id: len(service.endpoints) for service in bundled.services}
-    assert counts["telegram"] == 10
+    assert counts["telegram"] == 18
     assert counts["whatsapp"] == 20
     assert counts["signal"] == 7
-    assert counts["facebook_messenger"] == 7
+    assert counts["facebook_messenger"] == 8
     assert counts["baseline"] >= 3
     others = [
         s for s in bundled.services
@@ -104,11 +104,11 @@ def test_bundled_whatsapp(bundled):
     assert [e.host for e in numbered] == [f"e{n}.whatsapp.net" for n in range(1, 17)]
     for endpoint in numbered:
         assert endpoint.ports == (443, 5222) and endpoint.checks == ("dns", "tcp")
-    by_host = {e.host: e for e in whatsapp.endpoints}
-    assert by_host["v.whatsapp.net"].role == "registration"
-    assert by_host["web.whatsapp.com"].role == "web"
-    for host in ("v.whatsapp.net", "web.whatsapp.com", "g.whatsapp.net", "mmg.whatsapp.net"):
-        assert "https" in by_host[host].checks
+    by_role = {e.role: e for e in whatsapp.endpoints}
+    assert by_role["registration"].host == "v.whatsapp.net"
+    assert by_role["web"].host == "web.whatsapp.com"
+    for role in ("registration", "web", "gateway", "media"):
+        assert "https" in by_role[role].checks
 
 
 def test_bundled_signal_pins_only_signal_root_hosts(bundled):
@@ -149,10 +149,14 @@ def test_bundled_facebook_messenger(bundled):
         "scontent.xx.fbcdn.net": "scontent_cdn",
         "star.c10r.facebook.com": "star",
         "stun.fbsbx.com": "stun",
+        "www.facebook.com": "web_quic",
     }
     for endpoint in messenger.endpoints:
         if endpoint.role == "stun":
-            assert endpoint.checks == ("dns",) and endpoint.ports == (3478,)
+            # STUN over UDP 3478, as the apps send it (OONI only resolves the name)
+            assert endpoint.checks == ("dns", "stun") and endpoint.ports == (3478,)
+        elif endpoint.role == "web_quic":
+            assert endpoint.checks == ("dns", "quic") and endpoint.ports == (443,)
         else:
             assert endpoint.checks == ("dns", "tcp", "tls") and endpoint.ports == (443,)
 
@@ -164,7 +168,8 @@ def test_bundled_baseline(bundled):
         e.host for e in baseline.endpoints
     }
     for endpoint in baseline.endpoints:
-        assert {"dns", "tcp", "tls"} <= set(endpoint.checks)
+        udp = set(endpoint.checks) & {"stun", "turn", "udp", "quic"}
+        assert {"dns", "tcp", "tls"} <= set(endpoint.checks) or (udp and "dns" in endpoint.checks)
     # one baseline transfer, so a slow home link is not read as throttling
     assert [e.id for e in baseline.endpoints if "download" in e.checks] == ["baseline-download"]
 

@@ -142,4 +142,4 @@ def test_scrubbed_trace_hides_the_mapped_address(tmp_path) -> None:
     replayed = asyncio.run(ReplayNetwork(load_trace(path)).udp_exchange(request, 1.0))
     assert "198.51.100.77" not in json.dumps(op)  # nor in any textual or packed form
     check = stun.judge_stun(replayed)
-    assert check.failure is None and check.mapped_address == "192.0.2.1:50000"
+    assert check.failure is None and check.mapped_address == "0.0.0.1:50000"

@@ -209,7 +209,8 @@ def _measurement_rows(
     endpoints = test_keys.get("endpoints")
     if status is None or not isinstance(endpoints, list):
         return "no test_keys.service_status or test_keys.endpoints: not a probe measurement"
-    annotations = record.get("annotations") if isinstance(record.get("annotations"), dict) else {}
+    found = record.get("annotations")
+    annotations: dict[str, Any] = found if isinstance(found, dict) else {}
     control = test_keys.get("control")
     cc = _text(record.get("probe_cc")) or "ZZ"
     asn = _text(record.get("probe_asn")) or "AS0"
@@ -294,7 +295,7 @@ def ingest(
     policy = policy or LinePolicy()
     files = report_files(paths)
     result = IngestResult(files=len(files))
-    staged = {name: [] for name in TABLES}
+    staged: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
     staged_rows = 0
 
     def take(rows: _Rows, lines: int) -> None:

@@ -92,7 +92,7 @@ def measurement(
     uid_random: str,
 ) -> dict[str, Any]:
     """One measurement of ``service``; ``verdicts`` maps endpoint id -> verdict (default ok)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for endpoint_id, host, address, port in SERVICES[service]:
         verdict = verdicts.get(endpoint_id, "ok")
         method, failure, operation = METHODS.get(verdict, ("other", "unknown_failure", None))

@@ -202,7 +202,7 @@ def serve(
     if recovery.unreadable_lines:
         message += f"; {recovery.unreadable_lines} unreadable line(s) left in place"
     click.echo(message, err=True)
-    if trusted_keys:
+    if policy.trusted_keys is not None:
         click.echo(f"accepting only the {len(policy.trusted_keys)} trusted probe key(s)", err=True)
     app = Collector(store, policy, limits, check_workers=check_workers)
 

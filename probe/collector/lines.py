@@ -145,6 +145,7 @@ def _check(line: bytes, policy: LinePolicy) -> tuple[CheckedLine, dict[str, Any]
     problem = _signature_fields_problem(signature, LINE_SIGNATURE_FIELDS)
     if problem:
         return refuse(problem)
+    assert isinstance(signature, dict)  # a well-formed signature is an object
     if not _signature_matches(record, REPORT_LINE_CONTEXT, safe):
         return refuse("signature does not match (content changed after signing)")
     if canonical != line:

@@ -56,6 +56,14 @@ class RequestRefused(Exception):
         self.retry_after = retry_after
 
 
+def _to_store(checked: CheckedLine, line: bytes) -> Accepted:
+    """An accepted line with the facts its checks established (an accepted line has all)."""
+    key, digest, key_id, run = checked.dedupe_key, checked.digest, checked.key_id, checked.run
+    if key is None or digest is None or key_id is None or run is None:
+        raise ValueError(f"line not accepted, or accepted without its facts: {checked}")
+    return Accepted(key, digest, key_id, run, line)
+
+
 def check_lines(lines: Sequence[bytes], policy: LinePolicy) -> list[CheckedLine]:
     """Check a chunk of lines (runs in a worker process)."""
     return [check_line(line, policy) for line in lines]
@@ -277,15 +285,11 @@ class Collector:
                 413, f"{len(lines)} lines in one request; at most {self.limits.max_lines}"
             )
         checked = await self._check(lines)
-        new_by_key = Counter(
-            c.key_id for c in checked if c.ok and not self.store.known(c.dedupe_key)
-        )
-        self._charge_keys(new_by_key)
         accepted = [
-            Accepted(c.dedupe_key, c.digest, c.key_id, c.run, line)
-            for c, line in zip(checked, lines, strict=False)
-            if c.ok
+            _to_store(c, line) for c, line in zip(checked, lines, strict=False) if c.ok
         ]
+        new_by_key = Counter(a.key_id for a in accepted if not self.store.known(a.dedupe_key))
+        self._charge_keys(new_by_key)
         try:
             outcomes = iter(await self.writer.submit(accepted))
         except StoreError:
@@ -389,7 +393,10 @@ class _Refuse(asyncio.Protocol):
     """Closes a connection over the limit as soon as it is accepted."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()  # at once, without flushing anything
+        else:
+            transport.close()
 
 
 @dataclass
@@ -486,10 +493,13 @@ async def serve(
         shutdown_timeout=10.0,
     )
     await runner.setup()
+    if runner.server is None:  # setup() creates it
+        raise RuntimeError("aiohttp's AppRunner has no server after setup()")
+    web_server = runner.server
     await collector.start()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        guard.factory(runner.server), host, port, reuse_address=True, backlog=256
+        guard.factory(web_server), host, port, reuse_address=True, backlog=256
     )
     sweeper = loop.create_task(guard.run())
     try:

@@ -48,7 +48,8 @@ async def getaddrinfo(host: str, timeout: float, clock) -> GetaddrinfoResult:
             infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         for family, _, _, _, sockaddr in infos:
             address = sockaddr[0]
-            if family in (socket.AF_INET, socket.AF_INET6) and address not in addresses:
+            if family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, str) \
+                    and address not in addresses:
                 addresses.append(address)
     except Exception as exc:  # every failure becomes a failure string
         failure = failures.classify(exc)
@@ -69,7 +70,7 @@ def parse_reply(wire: bytes, sent: dns.message.Message, t: float) -> DnsReply:
         return DnsReply(t, "", (), raw, failures.DNS_INVALID_REPLY)
     if reply.id != sent.id or reply.question != sent.question:
         return DnsReply(t, "", (), raw, failures.DNS_WRONG_QUERY)
-    answers = []
+    answers: list[DnsAnswer] = []
     for rrset in reply.answer:
         if rrset.rdclass != dns.rdataclass.IN:
             # A stub ignores records of another class; dnspython parses an "A" in
@@ -118,17 +119,18 @@ class _Collector(asyncio.DatagramProtocol):
     bounded so a flood costs no memory while we parse."""
 
     def __init__(self) -> None:
-        self.datagrams: asyncio.Queue[tuple[bytes | None, BaseException | None]] = (
-            asyncio.Queue(MAX_QUEUED_DATAGRAMS)
+        # a datagram, or the error (an ICMP unreachable) the socket reported instead
+        self.datagrams: asyncio.Queue[bytes | BaseException] = asyncio.Queue(
+            MAX_QUEUED_DATAGRAMS
         )
 
     def datagram_received(self, data: bytes, addr) -> None:  # noqa: ANN001
         if not self.datagrams.full():
-            self.datagrams.put_nowait((data, None))
+            self.datagrams.put_nowait(data)
 
     def error_received(self, exc: Exception) -> None:
         if not self.datagrams.full():
-            self.datagrams.put_nowait((None, exc))
+            self.datagrams.put_nowait(exc)
 
 
 async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) -> DnsExchange:
@@ -161,7 +163,7 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
                 else:
                     wait = None
                 try:
-                    data, error = await asyncio.wait_for(collector.datagrams.get(), wait)
+                    received = await asyncio.wait_for(collector.datagrams.get(), wait)
                 except TimeoutError:
                     if deadline is None and resends:
                         resends.pop(0)
@@ -169,11 +171,11 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
                             transport.sendto(wire)
                         continue
                     break  # the linger window after the first valid reply is over
-                if error is not None:
+                if isinstance(received, BaseException):
                     if not replies:
-                        raise error
+                        raise received
                     continue
-                reply = parse_reply(data, sent, clock())
+                reply = parse_reply(received, sent, clock())
                 if reply.failure is None:
                     valid += 1
                     if deadline is None:

@@ -3,14 +3,26 @@
 The strings are OONI's failure vocabulary (data format df-007) so that our
 reports read like OONI's and tools built for OONI data understand them. Nothing
 outside this module decides what an exception "means"; the rest of probe only
-compares strings from here. Each branch names the real case behind it and is
-produced for real by a test in tests/net/test_failures.py.
+compares strings from here. Each branch names the real case behind it; the
+tests that produce each failure for real are:
+
+- tests/net/test_live.py: DNS rcodes and timeouts, TCP refused/reset/timeout/EOF,
+  TLS alerts and certificate failures, HTTP on a reset/silent/closing server,
+  local resource exhaustion;
+- tests/net/test_failures.py: :func:`classify_http` (aiohttp's wrappers), branch
+  by branch;
+- tests/hostile/: what hostile peers send (invalid, truncated or mismatched DNS
+  replies, invalid HTTP heads, redirect loops, MTProto garbage, oversized or
+  malformed control answers);
+- the lab's scenarios (tests/lab): ICMP prohibited and unreachable, which need a
+  namespace with a filtering router.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import socket
 import ssl
 
@@ -190,7 +202,9 @@ def classify(exc: BaseException) -> str:
         # A TLS alert from the peer or garbage instead of a ServerHello.
         return SSL_FAILED_HANDSHAKE
     if isinstance(exc, socket.gaierror):
-        return _GAI.get(exc.errno, UNKNOWN_PREFIX + f"getaddrinfo: {exc}")
+        if exc.errno is not None and exc.errno in _GAI:
+            return _GAI[exc.errno]
+        return UNKNOWN_PREFIX + f"getaddrinfo: {exc}"
     if isinstance(exc, ConnectionResetError) and exc.errno is None:
         # asyncio's SSL layer reports a FIN during the handshake as a bare
         # ConnectionResetError() ("Connection lost"): the peer closed, no RST.
@@ -219,3 +233,52 @@ def dns_rcode_failure(rcode: str) -> str | None:
 def http_status_failure(status: int) -> str:
     """A control helper (or collector) answering with an HTTP error status."""
     return f"http_status_{status}"
+
+
+# --- HTTP through aiohttp ----------------------------------------------------- #
+# aiohttp wraps socket and TLS errors in its own exceptions; this unwraps them so
+# that an HTTP request meets the same vocabulary as a bare TCP or TLS step.
+# Each branch is produced by tests/net/test_failures.py.
+
+# aiohttp (3.10 and later) keeps the socket error that cut a response body only in
+# the message of its ClientPayloadError: "... ConnectionResetError(104, '...')".
+_PAYLOAD_SOCKET_ERROR = re.compile(r"\b[A-Za-z]*Error\((\d+), '[^']*'\)\s*$")
+
+
+def classify_http(exc: BaseException) -> str:
+    """The failure of an HTTP request made with aiohttp (pages and the control helper)."""
+    # Imported here, not at the top: pure analysis and reports import this table for
+    # its strings and must not pay for aiohttp; an aiohttp exception means it is loaded.
+    import aiohttp
+
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        # A same-host redirect loop (a captive portal sending every path to itself).
+        return HTTP_TOO_MANY_REDIRECTS
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        # The server (or a box on the path) read the request and closed without an
+        # answer: a FIN, not a RST.
+        return EOF_ERROR
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # The control helper's chain does not verify (an intercepting proxy's root).
+        return classify(exc.certificate_error)
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
+        # Connecting failed: refused, unreachable, or the TLS handshake failed (a
+        # plaintext blockpage answering our ClientHello on port 443).
+        return classify(exc.os_error)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # aiohttp's parser refused the head: a garbage status line, enormous headers.
+        return HTTP_INVALID_RESPONSE
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # The body was cut short: by a RST (a censor or throttler giving up on the
+        # flow) or by a FIN before Content-Length bytes arrived.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            return classify(cause)
+        match = _PAYLOAD_SOCKET_ERROR.search(str(exc))
+        if match and int(match.group(1)) in _ERRNO:
+            return _ERRNO[int(match.group(1))]
+        return EOF_ERROR
+    # Everything else is a socket error (aiohttp's ClientOSError is an OSError with
+    # the errno: a RST before the answer) or a timeout (asyncio.timeout, and
+    # aiohttp's ServerTimeoutError, a TimeoutError): the table above decides.
+    return classify(exc)

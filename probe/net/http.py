@@ -52,30 +52,6 @@ def _no_verify_context() -> ssl.SSLContext:
     return context
 
 
-def classify_http(exc: BaseException) -> str:
-    """aiohttp wraps socket errors; unwrap before asking the failure table."""
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return failures.HTTP_TOO_MANY_REDIRECTS
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return failures.EOF_ERROR
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return failures.classify(exc.certificate_error)
-    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
-        return failures.classify(exc.os_error)
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return failures.GENERIC_TIMEOUT
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return failures.HTTP_INVALID_RESPONSE  # bad status line, enormous headers...
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, (ConnectionResetError, OSError)):
-            return failures.classify(cause)
-        return failures.EOF_ERROR
-    if isinstance(exc, aiohttp.ClientOSError):
-        return failures.classify(exc)
-    return failures.classify(exc)
-
-
 def _decoder(encoding: str):
     encoding = encoding.strip().lower()
     if encoding in ("gzip", "x-gzip"):
@@ -199,7 +175,7 @@ async def request(req: HttpRequest, timeout: float, clock) -> HttpResult:
                         await _read_body(response, req, clock, transfer)
                         break
     except Exception as exc:
-        failure = classify_http(exc)
+        failure = failures.classify_http(exc)
         if (
             failure == failures.GENERIC_TIMEOUT and req.measure_throughput
             and transfer is not None and transfer.received
@@ -239,16 +215,21 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
                                 Timing(t0, clock()),
                             )
                     raw = bytes(buffer)
-                    if status == 200:
-                        parsed = json.loads(raw)
-                        if not isinstance(parsed, dict):
-                            raise ValueError("control response is not a JSON object")
-                        body = parsed
-                    else:
-                        failure = failures.http_status_failure(status)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: JSON nested deeper than the parser's stack (a hostile "[[[[...").
-        failure = failures.JSON_PARSE_ERROR
     except Exception as exc:
-        failure = classify_http(exc)
+        # Caught before parsing, apart from it: aiohttp's certificate error is a
+        # ValueError too, and an untrusted helper is not a JSON parse error.
+        return ControlResult(req, failures.classify_http(exc), status, None, Timing(t0, clock()))
+    if status != 200:
+        failure = failures.http_status_failure(status)
+    else:
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, RecursionError):
+            # RecursionError: JSON nested deeper than the parser's stack (a hostile
+            # "[[[[..."); ValueError includes UnicodeDecodeError (not UTF-8 at all).
+            parsed = None
+        if isinstance(parsed, dict):
+            body = parsed
+        else:
+            failure = failures.JSON_PARSE_ERROR  # not JSON, or JSON but not an object
     return ControlResult(req, failure, status, body, Timing(t0, clock()))

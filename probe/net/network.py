@@ -90,7 +90,7 @@ def _convert(tp: Any, data: Any) -> Any:
         if data not in typing.get_args(tp):
             raise ValueError(f"{data!r} is not one of {typing.get_args(tp)}")
         return data
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise ValueError(f"expected an object for {tp.__name__}, got {type(data).__name__}")
         hints = _type_hints(tp)
@@ -275,7 +275,10 @@ class UdpRequest:
     or the first reply with ``stop_on_reply``, the socket keeps listening
     ``linger`` seconds (injected second answers, late replies), all within the
     step's timeout. At most ``max_received`` datagrams are kept, each cut to
-    ``max_bytes``: a hostile peer may flood.
+    ``max_bytes``: a hostile peer may flood. A flow with ``give_up`` stops once
+    that many seconds passed with nothing at all back: a blackholed flow then
+    costs one step timeout, not its whole schedule (a cut after N datagrams
+    needs answers first, so nothing is lost).
     """
 
     address: str
@@ -286,6 +289,7 @@ class UdpRequest:
     linger: float = 1.0
     max_received: int = 256
     max_bytes: int = 2048
+    give_up: float = 0.0  # seconds of total silence after which the flow stops (0: never)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,9 @@ async def udp_exchange(request: UdpRequest, timeout: float, clock: Callable[[], 
             if now >= deadline:
                 break
             replied = flow.first_reply is not None
+            silent_until = start + request.give_up
+            if request.give_up and not flow.received and now >= silent_until:
+                break  # nothing ever came back: the rest of the schedule proves nothing
             if request.stop_on_reply and replied:
                 index = len(datagrams)  # RFC 5389 7.2.1: no retransmission once answered
             if index < len(datagrams):
@@ -126,6 +129,8 @@ async def udp_exchange(request: UdpRequest, timeout: float, clock: Callable[[], 
                     index, last_send = index + 1, now
                     continue
                 wake = min(due, deadline)
+                if request.give_up and not flow.received:
+                    wake = min(wake, max(now, silent_until))
             else:
                 if request.stop_on_reply and flow.first_reply is not None:
                     wake = min(deadline, flow.first_reply + request.linger)

@@ -85,12 +85,12 @@ def iter_lines(
     never holds its report lines in memory). ``results``: a streamed run's staged
     results; by default those ``session.run`` kept in the outcome."""
     context = context or RunContext()
-    services = {s.id: s for s in targets.services}
+    services = {s.id: s for s in (outcome.targets or targets).services}
     for result in outcome.results if results is None else results:
         yield ooni.build_measurement(
             run_metadata(outcome, context, result), services[result.service],
             result.observations, result.verdicts, result.status, result.control,
-            outcome.runtime,
+            outcome.runtime, functions=result.functions, network=outcome.network,
         )
 
 

@@ -3,7 +3,9 @@
 :func:`build_measurement` writes a service's results in OONI's data format
 (data_format_version 0.2.0): the df-000 base keys, and test_keys holding
 ``queries`` (df-002), ``tcp_connect`` (df-005), ``tls_handshakes`` (df-006),
-``requests`` (df-001) and ``network_events`` (df-008), plus OONI's own
+``requests`` (df-001, HTTP/3 ones with ``x_transport: "quic"``),
+``quic_handshakes`` (df-006 entries with ``network: "quic"``, as OONI's
+urlgetter writes them) and ``network_events`` (df-008), plus OONI's own
 per-service keys for telegram, whatsapp, signal and facebook_messenger, filled
 from our verdicts. Every measurement loads with OONI's data models (the
 ``oonidata`` package); ``tests/report/test_ooni.py`` checks that for each test.
@@ -23,6 +25,19 @@ that arrived for the query with its arrival time (two different replies are
 the evidence of injection; OONI's dnsping keeps the same evidence as
 ``delayed_responses``). In each request: ``redirects``, ``body_length`` and
 ``throughput_bps``. Most entries carry ``tags: ["endpoint:<id>"]``.
+
+UDP and the run's findings: ``udp_flows`` holds every ``stun``, ``turn`` and
+``udp`` flow (each datagram sent with its time and index, each one received
+with its time, length and, for STUN and TURN, its bytes; ICMP errors; the
+indices answered and the last one: a flow cut after N datagrams shows there;
+the network's failure and our judgement); each datagram is also a df-008
+``write_to``/``read_from`` event, an ICMP error a failed ``read_from``.
+``function_status`` maps each function present (calls, messaging, media...) to
+its status, with ``function_explanations``; ``udp_network``,
+``restricted_network`` and ``network_explanation`` say what the run learned
+about the volunteer's network as a whole (all UDP dropped, allowlist mode).
+A STUN answer's mapped address is the volunteer's: ``mapped_address`` and the
+raw answers are scrubbed like every other occurrence before a line is written.
 
 Where we differ from OONI
 =========================
@@ -68,6 +83,14 @@ so they can disagree with what OONI Probe would have written on the same network
   not connect to (stun). We also measure TLS on these hosts (OONI does only
   TCP), and set ``facebook_tcp_blocking`` for blocking at TCP or TLS, so that
   tools reading OONI's keys see it.
+- OONI's per-service keys are about TCP: UDP and QUIC endpoints (call relays,
+  HTTP/3 front ends) count in ``service_status``, ``function_status`` and
+  ``endpoints`` only, except Facebook's ``stun`` role, whose STUN check sets
+  ``facebook_stun_reachable``.
+- STUN. OONI's ``stunreachability`` writes one measurement per STUN server
+  (``endpoint``, ``failure``, ``network_events``). Our STUN checks are part of
+  their service's measurement: each flow is in ``udp_flows`` and its datagrams
+  are ``write_to``/``read_from`` events as stunreachability writes them.
 - Hosts OONI's tests do not have (telegram.org, t.me, api.telegram.org,
   WhatsApp's gateway and media hosts) count in ``service_status`` and
   ``endpoints`` only; OONI's keys summarise the hosts OONI measures.
@@ -105,7 +128,9 @@ from probe.net.network import (
     DnsExchange,
     GetaddrinfoResult,
     HttpResult,
+    QuicResult,
     Timing,
+    UdpResult,
 )
 from probe.observations import (
     BLOCKED_VERDICTS,
@@ -117,11 +142,15 @@ from probe.observations import (
     SERVICE_PARTIALLY_BLOCKED,
     TCP_BLOCKED,
     EndpointObservation,
+    FunctionVerdict,
+    NetworkFindings,
     PortObservation,
     ServiceVerdict,
+    UdpCheck,
     Verdict,
 )
 from probe.targets import Endpoint, Service
+from probe.vocabulary import UDP_CHECKS, Check, Function, ServiceStatus, UdpPayload
 
 __all__ = [
     "DATA_FORMAT_VERSION",
@@ -146,7 +175,7 @@ FACEBOOK_ROLES = ("b_api", "b_graph", "edge", "external_cdn", "scontent_cdn", "s
 _ASN = re.compile(r"(?:AS)?(\d{1,10})\Z", re.IGNORECASE)
 _CC = re.compile(r"[A-Za-z]{2}\Z")
 _ROLE_KEY = re.compile(r"[a-z0-9_]+\Z")
-_STATUS_KEY = {
+_STATUS_KEY: dict[str, str] = {
     SERVICE_OK: "ok",
     SERVICE_BLOCKED: "blocked",
     SERVICE_PARTIALLY_BLOCKED: "blocked",
@@ -471,6 +500,126 @@ def _mtproto(check, endpoint_id: str, clock: _Clock) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- #
+# QUIC, HTTP/3 and UDP flows                                                   #
+# --------------------------------------------------------------------------- #
+
+
+def _quic_handshake_failure(port: PortObservation) -> str | None:
+    quic = port.quic
+    assert quic is not None
+    if quic.failure is not None and quic.failed_phase != "http":
+        return quic.failure
+    # As for TLS over TCP: a chain that fails verification fails the handshake.
+    return port.quic_verification
+
+
+def _quic_handshake(port: PortObservation, endpoint_id: str, clock: _Clock) -> dict[str, Any]:
+    """A urlgetter-style ``quic_handshakes`` entry (df-006 fields, network "quic")."""
+    quic = port.quic
+    assert quic is not None
+    return {
+        "network": "quic",
+        "address": _host_port(quic.request.address, quic.request.port),
+        "server_name": quic.request.sni,
+        "alpn": list(quic.request.alpn),
+        **clock.span(quic.timing),
+        "tls_version": quic.tls_version,
+        "cipher_suite": None,
+        "negotiated_protocol": quic.negotiated_protocol,
+        "peer_certificates": [{"format": "base64", "data": c} for c in quic.peer_certificates],
+        "failure": _quic_handshake_failure(port),
+        "no_tls_verify": False,
+        # ours: what tells a silent blackhole from a handshake that started
+        "quic_version": quic.quic_version,
+        "handshake_time": quic.handshake_time,
+        "packets_received": quic.packets_received,
+        "tags": _tags(endpoint_id),
+    }
+
+
+def _http3_request(quic: QuicResult, endpoint_id: str, clock: _Clock) -> dict[str, Any]:
+    """The HTTP/3 GET sent once the QUIC handshake completed, in df-001's shape."""
+    response_headers, response_headers_list = _headers(quic.headers)
+    return {
+        "network": "quic",
+        "address": _host_port(quic.request.address, quic.request.port),
+        "alpn": quic.negotiated_protocol or "h3",
+        "failure": quic.failure if quic.failed_phase == "http" else None,
+        **clock.span(quic.timing),
+        "request": {
+            "url": quic.request.url,
+            "method": "GET",
+            "headers": {},
+            "headers_list": [],
+            "body": "",
+            "body_is_truncated": False,
+            "x_transport": "quic",
+        },
+        "response": {
+            "code": quic.status if quic.status is not None else 0,
+            "headers": response_headers,
+            "headers_list": response_headers_list,
+            "body": _binary_or_text(quic.body),
+            "body_is_truncated": quic.body_length > _byte_length(quic.body),
+        },
+        "body_length": quic.body_length,
+        "tags": _tags(endpoint_id),
+    }
+
+
+def _keeps_answer_bytes(check: UdpCheck, endpoint: Endpoint | None) -> bool:
+    """STUN and TURN answers are evidence (a forged one next to the real one), and
+    small: kept. An echo flow's answers are our own random bytes coming back:
+    their lengths and times say everything, and fifty of them would bloat a line."""
+    if check.check != Check.UDP:
+        return True
+    return endpoint is None or endpoint.payload != UdpPayload.ECHO
+
+
+def _udp_flow(
+    check: UdpCheck, endpoint: Endpoint | None, endpoint_id: str, clock: _Clock
+) -> dict[str, Any]:
+    """One ``stun``, ``turn`` or ``udp`` flow: what was sent when, what came back."""
+    result: UdpResult = check.result
+    request = result.request
+    keep = _keeps_answer_bytes(check, endpoint)
+    return {
+        "check": check.check,
+        "payload": endpoint.payload if endpoint is not None and check.check == Check.UDP
+        else None,
+        "address": _host_port(request.address, request.port),
+        "proto": "udp",
+        **clock.span(result.timing),
+        "datagrams": len(request.datagrams),
+        "sent": [
+            {"t": clock(s.t), "index": s.index,
+             "num_bytes": _byte_length(request.datagrams[s.index])
+             if 0 <= s.index < len(request.datagrams) else None,
+             "failure": s.failure}
+            for s in result.sent
+        ],
+        "received": [
+            {"t": clock(r.t), "num_bytes": r.length,
+             "data": {"format": "base64", "data": r.data} if keep else None}
+            for r in result.received
+        ],
+        "icmp_errors": [
+            {"t": clock(i.t), "failure": i.failure, "icmp_type": i.icmp_type,
+             "icmp_code": i.icmp_code, "offender": i.offender}
+            for i in result.icmp
+        ],
+        "answered": list(check.answered),
+        "last_answered": check.last_answered,
+        "mapped_address": check.mapped_address,  # the volunteer's: scrubbed before writing
+        # the network's answer as a whole, then what the answers prove
+        "network_failure": result.failure,
+        "failure": check.failure,
+        "error": check.error,
+        "tags": _tags(endpoint_id),
+    }
+
+
+# --------------------------------------------------------------------------- #
 # df-008 network events                                                        #
 # --------------------------------------------------------------------------- #
 
@@ -479,14 +628,41 @@ def _event(operation: str, t: float, endpoint_id: str, **fields: Any) -> dict[st
     return {"operation": operation, "t": t, "failure": None, **fields, "tags": _tags(endpoint_id)}
 
 
+def _datagram_events(result: UdpResult, endpoint_id: str, clock: _Clock) -> list[dict[str, Any]]:
+    """df-008 ``write_to``/``read_from`` for each datagram of a flow; an ICMP error
+    is a failed ``read_from``, as a connected UDP socket reports it to a reader."""
+    request = result.request
+    address = _host_port(request.address, request.port)
+    events = [
+        _event("write_to", clock(sent.t), endpoint_id, address=address, proto="udp",
+               num_bytes=_byte_length(request.datagrams[sent.index])
+               if 0 <= sent.index < len(request.datagrams) else 0,
+               failure=sent.failure)
+        for sent in result.sent
+    ]
+    events += [
+        _event("read_from", clock(received.t), endpoint_id, address=address, proto="udp",
+               num_bytes=received.length)
+        for received in result.received
+    ]
+    events += [
+        _event("read_from", clock(icmp.t), endpoint_id, address=address, proto="udp",
+               num_bytes=0, failure=icmp.failure)
+        for icmp in result.icmp
+    ]
+    return events
+
+
 def _network_events(
     observations: Sequence[EndpointObservation], clock: _Clock
 ) -> list[dict[str, Any]]:
     """The events our results record times for, in time order.
 
-    We do not trace socket reads and writes (the network seam returns results,
-    not byte streams), so this holds resolves, DNS replies, connects, TLS
-    handshakes and HTTP transactions; reads and writes are not invented.
+    We do not trace TCP reads and writes (the network seam returns results,
+    not byte streams), so this holds resolves, DNS replies, connects, TLS and
+    QUIC handshakes and HTTP transactions, and, for UDP flows, every datagram
+    sent and received (the seam records each); TCP reads and writes are not
+    invented.
     """
     events: list[dict[str, Any]] = []
     for observation in observations:
@@ -524,6 +700,17 @@ def _network_events(
                 events.append(_event("http_transaction_start", clock(http.timing.t0), eid))
                 events.append(_event("http_transaction_done", clock(http.timing.t), eid,
                                      failure=http.failure))
+            for check in port.udp:
+                events += _datagram_events(check.result, eid, clock)
+            if port.quic is not None:
+                quic = port.quic
+                events.append(_event("quic_handshake_start", clock(quic.timing.t0), eid,
+                                     address=_host_port(quic.request.address, quic.request.port),
+                                     proto="quic"))
+                done = (quic.timing.t if quic.handshake_time is None
+                        else quic.timing.t0 + quic.handshake_time)
+                events.append(_event("quic_handshake_done", clock(done), eid,
+                                     failure=_quic_handshake_failure(port)))
     events.sort(key=lambda e: e["t"])
     return events
 
@@ -537,8 +724,7 @@ def _group_status(rows: Sequence[Verdict]) -> str | None:
     """"blocked" / "ok" / None for a group of verdicts, by our service rules."""
     if not rows:
         return None
-    status, _ = analysis.service_status(rows)
-    return _STATUS_KEY.get(status)
+    return _STATUS_KEY.get(analysis.service_status(rows).status)
 
 
 def _group_failure(rows: Sequence[Verdict]) -> str | None:
@@ -660,6 +846,20 @@ def _service_keys(
     for row in rows:
         endpoint = endpoints.get(row.endpoint_id)
         by_role.setdefault(endpoint.role if endpoint else None, []).append(row)
+    # OONI's keys are about TCP (its telegram, whatsapp and signal tests have no
+    # UDP): a call relay dropping STUN does not make telegram_tcp_blocking true.
+    # Facebook's "stun" role is OONI's own name for its STUN host: kept.
+    tcp_rows = [r for r in rows if not _is_udp(endpoints.get(r.endpoint_id))]
+    if len(tcp_rows) != len(rows):
+        rows = tcp_rows
+        if rows:
+            status = ServiceVerdict(status.service, *analysis.service_status(rows))
+        else:
+            status = ServiceVerdict(status.service, ServiceStatus.INCONCLUSIVE, "")
+    by_role = {
+        role: [r for r in role_rows if role == "stun" or not _is_udp(endpoints.get(r.endpoint_id))]
+        for role, role_rows in by_role.items()
+    }
     if service.test_name == "telegram":
         return _telegram_keys(by_role)
     if service.test_name == "whatsapp":
@@ -669,6 +869,32 @@ def _service_keys(
     if service.test_name == "facebook_messenger":
         return _facebook_keys(service, by_role, rows)
     return {}
+
+
+# --------------------------------------------------------------------------- #
+# per-function status and the network as a whole                               #
+# --------------------------------------------------------------------------- #
+
+
+def _function_keys(functions: Sequence[FunctionVerdict]) -> dict[str, Any]:
+    """``function_status`` (function -> status, in the vocabulary's order) and the
+    sentence behind each under ``function_explanations``."""
+    order: dict[str, int] = {str(name): index for index, name in enumerate(Function)}
+    ranked = sorted(functions, key=lambda f: order.get(f.function, len(order)))
+    return {
+        "function_status": {str(f.function): str(f.status) for f in ranked},
+        "function_explanations": {str(f.function): f.explanation for f in ranked},
+    }
+
+
+def _network_keys(network: NetworkFindings) -> dict[str, Any]:
+    """The run's findings about the volunteer's network, on every line of the run:
+    a network that drops every UDP flow blocks calls for every app."""
+    return {
+        "udp_network": str(network.udp),
+        "restricted_network": network.restricted,
+        "network_explanation": network.explanation,
+    }
 
 
 # --------------------------------------------------------------------------- #
@@ -683,13 +909,20 @@ def _measurement_uid(started_at: datetime.datetime, cc: str, test_name: str) -> 
     return f"{moment:%Y%m%d%H%M%S}.{moment.microsecond:06d}_{cc}_{name}_{secrets.token_hex(8)}"
 
 
+def _is_udp(endpoint: Endpoint | None) -> bool:
+    """An endpoint whose ports are UDP ports (its checks are stun, turn, udp, quic)."""
+    return endpoint is not None and any(check in UDP_CHECKS for check in endpoint.checks)
+
+
 def _endpoint_entry(row: Verdict, endpoint: Endpoint | None) -> dict[str, Any]:
     return {
         "id": row.endpoint_id,
         "host": row.host,
         "address": row.address,
         "port": row.port,
+        "transport": "udp" if _is_udp(endpoint) else "tcp",
         "role": endpoint.role if endpoint else None,
+        "function": endpoint.function if endpoint else None,
         "checks": list(endpoint.checks) if endpoint else [],
         "verdict": row.verdict,
         "method": row.method,
@@ -707,12 +940,17 @@ def build_measurement(
     status: ServiceVerdict,
     control: dict | None,
     runtime: float,
+    *,
+    functions: Sequence[FunctionVerdict] = (),
+    network: NetworkFindings | None = None,
 ) -> dict:
     """One OONI measurement (a JSON-ready dict) for ``service`` in this run.
 
     Observations and verdicts of other services are ignored, so a caller may pass
     the whole run's. ``control`` is written as given under ``test_keys.control``;
     None marks the measurement ``annotations.analysis = "local-only"``.
+    ``functions`` (the service's per-function status) and ``network`` (what the
+    run learned about the volunteer's network) come from the ServiceResult.
     """
     if not math.isfinite(runtime) or runtime < 0:
         raise ValueError(f"runtime must be a non-negative number of seconds, not {runtime!r}")
@@ -731,6 +969,8 @@ def build_measurement(
     tls_handshakes: list[dict[str, Any]] = []
     requests: list[dict[str, Any]] = []
     mtproto: list[dict[str, Any]] = []
+    quic_handshakes: list[dict[str, Any]] = []
+    udp_flows: list[dict[str, Any]] = []
     for observation in observations:
         eid = observation.endpoint_id
         if observation.getaddrinfo is not None:
@@ -743,6 +983,15 @@ def build_measurement(
                 tls_handshakes.append(_tls_handshake(port, eid, clock))
             requests += [_request(http, port, eid, clock) for http in port.http]
             mtproto += [_mtproto(check, eid, clock) for check in port.mtproto]
+            udp_flows += [
+                _udp_flow(check, endpoints.get(eid), eid, clock) for check in port.udp
+            ]
+            if port.quic is not None:
+                quic_handshakes.append(_quic_handshake(port, eid, clock))
+                if port.quic.failed_phase != "handshake" and (
+                    port.quic.failure is None or port.quic.failed_phase == "http"
+                ):
+                    requests.append(_http3_request(port.quic, eid, clock))
 
     test_keys: dict[str, Any] = {
         "failure": failures.INTERRUPTED if nothing_measured else None,
@@ -755,6 +1004,10 @@ def build_measurement(
         **_service_keys(service, rows, status, endpoints),
         "endpoints": [_endpoint_entry(r, endpoints.get(r.endpoint_id)) for r in rows],
         "service_status": {"status": status.status, "explanation": status.explanation},
+        **_function_keys(functions),
+        **_network_keys(network or NetworkFindings()),
+        "quic_handshakes": quic_handshakes,
+        "udp_flows": udp_flows,
         "mtproto": mtproto,
         "control": copy.deepcopy(control),
     }

@@ -202,6 +202,7 @@ def object_signature_problem(obj: Any, trusted_keys: Iterable[str] | None = None
     problem = _signature_fields_problem(signature, OBJECT_SIGNATURE_FIELDS)
     if problem:
         return problem
+    assert isinstance(signature, dict)  # a well-formed signature is an object
     public_key = b64decode_strict(signature["public_key"], PUBLIC_KEY_BYTES, "public key")
     value = b64decode_strict(signature["value"], SIGNATURE_BYTES, "signature value")
     try:

@@ -8,26 +8,35 @@ a temporary file of the report folder that is unlinked from the start: a crash
 or kill -9 leaves nothing behind, and memory stays flat however large the run.
 
 Lines are read back in the targets file's order, whatever the order they
-were staged in.
+were staged in. While staging, the addresses STUN servers said they saw us
+from are noted (:attr:`StagedResults.mapped_addresses`): they are the
+volunteer's public address, to scrub even when no control answered.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from probe.net.network import from_json, to_json
 from probe.observations import ServiceResult
+from probe.report.scrub import mapped_addresses_seen
 from probe.report.writer import ReportWriteError, describe_os_error
 
 
 class StagedResults:
     """Add results as they come; iterate them back in a given service order."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, on_mapped_address: Callable[[str], None] | None = None
+    ) -> None:
+        """``on_mapped_address`` is called with each new address a STUN server
+        saw us from, as soon as its service is staged (e.g. to scrub logs)."""
         self.directory = Path(directory)
+        self.mapped_addresses: list[str] = []
+        self._on_mapped_address = on_mapped_address
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._file = tempfile.TemporaryFile(dir=self.directory, prefix=".staging-")
@@ -37,7 +46,13 @@ class StagedResults:
         self._end = 0
 
     def add(self, result: ServiceResult) -> None:
-        data = json.dumps(to_json(result), separators=(",", ":")).encode("ascii") + b"\n"
+        serialised = to_json(result)
+        for address in mapped_addresses_seen([serialised]):
+            if address not in self.mapped_addresses:
+                self.mapped_addresses.append(address)
+                if self._on_mapped_address is not None:
+                    self._on_mapped_address(address)
+        data = json.dumps(serialised, separators=(",", ":")).encode("ascii") + b"\n"
         try:
             self._file.seek(self._end)
             self._file.write(data)

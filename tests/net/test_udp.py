@@ -9,6 +9,7 @@ without a challenge, and a flow cut after N datagrams.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -124,3 +125,19 @@ def test_a_flow_longer_than_its_timeout_is_cut_short_by_it() -> None:
         elapsed = time.monotonic() - started
     assert elapsed < 0.9 and len(result.sent) == 6
     assert result.failure is None and result.timing.t - result.timing.t0 < 0.9
+
+
+def test_a_silent_flow_gives_up_but_a_cut_flow_still_shows_its_cut() -> None:
+    # A blackholed flow stops once `give_up` seconds passed with nothing back (a
+    # blackholed run then costs one step timeout, not the flow's whole schedule);
+    # a flow that was answered, then cut, runs its schedule to the end.
+    with silent_port() as port:
+        request = stun.flow_request(LOOPBACK, port, "echo", 50, 0.05, linger=0.3)
+        given_up = exchange(dataclasses.replace(request, give_up=0.4), 5.0)
+    assert given_up.failure == F.GENERIC_TIMEOUT and 6 <= len(given_up.sent) <= 12
+    with running(lambda: StunServer([(LOOPBACK, 0)], answer_first=4,
+                                    limits=TEST_LIMITS)) as server:
+        request = stun.flow_request(LOOPBACK, server.port, "echo", 30, 0.05, linger=0.3)
+        cut = exchange(dataclasses.replace(request, give_up=0.4), 5.0)
+    assert len(cut.sent) == 30
+    assert stun.judge_flow("echo", cut).failure == F.UDP_FLOW_CUTOFF

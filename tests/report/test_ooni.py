@@ -571,7 +571,8 @@ def test_endpoints_extension_has_checks_and_roles():
     entry = m["test_keys"]["endpoints"][0]
     assert entry == {
         "id": "telegram-dc1", "host": "149.154.175.50", "address": "149.154.175.50",
-        "port": 80, "role": "datacenter", "checks": ["tcp", "mtproto", "http"],
+        "port": 80, "transport": "tcp", "role": "datacenter", "function": None,
+        "checks": ["tcp", "mtproto", "http"],
         "verdict": "ok", "method": None, "failure": None, "failed_operation": None,
         "explanation": rows[0].explanation,
     }

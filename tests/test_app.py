@@ -1,0 +1,66 @@
+"""``probe run`` without its command line: ``app.run_probe`` over a loopback world
+writes the signed report and the trace, tells the volunteer what happened through
+``say``, and hands back a typed result; a folder that cannot hold reports is a
+usage problem raised before anything is measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from servers import start_tcp
+
+from probe.app import RunConfig, RunUsageError, run_probe, scrub_streams
+from probe.bogons import parse_networks
+from probe.report.keys import generate_ephemeral
+from probe.runner import RunOptions
+from probe.session import ControlConfig
+from probe.targets import parse_targets
+from probe.trace import load_trace
+
+ROUTABLE = parse_networks(["127.0.0.0/8"])
+
+
+def config_for(port: int, out_dir: str, record_path: str | None = None) -> RunConfig:
+    targets = parse_targets(
+        "version: 1\nservices:\n"
+        "  - id: baseline\n    baseline: true\n    endpoints:\n"
+        f"      - {{id: base, host: 127.0.0.1, port: {port}, checks: [tcp]}}\n"
+        "  - id: chat\n    endpoints:\n"
+        f"      - {{id: chat-tcp, host: 127.0.0.1, port: {port}, checks: [tcp]}}\n"
+    )
+    return RunConfig(
+        targets=targets,
+        options=RunOptions(timeout=2, routable=ROUTABLE, rate=None, use_system_resolver=False),
+        control=ControlConfig(),
+        out_dir=out_dir,
+        key=generate_ephemeral(),
+        scrubbing=scrub_streams(show_ip=True),  # the test's own streams stay as they are
+        record_path=record_path,
+    )
+
+
+def test_run_probe_writes_the_report_and_the_trace(tmp_path):
+    said: list[str] = []
+    trace = tmp_path / "run.jsonl"
+    with start_tcp("echo") as echo:
+        config = config_for(echo.port, str(tmp_path / "reports"), str(trace))
+        result = run_probe(config, say=said.append)
+    assert result.complete and not result.interrupted
+    assert {s: v.status for s, v in result.outcome.services.items()} == {
+        "baseline": "ok", "chat": "ok"}
+    lines = [json.loads(line) for line in result.report_path.read_text().splitlines()]
+    assert lines[-1]["end_of_run"]["interrupted"] is False
+    assert len(lines) == 3  # one measurement a service, then the end-of-run record
+    assert load_trace(trace).run.report_id == lines[0]["report_id"]
+    # the host's loopback address counts as public here (routable 127.0.0.0/8), so
+    # the report could be checked for it: the only line said is where the trace is
+    assert said == [f"trace: {trace}"]
+
+
+def test_an_unusable_report_folder_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the reports folder should be")
+    with start_tcp("echo") as echo:
+        with pytest.raises(RunUsageError, match="--out"):
+            run_probe(config_for(echo.port, str(blocker)), say=lambda line: None)
