@@ -7,7 +7,8 @@ endpoint id and optionally the address; a port narrows further. Expected
 service statuses work the same way: unlisted services must be ``ok``, ``"*"``
 asserts nothing. Per-function statuses ("telegram: messaging ok, calls
 blocked") are checked only for the services and functions a scenario names,
-against each service row's ``functions`` (``{function: status}``, or a list of
+against each service row's ``functions`` (``{function: {"status": ...}}`` as
+``probe run --json`` writes it, ``{function: status}``, or a list of
 ``{"function", "status"}``); network-wide findings (``{"udp":
 "all_udp_dropped", "restricted": true}``) against the summary's ``network``.
 
@@ -123,8 +124,9 @@ def compare(
 
 def _functions(service: Mapping[str, Any]) -> dict[str, str]:
     value = service.get("functions")
-    if isinstance(value, Mapping):
-        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, Mapping):  # {function: status} or {function: {"status": ...}}
+        return {str(k): str(v.get("status") if isinstance(v, Mapping) else v)
+                for k, v in value.items()}
     if isinstance(value, list):
         return {str(item.get("function")): str(item.get("status")) for item in value
                 if isinstance(item, Mapping)}

@@ -96,6 +96,10 @@ def test_truth_compares_named_functions_only():
     right = [{"id": "telegram", "functions": {"messaging": "ok", "calls": "blocked",
                                               "media": "partially_blocked"}}]
     assert compare_functions(expected, right) == []
+    as_run_writes_it = [{"id": "telegram", "functions": {
+        "messaging": {"status": "ok", "explanation": "..."},
+        "calls": {"status": "blocked", "explanation": "..."}}}]
+    assert compare_functions(expected, as_run_writes_it) == []
     as_list = [{"id": "telegram", "functions": [{"function": "messaging", "status": "ok"},
                                                 {"function": "calls", "status": "ok"}]}]
     assert [str(m) for m in compare_functions(expected, as_list)] == [
