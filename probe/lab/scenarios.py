@@ -163,8 +163,8 @@ CLIENT_MAPPED = f"mapped {plan.CLIENT_V4}"  # a STUN answer telling the client i
 CONTROL_MAPPED = f"mapped {plan.CONTROL_V4}"
 FORGED_MAPPED = "203.0.113.254"  # nothing holds it
 FLOW_CUTOFF = 16  # datagrams of a flow that pass; a QUIC handshake and GET take 5
-ALLOWLIST = ("198.51.100.4/30", "198.51.100.12/30", "203.0.113.100", "2001:db8:100:4::/64",
-             "2001:db8:113::100")
+# The ISP and the control helper: a probe must still reach its control to say anything.
+ALLOWLIST = ("198.51.100.4/30", "198.51.100.12/30", "2001:db8:100:4::/64")
 ALL_SERVICE_ADDRESSES = tuple(
     a for service in ("baseline", "telegram", "whatsapp", "signal", "facebook", "twitter", "news")
     for a in _addrs(service)
@@ -1027,8 +1027,11 @@ SCENARIOS += (
                  "(ct original packets): the per-flow counter this model uses"),
         actions=(UdpFlowCutoff(after=FLOW_CUTOFF),),
         truth=(Expect("telegram-calls-flow", "udp_blocked", "udp.cutoff"),
-               Expect("whatsapp-calls-flow", "udp_blocked", "udp.cutoff")),
-        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked"},
+               Expect("whatsapp-calls-flow", "udp_blocked", "udp.cutoff"),
+               # the control helper's echo is a foreign destination too
+               Expect("control-udp-echo", "udp_blocked", "udp.cutoff")),
+        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked",
+                  "baseline": "partially_blocked"},
         functions={"telegram": {"messaging": "ok", "calls": "partially_blocked"},
                    "whatsapp": {"messaging": "ok", "calls": "partially_blocked"}},
         checks=(
@@ -1079,7 +1082,8 @@ SCENARIOS += (
                  "2021 (UDP 443 blocking by port; kelmenhorst/quic-censorship)"),
         actions=(Udp443Drop(),),
         truth=(Expect("*-quic", "quic_blocked", "quic.timeout"),
-               Expect("simplex-*", "udp_blocked", "udp.timeout")),
+               Expect("simplex-*", "udp_blocked", "udp.timeout"),
+               Expect("control-udp-echo", "udp_blocked", "udp.timeout", port=443)),
         services={"baseline": ANY, "facebook": "partially_blocked",
                   "twitter": "partially_blocked", "simplex": "blocked"},
         functions={"simplex": {"calls": "blocked"}, "facebook": {"web": "partially_blocked"}},
@@ -1166,7 +1170,8 @@ SCENARIOS += (
                Expect("*-calls*", "udp_blocked", "udp.timeout"),
                Expect("*-stun", "udp_blocked", "udp.timeout"),
                Expect("simplex-turn", "udp_blocked", "udp.timeout"),
-               Expect("signal-sfu", "udp_blocked", "udp.timeout")),
+               Expect("signal-sfu", "udp_blocked", "udp.timeout"),
+               Expect("control-udp-echo", "udp_blocked", "udp.timeout")),
         services={"baseline": ANY, "telegram": "partially_blocked",
                   "whatsapp": "partially_blocked", "signal": "partially_blocked",
                   "facebook": "partially_blocked", "twitter": "partially_blocked",
@@ -1188,26 +1193,29 @@ SCENARIOS += (
         title="Allowlist mode: TCP connects everywhere, data only to a few destinations",
         description="Russian mobile networks since about September 2025: SYN and SYN-ACK "
         "pass to everyone, but the first data segment is dropped unless the destination is "
-        "allowlisted (domestic services). Here the baseline (a domestic site), the ISP and "
-        "the control helper are allowlisted; everything else connects and then times out "
-        "(the TLS handshake, MTProto, the HTTP request). A connect-only check (WhatsApp's "
-        "chat ports) cannot see it. The network is restricted, not down.",
+        "allowlisted (domestic services). Here the ISP and the control helper are "
+        "allowlisted; everything else, the baseline (a foreign reference site) included, "
+        "connects and then times out (the TLS handshake, MTProto, the HTTP request). A "
+        "connect-only check (WhatsApp's chat ports) cannot see it. The network is "
+        "restricted, not down.",
         sources=("net4people/bbs #516 and #579 (2025): 'whitelists' on Russian mobile "
                  "networks, handshakes pass and data does not",
                  "ARTICLE 19 / Roskomsvoboda reporting on mobile internet 'white lists' in "
                  "Russian regions (2025)"),
         actions=(AllowlistMode(ALLOWLIST),),
+        baseline_reachable=False,  # its TLS check would time out, as everyone's
         truth=(Expect("telegram-dc*", "protocol_blocked", "protocol.timeout"),
                Expect("telegram-media", "protocol_blocked", "protocol.timeout"),
                Expect("news-http", "http_blocked", "http.timeout"),
                Expect("*-calls*", "ok"), Expect("*-stun", "ok"), Expect("*-quic", "ok"),
                Expect("signal-sfu", "ok"), Expect("simplex-*", "ok"),
                Expect("whatsapp-e[12]", "ok"),  # connect only: the handshake passes
-               Expect("baseline-*", "ok"),
+               Expect("control-udp-echo", "ok"),
                Expect("*", "tls_blocked", "tls.timeout")),
-        services={"telegram": "partially_blocked", "whatsapp": "partially_blocked",
-                  "signal": "partially_blocked", "facebook": "partially_blocked",
-                  "twitter": "partially_blocked", "news": "blocked"},
+        services={"baseline": ANY, "telegram": "partially_blocked",
+                  "whatsapp": "partially_blocked", "signal": "partially_blocked",
+                  "facebook": "partially_blocked", "twitter": "partially_blocked",
+                  "news": "blocked"},
         functions={"telegram": {"messaging": "blocked", "calls": "ok"},
                    "signal": {"messaging": "blocked"}},
         network={"restricted": True, "network_down": False},
@@ -1216,7 +1224,10 @@ SCENARIOS += (
             tls("203.0.113.41", "www.facebook.lab.test", "timeout"),
             mtproto("203.0.113.11", 443, "timeout"),
             http("203.0.113.61", "www.news.lab.test", "timeout"),
-            connect(plan.CONTROL_V4, plan.CONTROL_PORT, "ok"),
+            # the allowlisted control helper gets data through: its health line
+            Check("http", plan.CONTROL_V4, "200", port=plan.CONTROL_PORT),
+            connect("203.0.113.100", 443, "ok"),
+            tls("203.0.113.100", "www.baseline.lab.test", "timeout"),
             tls("203.0.113.41", "www.facebook.lab.test", LAB_ROOT, vantage="control"),
         ),
     ),
