@@ -177,7 +177,8 @@ def _request(method: aioice_stun.Method, transaction_id: bytes | None,
     if len(transaction_id) != 12:
         raise ValueError("a STUN transaction id is 96 bits")
     message = aioice_stun.Message(method, aioice_stun.Class.REQUEST, transaction_id, attributes)
-    message.add_fingerprint()
+    # What Message.add_fingerprint does, which aioice only has since 0.10.
+    message.attributes["FINGERPRINT"] = aioice_stun.message_fingerprint(bytes(message))
     return bytes(message)
 
 
