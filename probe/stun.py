@@ -12,50 +12,36 @@ whether a flow that starts being answered is cut after its first packets
 
 This module builds requests (:class:`probe.net.network.UdpRequest`) and judges
 a recorded :class:`probe.net.network.UdpResult` into a
-:class:`probe.observations.UdpCheck`. Judging reads everything from the result,
-transaction ids included (they are inside the sent datagrams), so a replayed
-trace is judged exactly as the live run was. Parsing never trusts its input:
-:func:`parse` raises :class:`StunError` (and nothing else).
+:class:`probe.observations.UdpCheck`. The STUN wire format itself (messages,
+attributes, FINGERPRINT) is aioice's (``aioice.stun``): this module does not
+encode or decode attributes by hand. What it adds is a client's strictness
+(RFC 5389 section 7.3): the magic cookie, the length, attribute bounds and a
+FINGERPRINT that must match, checked before and after aioice reads the bytes,
+and every exception aioice raises on hostile bytes turned into
+:class:`StunError`, the only exception :func:`parse` raises. Judging reads
+everything from the result, transaction ids included (they are inside the sent
+datagrams), so a replayed trace is judged exactly as the live run was.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
 import random
 import struct
-import zlib
 from dataclasses import dataclass, field
+from typing import Any
+
+from aioice import stun as aioice_stun
 
 from probe.net import failures
 from probe.net.network import UdpRequest, UdpResult
 from probe.observations import UdpCheck
 from probe.vocabulary import Check, UdpPayload
 
-MAGIC_COOKIE = 0x2112A442
-HEADER = struct.Struct("!HHI12s")
-FINGERPRINT_XOR = 0x5354554E
-
-# Message types: method bits and class bits interleaved (RFC 5389 section 6).
-BINDING_REQUEST = 0x0001
-BINDING_SUCCESS = 0x0101
-BINDING_ERROR = 0x0111
-ALLOCATE_REQUEST = 0x0003
-ALLOCATE_SUCCESS = 0x0103
-ALLOCATE_ERROR = 0x0113
-
-# Attributes we read or write.
-MAPPED_ADDRESS = 0x0001
-ERROR_CODE = 0x0009
-REALM = 0x0014
-NONCE = 0x0015
-REQUESTED_TRANSPORT = 0x0019
-XOR_MAPPED_ADDRESS = 0x0020
-SOFTWARE = 0x8022
-FINGERPRINT = 0x8028
-
+HEADER_LENGTH = aioice_stun.HEADER_LENGTH
+FINGERPRINT = 0x8028  # the attribute type, to find where FINGERPRINT sits in a message
 UDP_TRANSPORT = 17  # REQUESTED-TRANSPORT: protocol number of UDP (RFC 5766 section 14.7)
 
 # RFC 5389 section 7.2.1: the first retransmission after RTO (500 ms), each next
@@ -97,116 +83,117 @@ class StunError(Exception):
 
 @dataclass(frozen=True)
 class StunMessage:
-    """A parsed STUN message; attribute values are the raw attribute bytes."""
+    """A parsed STUN message: aioice's method, class and decoded attributes
+    (``{"XOR-MAPPED-ADDRESS": ("198.51.100.7", 40000), "REALM": "...", ...}``)."""
 
-    message_type: int
+    message_method: aioice_stun.Method
+    message_class: aioice_stun.Class
     transaction_id: bytes
-    attributes: dict[int, bytes] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def method(self) -> int:
-        return self.message_type & 0x3EEF
-
-    @property
-    def message_class(self) -> int:
-        """0x000 request, 0x010 indication, 0x100 success, 0x110 error."""
-        return self.message_type & 0x0110
+    def message_type(self) -> int:
+        return int(self.message_method) | int(self.message_class)
 
     @property
     def error_code(self) -> int | None:
-        value = self.attributes.get(ERROR_CODE)
-        if value is None or len(value) < 4:
-            return None
-        return (value[2] & 0x7) * 100 + value[3]
+        value = self.attributes.get("ERROR-CODE")
+        return value[0] if value is not None else None
 
     def mapped_address(self) -> str | None:
         """XOR-MAPPED-ADDRESS (or the old MAPPED-ADDRESS) as ``address:port``."""
-        if XOR_MAPPED_ADDRESS in self.attributes:
-            return _address(self.attributes[XOR_MAPPED_ADDRESS], self.transaction_id, xor=True)
-        if MAPPED_ADDRESS in self.attributes:
-            return _address(self.attributes[MAPPED_ADDRESS], self.transaction_id, xor=False)
-        return None
+        value = self.attributes.get("XOR-MAPPED-ADDRESS") or self.attributes.get("MAPPED-ADDRESS")
+        if value is None:
+            return None
+        host, port = value
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _address(value: bytes, transaction_id: bytes, *, xor: bool) -> str | None:
-    if len(value) < 8:
-        return None
-    family, port = value[1], struct.unpack("!H", value[2:4])[0]
-    raw = value[4:]
-    if xor:
-        port ^= MAGIC_COOKIE >> 16
-        mask = struct.pack("!I", MAGIC_COOKIE) + transaction_id
-        raw = bytes(b ^ mask[i] for i, b in enumerate(raw))
-    if family == 1 and len(raw) == 4:
-        return f"{ipaddress.IPv4Address(raw)}:{port}"
-    if family == 2 and len(raw) == 16:
-        return f"[{ipaddress.IPv6Address(raw)}]:{port}"
-    return None
-
-
-def fingerprint(data: bytes) -> int:
-    """FINGERPRINT over ``data`` (the message up to the attribute, RFC 5389 15.5)."""
-    return (zlib.crc32(data) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
-
-
-def encode(message_type: int, transaction_id: bytes, attributes: list[tuple[int, bytes]]) -> bytes:
-    """A STUN message, with FINGERPRINT last (as libwebrtc sends them)."""
-    if len(transaction_id) != 12:
-        raise ValueError("a STUN transaction id is 96 bits")
-    body = b"".join(
-        struct.pack("!HH", kind, len(value)) + value + b"\0" * (-len(value) % 4)
-        for kind, value in attributes
-    )
-    head = HEADER.pack(message_type, len(body) + 8, MAGIC_COOKIE, transaction_id)
-    crc = fingerprint(head + body)
-    return head + body + struct.pack("!HHI", FINGERPRINT, 4, crc)
-
-
-def parse(data: bytes) -> StunMessage:
-    """A STUN message, checked as strictly as a client does (RFC 5389 section 7.3)."""
-    if len(data) < HEADER.size:
+def _check_structure(data: bytes) -> None:
+    """What a client checks before reading attributes (RFC 5389 sections 6, 7.3
+    and 15), and aioice does not: the two first bits, the magic cookie, a length
+    that is a multiple of 4 and matches the datagram, every attribute inside the
+    message, FINGERPRINT last, and no attribute aioice reads given twice."""
+    if len(data) < HEADER_LENGTH:
         raise StunError(NOT_STUN, "shorter than a STUN header")
-    message_type, length, cookie, transaction_id = HEADER.unpack_from(data)
+    message_type, length, cookie = struct.unpack_from("!HHI", data)
     if message_type & 0xC000:
         raise StunError(NOT_STUN, "the two first bits are not zero")
-    if cookie != MAGIC_COOKIE:
+    if cookie != aioice_stun.COOKIE:
         raise StunError(NOT_STUN, f"magic cookie {cookie:#010x}")
-    if length % 4 or HEADER.size + length != len(data):
+    if length % 4 or HEADER_LENGTH + length != len(data):
         raise StunError(NOT_STUN, f"length {length} for {len(data)} bytes")
-    attributes: dict[int, bytes] = {}
-    position = HEADER.size
+    seen: set[int] = set()
+    position = HEADER_LENGTH
     while position < len(data):
         if position + 4 > len(data):
             raise StunError(NOT_STUN, "truncated attribute")
         kind, size = struct.unpack_from("!HH", data, position)
-        value = data[position + 4 : position + 4 + size]
-        if len(value) != size:
+        end = position + 4 + size + (-size % 4)
+        if end > len(data):
             raise StunError(NOT_STUN, "truncated attribute")
-        if kind == FINGERPRINT:
-            if size != 4 or struct.unpack("!I", value)[0] != fingerprint(data[:position]):
-                raise StunError(NOT_STUN, "fingerprint does not match")
-        attributes.setdefault(kind, value)
-        position += 4 + size + (-size % 4)
-    return StunMessage(message_type, transaction_id, attributes)
+        if kind == FINGERPRINT and end != len(data):
+            raise StunError(NOT_STUN, "FINGERPRINT is not the last attribute")
+        # RFC 8489 section 14: only the first of a repeated attribute counts,
+        # where aioice keeps the last. A server sends each once; an answer with
+        # two mapped addresses (or two error codes) says two things: not trusted.
+        if kind in aioice_stun.ATTRIBUTES_BY_TYPE and kind in seen:
+            raise StunError(NOT_STUN, f"attribute {kind:#06x} given twice")
+        seen.add(kind)
+        position = end
+
+
+def parse(data: bytes) -> StunMessage:
+    """A STUN message, checked as strictly as a client does (RFC 5389 section 7.3).
+
+    Raises :class:`StunError`, and nothing else, whatever the bytes."""
+    _check_structure(data)
+    try:
+        message = aioice_stun.parse_message(data)
+    except Exception as error:
+        # Hostile bytes make aioice raise ValueError (unknown method, bad address
+        # family, fingerprint mismatch), UnicodeDecodeError (a REALM or reason
+        # that is not UTF-8), struct.error (an attribute of the wrong size)...:
+        # whatever it is, the datagram is not a STUN message we can read.
+        raise StunError(NOT_STUN, f"{type(error).__name__}: {error}") from None
+    if "FINGERPRINT" in message.attributes:
+        # aioice checks it too; checked here so that no aioice version can let
+        # a datagram with a wrong FINGERPRINT through (it is last, see above).
+        expected = aioice_stun.message_fingerprint(data[: len(data) - 8])
+        if message.attributes["FINGERPRINT"] != expected & 0xFFFFFFFF:
+            raise StunError(NOT_STUN, "fingerprint does not match")
+    return StunMessage(message.message_method, message.message_class,
+                       message.transaction_id, dict(message.attributes))
 
 
 def new_transaction_id() -> bytes:
     return os.urandom(12)
 
 
+def _request(method: aioice_stun.Method, transaction_id: bytes | None,
+             attributes: dict[str, Any]) -> bytes:
+    """A request with FINGERPRINT last, as libwebrtc sends them."""
+    transaction_id = transaction_id or new_transaction_id()
+    if len(transaction_id) != 12:
+        raise ValueError("a STUN transaction id is 96 bits")
+    message = aioice_stun.Message(method, aioice_stun.Class.REQUEST, transaction_id, attributes)
+    # What Message.add_fingerprint does, which aioice only has since 0.10.
+    message.attributes["FINGERPRINT"] = aioice_stun.message_fingerprint(bytes(message))
+    return bytes(message)
+
+
 def binding_request(transaction_id: bytes | None = None) -> bytes:
     """A Binding Request, as a WebRTC client sends to a STUN server."""
-    return encode(BINDING_REQUEST, transaction_id or new_transaction_id(), [])
+    return _request(aioice_stun.Method.BINDING, transaction_id, {})
 
 
 def allocate_request(transaction_id: bytes | None = None) -> bytes:
     """A TURN Allocate for a UDP relay, without credentials: a TURN server
     challenges it (401) and allocates nothing."""
-    transport = struct.pack("!B3x", UDP_TRANSPORT)
-    return encode(
-        ALLOCATE_REQUEST, transaction_id or new_transaction_id(),
-        [(REQUESTED_TRANSPORT, transport)],
-    )
+    # REQUESTED-TRANSPORT is the protocol number then 3 reserved bytes; aioice
+    # packs the attribute as one 32-bit number.
+    return _request(aioice_stun.Method.ALLOCATE, transaction_id,
+                    {"REQUESTED-TRANSPORT": UDP_TRANSPORT << 24})
 
 
 def echo_datagram(index: int, ssrc: int, rng: random.Random | None = None) -> bytes:
@@ -300,7 +287,7 @@ def _sort(result: UdpResult) -> _Sorted:
     transactions = {}
     for data in result.request.datagrams:
         raw = _decode(data)
-        if len(raw) >= HEADER.size:
+        if len(raw) >= HEADER_LENGTH:
             transactions[raw[8:20]] = True
     sorted_ = _Sorted({tid: [] for tid in transactions})
     for received in result.received:
@@ -313,7 +300,8 @@ def _sort(result: UdpResult) -> _Sorted:
         except StunError:
             sorted_.garbage += 1
             continue
-        if message.transaction_id not in sorted_.ours or message.message_class == 0:
+        if (message.transaction_id not in sorted_.ours
+                or message.message_class == aioice_stun.Class.REQUEST):
             sorted_.foreign += 1
             continue
         sorted_.ours[message.transaction_id].append(message)
@@ -324,16 +312,21 @@ def _meaning(message: StunMessage) -> tuple[object, ...]:
     """What an answer says, ignoring what legitimately varies between two
     answers to retransmissions (a TURN server's fresh NONCE, SOFTWARE)."""
     return (message.message_type, message.error_code, message.mapped_address(),
-            message.attributes.get(REALM))
+            message.attributes.get("REALM"))
 
 
 def _valid_binding(message: StunMessage) -> bool:
-    return message.message_type == BINDING_SUCCESS and message.mapped_address() is not None
+    return (message.message_method == aioice_stun.Method.BINDING
+            and message.message_class == aioice_stun.Class.RESPONSE
+            and message.mapped_address() is not None)
 
 
 def _valid_challenge(message: StunMessage) -> bool:
-    return (message.message_type == ALLOCATE_ERROR and message.error_code == 401
-            and bool(message.attributes.get(REALM)) and bool(message.attributes.get(NONCE)))
+    return (message.message_method == aioice_stun.Method.ALLOCATE
+            and message.message_class == aioice_stun.Class.ERROR
+            and message.error_code == 401
+            and bool(message.attributes.get("REALM"))
+            and bool(message.attributes.get("NONCE")))
 
 
 def _judge_transaction(check: str, result: UdpResult, *, turn: bool) -> UdpCheck:
@@ -360,7 +353,7 @@ def _judge_transaction(check: str, result: UdpResult, *, turn: bool) -> UdpCheck
         return UdpCheck(check, result, (), failures.TURN_NO_CHALLENGE, mapped, NOT_CHALLENGED)
     if valid:
         return UdpCheck(check, result, (0,), None, mapped)
-    error = ERROR_RESPONSE if answer.message_class == 0x110 else NOT_STUN
+    error = ERROR_RESPONSE if answer.message_class == aioice_stun.Class.ERROR else NOT_STUN
     return UdpCheck(check, result, (), failures.STUN_INVALID_RESPONSE, mapped, error)
 
 

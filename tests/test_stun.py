@@ -11,6 +11,8 @@ import struct
 
 import pytest
 from aioice import stun as aioice_stun
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from probe import stun
 from probe.net import failures
@@ -82,21 +84,178 @@ def test_parse_reads_the_mapped_address_v4_and_v6() -> None:
     assert stun.parse(success(tid, "2001:db8::5", 9)).mapped_address() == "[2001:db8::5]:9"
 
 
-@pytest.mark.parametrize("damage", ["cookie", "length", "fingerprint", "short", "rtp"])
+def append_attribute(raw: bytes, kind: int, value: bytes) -> bytes:
+    """``raw`` (a message without FINGERPRINT) with one more attribute, length fixed."""
+    body = raw[20:] + struct.pack("!HH", kind, len(value)) + value + b"\0" * (-len(value) % 4)
+    return raw[:2] + struct.pack("!H", len(body)) + raw[4:20] + body
+
+
+def bare_success(tid: bytes) -> bytes:
+    return bytes(aioice_stun.Message(aioice_stun.Method.BINDING, aioice_stun.Class.RESPONSE, tid,
+                                     {"XOR-MAPPED-ADDRESS": ("198.51.100.7", 40000)}))
+
+
+def fingerprint_not_last(tid: bytes) -> bytes:
+    # aioice accepts this (it checks the CRC over what precedes FINGERPRINT);
+    # RFC 5389 section 15.5 says FINGERPRINT is the last attribute.
+    message = aioice_stun.Message(aioice_stun.Method.BINDING, aioice_stun.Class.RESPONSE, tid,
+                                  {"XOR-MAPPED-ADDRESS": ("198.51.100.7", 40000)})
+    message.add_fingerprint()
+    message.attributes["SOFTWARE"] = "x"
+    return bytes(message)
+
+
+DAMAGES = {
+    "cookie": lambda raw: raw[:4] + bytes([raw[4] ^ 1]) + raw[5:],
+    "length": lambda raw: raw[:3] + bytes([raw[3] + 4]) + raw[4:],
+    "fingerprint": lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]),
+    "short": lambda raw: raw[:10],
+    "rtp": lambda raw: b"\x80" + raw[1:],
+    # attribute that claims more bytes than the message holds
+    "truncated": lambda raw: raw[:22] + b"\x00\xff" + raw[24:],
+    "fingerprint_not_last": lambda raw: fingerprint_not_last(raw[8:20]),
+    # two mapped addresses in one answer: the first counts (RFC 8489 section 14),
+    # aioice would keep the last
+    "repeated_address": lambda raw: append_attribute(
+        bare_success(raw[8:20]), 0x0020, aioice_stun.pack_xor_address(("10.0.0.1", 1), raw[8:20])),
+    "unknown_method": lambda raw: raw[:1] + b"\x0b" + raw[2:],  # aioice: ValueError
+    "address_family": lambda raw: append_attribute(raw[:20], 0x0020, b"\x00\x07" + b"\0" * 6),
+    "realm_not_utf8": lambda raw: append_attribute(bare_success(raw[8:20]), 0x0014, b"\xff\xfe"),
+    "error_code_short": lambda raw: append_attribute(raw[:20], 0x0009, b"\x00\x00"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_parse_refuses_what_is_not_stun(damage: str) -> None:
-    raw = bytearray(success(b"t" * 12))
-    if damage == "cookie":
-        raw[4] ^= 1
-    elif damage == "length":
-        raw[3] += 4
-    elif damage == "fingerprint":
-        raw[-1] ^= 1
-    elif damage == "short":
-        raw = raw[:10]
-    else:
-        raw[0] = 0x80
+    raw = success(b"t" * 12)
+    assert stun.parse(raw).mapped_address() == "198.51.100.7:40000"
     with pytest.raises(stun.StunError):
-        stun.parse(bytes(raw))
+        stun.parse(DAMAGES[damage](raw))
+
+
+def test_a_damaged_answer_is_not_an_answer() -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 2.0)
+    tid = transaction(request)
+    for damage, damaged in DAMAGES.items():
+        check = stun.judge_stun(result(request, [damaged(success(tid))]))
+        assert check.failure == failures.STUN_INVALID_RESPONSE, damage
+        assert check.answered == () and check.error == stun.NOT_STUN, damage
+
+
+# --------------------------------------------------------------------------- #
+# Hostile input, at random: parsing never raises anything but StunError, and  #
+# judging never raises nor takes a datagram for a valid answer unless it is.  #
+# --------------------------------------------------------------------------- #
+
+HYPOTHESIS = settings(max_examples=300, deadline=None,
+                      suppress_health_check=[HealthCheck.too_slow])
+KNOWN_ATTRIBUTES = sorted(aioice_stun.ATTRIBUTES_BY_TYPE)
+TID = b"q" * 12
+
+
+@st.composite
+def stun_like(draw: st.DrawFn) -> bytes:
+    """A datagram with a good header (cookie, length) and random attributes,
+    mostly of the types aioice decodes, with random values: what drives a
+    decoder into its corners."""
+    attributes = draw(st.lists(st.tuples(
+        st.one_of(st.sampled_from(KNOWN_ATTRIBUTES), st.integers(0, 0xFFFF)),
+        st.binary(max_size=24)), max_size=6))
+    method_class = draw(st.one_of(st.sampled_from([0x0101, 0x0111, 0x0113, 0x0103, 0x0001]),
+                                  st.integers(0, 0x3FFF)))
+    tid = draw(st.one_of(st.just(TID), st.binary(min_size=12, max_size=12)))
+    raw = struct.pack("!HHI12s", method_class, 0, 0x2112A442, tid)
+    for kind, value in attributes:
+        raw = append_attribute(raw, kind, value)
+    if draw(st.booleans()):
+        # a correct FINGERPRINT (aioice counts it in the length it covers)
+        raw = append_attribute(raw, 0x8028, struct.pack("!I", aioice_stun.message_fingerprint(raw)))
+    return raw
+
+
+def parses_or_refuses(data: bytes) -> stun.StunMessage | None:
+    try:
+        return stun.parse(data)
+    except stun.StunError:
+        return None
+
+
+@HYPOTHESIS
+@given(st.one_of(st.binary(max_size=120), stun_like()))
+def test_parse_never_raises_but_stun_error(data: bytes) -> None:
+    message = parses_or_refuses(data)
+    if message is not None:
+        assert message.transaction_id == data[8:20]
+        message.mapped_address()  # readable, whatever it holds
+        assert message.error_code is None or isinstance(message.error_code, int)
+
+
+@HYPOTHESIS
+@given(st.lists(st.one_of(st.binary(max_size=120), stun_like()), min_size=1, max_size=4))
+def test_random_datagrams_are_never_an_answer(datagrams: list[bytes]) -> None:
+    request = stun.stun_request("203.0.113.1", 3478, 2.0)
+    # random transaction ids: nothing random can be an answer to ours
+    assert stun.judge_stun(result(request, datagrams)).answered == ()
+    assert stun.judge_turn(result(stun.turn_request("203.0.113.1", 3478, 2.0),
+                                  datagrams)).answered == ()
+    flow_request = flow("stun", 5)
+    assert stun.judge_flow("stun", result(flow_request, datagrams)).answered == ()
+
+
+def fingerprinted_challenge(tid: bytes) -> bytes:
+    message = aioice_stun.Message(aioice_stun.Method.ALLOCATE, aioice_stun.Class.ERROR, tid,
+                                  {"ERROR-CODE": (401, "Unauthorized"), "NONCE": b"abc",
+                                   "REALM": "example.org"})
+    message.add_fingerprint()
+    return bytes(message)
+
+
+mutations = st.lists(st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 200), st.integers(1, 255)),
+    st.tuples(st.just("cut"), st.integers(0, 200), st.just(0)),
+    st.tuples(st.just("append"), st.integers(1, 8), st.integers(0, 255)),
+), min_size=1, max_size=4)
+
+
+def mutate(raw: bytes, steps) -> bytes:
+    for kind, where, value in steps:
+        if kind == "flip" and raw:
+            where %= len(raw)
+            raw = raw[:where] + bytes([raw[where] ^ value]) + raw[where + 1:]
+        elif kind == "cut":
+            raw = raw[:where % (len(raw) + 1)]
+        elif kind == "append":
+            raw = raw + bytes([value]) * where
+    return raw
+
+
+@HYPOTHESIS
+@given(mutations, st.booleans())
+def test_a_mutated_answer_is_valid_only_if_it_is_one(steps, turn: bool) -> None:
+    request = (stun.turn_request if turn else stun.stun_request)("203.0.113.1", 3478, 2.0)
+    tid = transaction(request)
+    original = fingerprinted_challenge(tid) if turn else success(tid)
+    mutated = mutate(original, steps)
+    judge = stun.judge_turn if turn else stun.judge_stun
+    check = judge(result(request, [mutated]))
+    assert (check.failure is None) == (check.answered == (0,))
+    if check.failure is None and mutated != original:
+        # FINGERPRINT (a CRC-32) catches every change of up to 32 bits and every
+        # change of length: a changed answer passes only if the change also
+        # took FINGERPRINT away (its type byte flipped into an unknown optional
+        # attribute), leaving a well-formed answer without one, which
+        # RFC 5389 allows and any forger could have sent as it is.
+        message = aioice_stun.parse_message(mutated)
+        assert "FINGERPRINT" not in message.attributes
+        assert mutated[4:8] == original[4:8] and message.transaction_id == tid
+        assert (message.message_method, message.message_class) == (
+            (aioice_stun.Method.ALLOCATE, aioice_stun.Class.ERROR) if turn
+            else (aioice_stun.Method.BINDING, aioice_stun.Class.RESPONSE))
+    if parses_or_refuses(mutated) is None:
+        # next to the genuine answer, bytes that are not STUN are an injector's
+        both = judge(result(request, [original, mutated]))
+        assert both.failure == failures.STUN_INJECTED
+        assert both.error == stun.FORGED_NEXT_TO_VALID
 
 
 def test_retransmission_schedule_follows_rfc_5389_within_the_budget() -> None:

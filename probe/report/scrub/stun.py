@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# Hand-written, not aioice.stun: aioice re-encodes, a rewrite keeps every other byte.
 MAGIC_COOKIE = 0x2112A442
 HEADER = 20
 #: The placeholders a volunteer address is rewritten to: 0.0.0.k and ::1:0:0:k
