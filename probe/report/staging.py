@@ -47,7 +47,9 @@ class StagedResults:
 
     def add(self, result: ServiceResult) -> None:
         serialised = to_json(result)
-        for address in mapped_addresses_seen([serialised]):
+        # only the probe's own answers: the control's observations (in its signed
+        # attestation) carry the address STUN servers saw the *helper* from
+        for address in mapped_addresses_seen([serialised["observations"]]):
             if address not in self.mapped_addresses:
                 self.mapped_addresses.append(address)
                 if self._on_mapped_address is not None:

@@ -299,3 +299,20 @@ def test_a_dns_reply_or_text_is_not_mistaken_for_stun():
     assert stun_scrub.decode_base64_stun("SGVsbG8gd29ybGQsIHRoaXMgaXMgbm90IFNUVU4h") is None
     text = "plain words about 198.51.100.77"
     assert scrub_text(text, ["198.51.100.77"]) == f"plain words about {SCRUBBED}"
+
+
+def test_the_controls_own_stun_answers_are_not_the_volunteers(tmp_path: Path):
+    # The control helper measures the same STUN servers: their answers (kept in its
+    # signed attestation) name the helper's public address, which must stay in the
+    # report as it is, not be scrubbed as if it were the volunteer's.
+    ours, _, _ = asyncio.run(binding_exchange("198.51.100.77"))
+    theirs, _, _ = asyncio.run(binding_exchange("198.51.100.14"))
+    port = PortObservation("127.0.0.1", 3478, None, None, None, (), (), udp=(ours,))
+    observation = EndpointObservation("e", "s", "127.0.0.1", None, (), ("127.0.0.1",), (),
+                                      (port,))
+    control = {"source": "http://198.51.100.14:8080", "endpoints": ["e"],
+               "attestation": [{"observation": to_json(theirs)}]}
+    result = ServiceResult("s", (observation,), (), ServiceVerdict("s", "ok", ""), control)
+    with StagedResults(tmp_path) as staged:
+        staged.add(result)
+        assert staged.mapped_addresses == ["198.51.100.77"]
