@@ -588,8 +588,18 @@ def _unproven_answers(
         and all(p.connect is not None and p.connect.failure is not None for p in probe_side)
         and any(p.connect is not None and p.connect.failure is None for p in own_side)
     )
+    # The same for UDP endpoints (a call relay's STUN server): the control's STUN or
+    # flow is answered at its own resolver's addresses, never at yours.
+    probe_udp = [p for p in control.ports if p.address in answers and p.udp]
+    own_udp = [p for p in control.ports if p.address in control_answers and p.udp]
+    unanswered_forgery = (
+        bool(probe_udp)
+        and not any(_udp_answered(c) for p in probe_udp for c in p.udp)
+        and any(_udp_answered(c) for p in own_udp for c in p.udp)
+    )
     return not validated and (
-        checkable or unreachable_forgery or _serves_another_page(ports, own_side)
+        checkable or unreachable_forgery or unanswered_forgery
+        or _serves_another_page(ports, own_side)
     )
 
 

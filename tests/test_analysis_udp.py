@@ -494,3 +494,25 @@ def test_a_quic_endpoint_can_prove_or_disprove_its_dns_answers():
     cdn = observe([quic(address="203.0.113.66")], (exchange(reply("203.0.113.66")),),
                   host="h3.example.org")
     assert [r.verdict for r in analysis.endpoint_verdicts(cdn, ctx(control))] == ["ok"]
+
+
+def test_a_forged_public_answer_for_a_call_relay_is_dns_inconsistent():
+    # The Great Firewall's forged public address for a STUN-only endpoint: nothing
+    # answers STUN there for the control either, while the control's own answer
+    # does. Nothing on UDP proves an address (no certificate), so the control's
+    # reachability decides, as for a TCP-only endpoint.
+    from test_analysis import exchange, one, reply
+
+    probe = observe([udp_port(flow(failure=F.GENERIC_TIMEOUT), address="203.0.113.99")],
+                    (exchange(reply("203.0.113.99")),), endpoint="relay")
+    control = observe([udp_port(flow(), address=RELAY),
+                       udp_port(flow(failure=F.GENERIC_TIMEOUT), address="203.0.113.99")],
+                      (exchange(reply(RELAY)),), endpoint="relay")
+    assert one(probe, ctx({"relay": control})) == ("dns_blocked", "dns.inconsistent")
+    # another address of the relay that answers the control too: not DNS blocking
+    other = observe([udp_port(flow(), address="203.0.113.99")],
+                    (exchange(reply("203.0.113.99")),), endpoint="relay")
+    control_other = observe([udp_port(flow(), address=RELAY),
+                             udp_port(flow(), address="203.0.113.99")],
+                            (exchange(reply(RELAY)),), endpoint="relay")
+    assert one(other, ctx({"relay": control_other})) == ("ok", None)
