@@ -219,11 +219,18 @@ def test_ctrl_c_writes_a_partial_report_marked_incomplete(world, tmp_path):
         *PROBE, "run", "--targets", str(world["targets"]),
         "--resolver", f"127.0.0.1:{world['lying']}", "--no-system-resolver",
         "--ca-bundle", str(world["pki"].lab_root.cert), "--timeout", "30",
-        "--out", str(tmp_path / "reports"), "--json",
+        "--out", str(tmp_path / "reports"), "--json", "--record", str(tmp_path / "run.jsonl"),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env(tmp_path))
-    time.sleep(3)  # the silent datacenter keeps the run waiting for 30 s
+    # Ctrl-C once the baseline's page was fetched (the trace is flushed line by line),
+    # while the silent datacenter keeps the run waiting for 30 s: never a fixed sleep,
+    # which a busy machine outruns
+    trace, deadline = tmp_path / "run.jsonl", time.monotonic() + 25
+    while time.monotonic() < deadline and process.poll() is None:
+        if trace.exists() and '"op":"http_request"' in trace.read_text(errors="replace"):
+            break
+        time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 1, stderr
