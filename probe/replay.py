@@ -58,6 +58,8 @@ from probe.trace import Trace, TraceError, decode_result, load_trace
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
+    from probe.session import RunOutcome
+
 # The failure of an operation the trace does not hold. It belongs in
 # probe.net.failures' table once that table takes non-OONI strings of replay.
 REPLAY_MISSING_OPERATION = failures.REPLAY_MISSING_OPERATION
@@ -291,7 +293,7 @@ class ReplayNetwork:
 
 @dataclass
 class Replayed:
-    outcome: Any  # session.RunOutcome
+    outcome: RunOutcome
     report_path: Path | None
     network: ReplayNetwork
     trace: Trace
@@ -390,7 +392,7 @@ class VerdictChange:
                 f"{show(self.new_verdict, self.new_method)}")
 
 
-def verdict_rows(outcome: Any) -> list[dict[str, Any]]:
+def verdict_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
     """The verdicts of a RunOutcome in the footer's form."""
     return [to_json(v) for rows in outcome.verdicts.values() for v in rows]
 

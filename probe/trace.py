@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from probe import __version__
 from probe.net.network import (
@@ -51,6 +51,9 @@ from probe.net.network import (
 )
 from probe.runner import RunOptions
 from probe.targets import Targets
+
+if TYPE_CHECKING:  # session imports the runner this module records; types only
+    from probe.session import RunOutcome
 
 FORMAT = "probe-trace"
 VERSION = 1
@@ -323,7 +326,7 @@ def header_line(info: RunInfo, extra: dict[str, Any] | None = None,
     return line
 
 
-def footer_line(outcome: Any, operations: int) -> dict[str, Any]:
+def footer_line(outcome: RunOutcome, operations: int) -> dict[str, Any]:
     """The ``end`` line from a ``session.RunOutcome``."""
     return {
         "type": "end",
@@ -467,7 +470,7 @@ def start_recording(
     return RecordingNetwork(inner, writer, run_info)  # type: ignore[arg-type]
 
 
-def finish_recording(network: RecordingNetwork, outcome: Any | None) -> Path:
+def finish_recording(network: RecordingNetwork, outcome: RunOutcome | None) -> Path:
     """Write the ``end`` line (the verdicts of ``outcome``) and close the trace.
 
     With ``outcome`` None (the run died before it had one) the trace is closed
