@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import time
+
+from probe.lab.nfqueue import serve_queue
 
 
 def _forge(payload: bytes, names: set[str], forged_a: str, forged_aaaa: str) -> bytes | None:
@@ -70,10 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
 
-    import select
     import socket
 
-    from netfilterqueue import NetfilterQueue
     from scapy.layers import dns as _warm_up  # noqa: F401  (import before the first query)
 
     names = {n.rstrip(".").lower() for n in args.name}
@@ -98,17 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         # Let the real query go on later: the genuine answer loses the race.
         threading.Timer(args.hold, packet.accept).start()
 
-    queue = NetfilterQueue()
-    queue.bind(args.queue, handle)
-    stop_at = time.monotonic() + args.duration
-    print(f"injector: queue {args.queue}, names {sorted(names)}", file=sys.stderr, flush=True)
-    try:
-        while time.monotonic() < stop_at:
-            readable, _, _ = select.select([queue.get_fd()], [], [], 0.5)
-            if readable:
-                queue.run(block=False)
-    finally:
-        queue.unbind()
+    serve_queue(args.queue, handle, args.duration,
+                f"injector: queue {args.queue}, names {sorted(names)}")
     return 0
 
 

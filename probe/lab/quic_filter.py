@@ -27,6 +27,8 @@ import struct
 import sys
 import time
 
+from probe.lab.nfqueue import serve_queue
+
 Flow = tuple[bytes, bytes, int, int]  # source, destination, source port, destination port
 
 QUIC_V1 = 0x00000001
@@ -153,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
 
-    import select
 
-    from netfilterqueue import NetfilterQueue
 
     names = {n.rstrip(".").lower() for n in args.name}
     blocked: dict[Flow, float] = {}  # flow -> until when it is dropped
@@ -180,17 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return
         packet.accept()
 
-    queue = NetfilterQueue()
-    queue.bind(args.queue, handle)
-    stop_at = time.monotonic() + args.duration
-    print(f"quic_filter: queue {args.queue}, names {sorted(names)}", file=sys.stderr, flush=True)
-    try:
-        while time.monotonic() < stop_at:
-            readable, _, _ = select.select([queue.get_fd()], [], [], 0.5)
-            if readable:
-                queue.run(block=False)
-    finally:
-        queue.unbind()
+    serve_queue(args.queue, handle, args.duration,
+                f"quic_filter: queue {args.queue}, names {sorted(names)}")
     return 0
 
 

@@ -24,7 +24,8 @@ import ipaddress
 import socket
 import struct
 import sys
-import time
+
+from probe.lab.nfqueue import serve_queue
 
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -81,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
 
-    import select
 
-    from netfilterqueue import NetfilterQueue
     from scapy.layers import inet as _warm_up  # noqa: F401  (import before the first packet)
 
     raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
@@ -104,18 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         # The request goes on at once: the forged answer left first and wins the race.
         packet.accept()
 
-    queue = NetfilterQueue()
-    queue.bind(args.queue, handle)
-    stop_at = time.monotonic() + args.duration
-    print(f"stun_injector: queue {args.queue}, forging {args.forged}", file=sys.stderr,
-          flush=True)
-    try:
-        while time.monotonic() < stop_at:
-            readable, _, _ = select.select([queue.get_fd()], [], [], 0.5)
-            if readable:
-                queue.run(block=False)
-    finally:
-        queue.unbind()
+    serve_queue(args.queue, handle, args.duration,
+                f"stun_injector: queue {args.queue}, forging {args.forged}")
     return 0
 
 
