@@ -85,6 +85,8 @@ def _plain(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
+    if isinstance(value, str):  # a StrEnum member (a verdict, a check): its string
+        return str.__str__(value)
     if kind is int:
         if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             return value
