@@ -154,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a blocked flow stays dropped")
     parser.add_argument("--duration", type=float, required=True)
     args = parser.parse_args(argv)
-
-
-
     names = {n.rstrip(".").lower() for n in args.name}
     blocked: dict[Flow, float] = {}  # flow -> until when it is dropped
 
