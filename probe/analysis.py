@@ -65,6 +65,13 @@ from probe.bogons import IPNetwork, is_bogon
 from probe.net import failures
 from probe.net.network import DnsExchange, HttpResult, QuicResult
 from probe.observations import (
+    BLOCKED_VERDICTS,
+    DNS_BLOCKED,
+    DOWN,
+    HTTP_BLOCKED,
+    INCONCLUSIVE,
+    OK,
+    THROTTLED,
     EndpointObservation,
     FunctionVerdict,
     NetworkFindings,
@@ -81,14 +88,6 @@ from probe.vocabulary import (
     UdpNetwork,
     VerdictName,
 )
-
-OK = VerdictName.OK
-DNS_BLOCKED = VerdictName.DNS_BLOCKED
-HTTP_BLOCKED = VerdictName.HTTP_BLOCKED
-THROTTLED = VerdictName.THROTTLED
-DOWN = VerdictName.DOWN
-INCONCLUSIVE = VerdictName.INCONCLUSIVE
-BLOCKED_VERDICTS = BLOCKED
 
 THROTTLE_RATIO = 0.1  # probe throughput below a tenth of the control's...
 THROTTLE_FLOOR_BPS = 250_000  # ...and below 2 Mbit/s (Russia 2021 held Twitter at ~150 kbit/s)
