@@ -34,9 +34,10 @@ from typing import Any
 from aiohttp import web
 
 from probe import __version__
-from probe.collector.limits import Limits, TokenBuckets, retry_after_seconds
+from probe.collector.limits import Limits
 from probe.collector.lines import CheckedLine, LinePolicy, check_line, split_lines
 from probe.collector.store import DUPLICATE, REJECTED, STORED, Accepted, Outcome, Store, StoreError
+from probe.serving.buckets import TokenBuckets, retry_after_seconds
 
 log = logging.getLogger("probe.collector")
 

@@ -31,10 +31,10 @@ from aiohttp import web
 from probe import __version__
 from probe.bogons import IPNetwork, is_bogon
 from probe.control import protocol
-from probe.control.budget import TokenBucket
 from probe.control.udp_echo import DEFAULT_LIMITS, EchoLimits, UdpEcho
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
+from probe.serving.buckets import TokenBucket
 
 log = logging.getLogger("probe.control")
 

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from probe.control.budget import TokenBucket
+from probe.serving.buckets import TokenBucket
 
 log = logging.getLogger("probe.control.udp_echo")
 

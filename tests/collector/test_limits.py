@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from probe.collector.limits import TokenBuckets, retry_after_seconds
+from probe.serving.buckets import TokenBuckets, retry_after_seconds
 
 
 class Clock:

@@ -25,7 +25,6 @@ import aiohttp
 import pytest
 
 from probe.control import protocol
-from probe.control.budget import TokenBucket
 from probe.control.server import ControlHelper
 from probe.net import failures as F
 from probe.net.live import LiveNetwork
@@ -42,6 +41,7 @@ from probe.net.network import (
 from probe.observations import EndpointObservation, PortObservation, UdpCheck
 from probe.report.keys import generate_ephemeral
 from probe.report.signing import attest_control_response
+from probe.serving.buckets import TokenBucket
 from probe.session import ControlConfig, ask_control
 from probe.targets import parse_targets
 
