@@ -8,11 +8,13 @@ interrupted (a partial report is still written and marked incomplete).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import importlib
 import ipaddress
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -87,8 +89,33 @@ class _ProbeGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == self.LAB and cmd_name not in self.commands:
-            self.add_command(importlib.import_module("probe.lab.cli").lab)
+            with _optional_part():
+                self.add_command(importlib.import_module("probe.lab.cli").lab)
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> object:
+        with _optional_part():
+            return super().invoke(ctx)
+
+
+# The optional parts of probe (setup.cfg's extras), by the module each brings.
+EXTRA_OF_MODULE = {"duckdb": "aggregate", "pyarrow": "aggregate", "pyspark": "spark",
+                   "scapy": "lab", "netfilterqueue": "lab"}
+
+
+@contextlib.contextmanager
+def _optional_part() -> Iterator[None]:
+    """A command that needs an extra nobody installed says which, in one line."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        module = (error.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(module.lower())
+        if extra is None:
+            raise
+        raise click.ClickException(
+            f"this command needs probe's optional part {extra!r} ({module} is not "
+            f"installed): pip install 'probe[{extra}]'") from None
 
 
 @click.group(cls=_ProbeGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -92,3 +92,16 @@ def test_a_run_with_no_network_writes_a_report_that_verifies(
     verified = _run([str(installed / "probe"), "verify", str(reports[0])], tmp_path)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "OK: 1 file(s) verified" in verified.stdout
+
+
+def test_a_missing_extra_is_one_line_not_a_traceback(installed: Path, tmp_path: Path) -> None:
+    """The wheel alone has no [aggregate] extra (duckdb): aggregation says what to install."""
+    probed = _run([str(installed / "python"), "-c", "import duckdb"], tmp_path)
+    if probed.returncode == 0:
+        pytest.skip("duckdb is importable in the fresh virtualenv")
+    shown = _run([str(installed / "probe"), "aggregate", "--db", str(tmp_path / "a.duckdb"),
+                  "ingest", str(tmp_path)], tmp_path)
+    assert shown.returncode == 1
+    assert "Traceback" not in shown.stderr
+    assert "pip install 'probe[aggregate]'" in shown.stderr
+    assert len(shown.stderr.strip().splitlines()) == 1
