@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from probe import __version__, analysis
-from probe.control import protocol, reference
+from probe.control import auth, protocol, reference
 from probe.net.network import ControlRequest, Network
 from probe.observations import (
     EndpointObservation,
@@ -62,6 +62,9 @@ class ControlConfig:
     file: Path | None = None
     timeout: float = 60.0
     reference_flow: bool = True  # ask the helpers for their UDP echo (``with_reference``)
+    # what the probe may say of its credentials in a refusal's message (public: the
+    # credentials themselves live in the live network, never in a config or trace)
+    enrolment: auth.Enrolment | None = None
 
 
 @dataclass
@@ -177,14 +180,13 @@ async def ask_control_batch(
         outcome.problems.append("nothing was measured")
         return outcome
     # a batch whose UDP flows cost more datagrams than one request may is asked in
-    # parts (the helper refuses a costlier request rather than flood anyone)
+    # parts (the helper refuses a costlier request rather than flood anyone), one
+    # after the other: a helper measures one request per client at a time
     parts = protocol.split_by_cost(list(items))
     if len(parts) == 1:
         return await _ask_helpers(network, parts[0], config, step_timeout, trust_pem)
-    answers = await asyncio.gather(
-        *(_ask_helpers(network, part, config, step_timeout, trust_pem) for part in parts))
-    for answer in answers:
-        outcome.merge(answer)
+    for part in parts:
+        outcome.merge(await _ask_helpers(network, part, config, step_timeout, trust_pem))
     return outcome
 
 
@@ -206,6 +208,12 @@ async def _ask_helpers(
         cap = min(32 << 20, (256 << 10) * max(1, len(items)))
         request = ControlRequest(target, body, max_bytes=cap)
         result = await network.control_call(request, config.timeout)
+        if result.status in (401, 403):
+            reason = (result.body or {}).get("reason")
+            raise RuntimeError(f"{url}: {auth.refusal_message(reason, config.enrolment)}")
+        if result.status == 429:
+            raise RuntimeError(f"{url}: the control helper's budget for this probe is "
+                               "spent for now: run again later")
         if result.failure is not None or result.body is None:
             raise RuntimeError(f"{url}: {result.failure or 'empty answer'}")
         return url, protocol.parse_response(result.body)
