@@ -149,7 +149,7 @@ def test_run_with_control(world, control_helper, tmp_path):
     result = probe_run(world, tmp_path, "--control", url)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["control"]["source"] == url
+    assert summary["control"]["source"] == url, summary["control"]
     verdicts = rows(summary)
     assert verdicts["base"] == ("ok", None)
     # the control resolves what the probe's resolver denies: blocked

@@ -310,8 +310,10 @@ class Gatekeeper:
     """The helper's check of each request against its ``Access``.
 
     ``check_header`` runs before the body is read; ``check_body`` after, for
-    signed requests. Both raise ``Refused``. The clock is wall time (the probe
-    signs with its own wall clock)."""
+    signed requests. Both raise ``Refused``, except on an ``open`` helper, where
+    a credential it cannot accept makes the request anonymous (probes sign by
+    default, and an open helper serves them all). The clock is wall time (the
+    probe signs with its own wall clock)."""
 
     def __init__(
         self,
@@ -327,6 +329,14 @@ class Gatekeeper:
         self._seen: OrderedDict[bytes, int] = OrderedDict()  # signature -> its time
 
     def check_header(self, authorization: str | None) -> Pending:
+        try:
+            return self._check_header(authorization)
+        except Refused:
+            if self.access.open:
+                return Pending(None)
+            raise
+
+    def _check_header(self, authorization: str | None) -> Pending:
         if not authorization:
             if self.access.open:
                 return Pending(None)
@@ -371,8 +381,18 @@ class Gatekeeper:
             raise Refused(UNKNOWN_TOKEN, "this control helper does not know this token")
         return f"token {found}"
 
-    def check_body(self, pending: Pending, method: str, path: str, body: bytes) -> None:
-        """Check a signed request's signature over its body, once (no replay)."""
+    def check_body(self, pending: Pending, method: str, path: str, body: bytes) -> str | None:
+        """Check a signed request's signature over its body, once (no replay);
+        the name of the client it proves (None: anonymous)."""
+        try:
+            self._check_body(pending, method, path, body)
+        except Refused:
+            if self.access.open:
+                return None
+            raise
+        return pending.name
+
+    def _check_body(self, pending: Pending, method: str, path: str, body: bytes) -> None:
         if pending.public_key is None:
             return
         message = signed_message(method, path, pending.when, body)

@@ -140,7 +140,7 @@ class ControlHelper:
         try:
             pending = self.gate.check_header(request.headers.get("Authorization"))
         except auth.Refused as exc:
-            return _refused(exc)
+            return await _refused(request, exc)
         if self._busy >= self.max_concurrent:
             return web.json_response({"error": "busy, retry later"}, status=503)
         # One body in flight per network, before any is read: a client cannot hold
@@ -164,10 +164,10 @@ class ControlHelper:
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": "request too large"}, status=413)
         try:
-            self.gate.check_body(pending, request.method, request.path, raw)
+            client = auth.Client(
+                self.gate.check_body(pending, request.method, request.path, raw), network)
         except auth.Refused as exc:
-            return _refused(exc)
-        client = auth.Client(pending.name, network)
+            return await _refused(request, exc)
         try:
             query = protocol.parse_request(json.loads(raw))
         except protocol.RequestTooCostly as exc:
@@ -263,13 +263,16 @@ class ControlHelper:
                 names, connections - made, deadline - (time.monotonic() - started))
 
 
-def _refused(exc: auth.Refused) -> web.Response:
-    """401 for a request this helper does not serve; the connection is closed, so
-    an unread body is never read."""
+async def _refused(request: web.Request, exc: auth.Refused) -> web.Response:
+    """401 for a request this helper does not serve, then the connection is closed:
+    an unread body is never read (aiohttp would read and discard it for 10 s)."""
     response = web.json_response(
         {"error": str(exc)[:300], "reason": exc.reason}, status=401,
         headers={"WWW-Authenticate": f'{auth.SCHEME}, Bearer realm="probe-control"'})
     response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
     return response
 
 
