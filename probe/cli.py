@@ -299,8 +299,9 @@ def control() -> None:
 @click.option("--trusted-keys", "trusted_keys", type=click.Path(dir_okay=False), help="Measure for the probes whose keys this file lists (the collector's trusted-keys file).")
 @click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), help="Measure for the holders of these tokens (lines 'NAME sha256:HEX', from `probe control token`).")
 @click.option("--open", "open_access", is_flag=True, help="Also measure for anonymous requests (a lab, or a helper nobody else can reach).")
+@click.option("--trusted-proxy", "proxies", multiple=True, metavar="CIDR", help="Your reverse proxy's address(es): requests from it are counted by the last X-Forwarded-For address.")
 def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo,
-                  trusted_keys, tokens_path, open_access) -> None:
+                  trusted_keys, tokens_path, open_access, proxies) -> None:
     """Serve POST /measure for probes, GET / for health checks and GET /info."""
     from probe.control import auth
     from probe.control import udp_echo as echo
@@ -329,9 +330,14 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, u
         routable = parse_networks(allow)
     except ValueError as exc:
         fail_usage(f"--allow-network: {exc}")
+    try:
+        trusted_proxies = parse_networks(proxies)
+    except ValueError as exc:
+        fail_usage(f"--trusted-proxy: {exc}")
     key = signing_key_or_exit(key_path, False, control=True)
     helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key,
-                           udp_echo_ports=echo_ports, access=access)
+                           udp_echo_ports=echo_ports, access=access,
+                           trusted_proxies=trusted_proxies)
     click.echo(f"control helper key: {key.public_key_b64} (id {key.key_id})", err=True)
 
     async def go():

@@ -84,6 +84,7 @@ class ControlHelper:
         udp_budget: TokenBucket | None = None,
         access: auth.Access | None = None,  # None: serves nobody (see auth.Access)
         budgets: ClientBudgets | None = None,  # None: the defaults of control.budgets
+        trusted_proxies: tuple[IPNetwork, ...] = (),  # whose X-Forwarded-For is believed
     ) -> None:
         self.resolver = resolver
         self.max_concurrent = max_concurrent
@@ -99,6 +100,7 @@ class ControlHelper:
         self._busy = 0
         self.gate = auth.Gatekeeper(access or auth.Access())
         self.clients = ClientLimits(budgets or ClientBudgets())
+        self.trusted_proxies = trusted_proxies
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -134,6 +136,10 @@ class ControlHelper:
             body["udp_echo_limits"] = self.echo_limits.advertised()
         return web.json_response(body)
 
+    def _address(self, request: web.Request) -> str | None:
+        return auth.client_address(
+            request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+
     async def measure(self, request: web.Request) -> web.Response:
         # The credential first, from the header alone: a request this helper does
         # not serve costs no body read, no parse and no slot.
@@ -145,7 +151,7 @@ class ControlHelper:
             return web.json_response({"error": "busy, retry later"}, status=503)
         # One body in flight per network, before any is read: a client cannot hold
         # many handlers by trickling bodies, nor stand in for a key it has not proved.
-        network = auth.client_key(request.remote)
+        network = auth.client_key(self._address(request))
         if not self.clients.enter(f"net {network}"):
             return _one_at_a_time()
         try:
@@ -247,7 +253,7 @@ class ControlHelper:
                 "%Y-%m-%dT%H:%M:%SZ"
             )
             response = protocol.build_response(
-                observations, request.remote,
+                observations, self._address(request),
                 {"software_name": "probe-control", "software_version": __version__},
                 measured_at, sign,
             )

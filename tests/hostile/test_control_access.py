@@ -21,6 +21,7 @@ import aiohttp
 from click.testing import CliRunner
 
 from probe import session
+from probe.bogons import parse_networks
 from probe.cli import main
 from probe.control import auth
 from probe.control.auth import Access, ControlCredentials
@@ -381,3 +382,43 @@ def test_a_token_made_by_the_cli_is_accepted_by_a_helper_reading_its_line(tmp_pa
     gate = auth.Gatekeeper(Access(tokens=tokens))
     assert gate.check_header(f"Bearer {token}").name == "token volunteer-7"
     assert token not in line
+
+
+# --- behind the NGO's reverse proxy ---------------------------------------------- #
+
+
+def test_a_client_behind_a_trusted_proxy_is_its_forwarded_address():
+    proxies = parse_networks(["127.0.0.1/32", "::1/128"])
+    assert auth.client_address("127.0.0.1", "10.1.1.1, 198.51.100.7", proxies) == "198.51.100.7"
+    assert auth.client_address("127.0.0.2", "198.51.100.7", proxies) == "127.0.0.2"
+    assert auth.client_address("127.0.0.1", "not an address", proxies) is None
+    assert auth.client_address("127.0.0.1", "198.51.100.7", ()) == "127.0.0.1"
+    assert auth.client_key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert auth.client_key("::ffff:198.51.100.7") == "198.51.100.7"
+
+
+def test_two_probes_behind_the_proxy_are_two_clients():
+    """Both come from the proxy (127.0.0.1): counted by their forwarded addresses,
+    they measure at the same time, and each is told its own address; a peer
+    that is not the proxy cannot choose its address with the header."""
+    async def scenario(helper_port: int, silent: int):
+        first_body = measure_body(silent, checks=("mtproto",), timeout=1.0)
+        first = asyncio.create_task(post(helper_port, first_body, {
+            **signed(first_body), "X-Forwarded-For": "198.51.100.7"}))
+        await asyncio.sleep(0.3)
+        second_body = measure_body(silent, checks=("tcp",))
+        second = await post(helper_port, second_body, {
+            "Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": "203.0.113.9"})
+        third_body = measure_body(silent, checks=("tcp",), timeout=0.9)
+        third = await post(helper_port, third_body, {
+            "Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": "203.0.113.10"},
+            source=OTHER_CLIENT)
+        return await first, second, third
+
+    proxy = parse_networks(["127.0.0.1/32"])
+    with serve(lambda: StreamPeer(hold)) as silent, \
+            serve(lambda: HelperServer(enrolled(trusted_proxies=proxy))) as server:
+        first, second, third = asyncio.run(scenario(server.port, silent.port))
+    assert first[0] == 200 and first[1]["probe_address"] == "198.51.100.7"
+    assert second[0] == 200 and second[1]["probe_address"] == "203.0.113.9"
+    assert third[0] == 200 and third[1]["probe_address"] == OTHER_CLIENT
