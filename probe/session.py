@@ -54,6 +54,12 @@ log = logging.getLogger("probe.session")
 
 NETWORK_DOWN = "Your network seems down: nothing, not even the baseline, answered."
 INTERRUPTED = "run interrupted before the control was asked"
+# A helper measures one request at a time per client, and a client includes its
+# network: volunteers behind one carrier-grade NAT share an IPv4 address, so a
+# "one at a time" 429 is waited out (as the helper's Retry-After says, when short)
+# a few times before the batch goes without control.
+CONTROL_RETRIES = 3
+CONTROL_RETRY_WAIT = 5.0  # longest Retry-After waited for, in seconds
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,12 @@ async def _ask_helpers(
         # (parsing 30 MiB of nested lists can take more than 600 MiB of memory)
         cap = min(32 << 20, (256 << 10) * max(1, len(items)))
         request = ControlRequest(target, body, max_bytes=cap)
-        result = await network.control_call(request, config.timeout)
+        for attempt in range(CONTROL_RETRIES + 1):
+            result = await network.control_call(request, config.timeout)
+            wait = _retry_after(result.body) if result.status == 429 else None
+            if wait is None or wait > CONTROL_RETRY_WAIT or attempt == CONTROL_RETRIES:
+                break
+            await asyncio.sleep(wait)
         if result.status in (401, 403):
             reason = (result.body or {}).get("reason")
             raise RuntimeError(f"{url}: {auth.refusal_message(reason, config.enrolment)}")
@@ -233,6 +244,14 @@ async def _ask_helpers(
         for task in tasks:
             task.cancel()
     return outcome
+
+
+def _retry_after(body: dict[str, Any] | None) -> float | None:
+    """The seconds a helper's 429 asks to wait (None: it did not say)."""
+    wait = (body or {}).get("retry_after")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 3600:
+        return None
+    return float(wait)
 
 
 async def ask_control(

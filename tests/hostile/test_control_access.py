@@ -16,6 +16,7 @@ import asyncio
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from click.testing import CliRunner
@@ -330,6 +331,24 @@ def test_the_probe_with_an_unknown_key_gets_a_clear_reason(tmp_path):
     assert not throw_away.available and "--ephemeral-key" in throw_away.problems[0]
     assert not wrong_token.available
     assert "ask the NGO for a valid one" in wrong_token.problems[0]
+
+
+def test_a_probe_sharing_its_address_waits_its_turn():
+    """Two volunteers behind one NAT are one network to the helper: the second
+    probe's request gets "one at a time" (429, Retry-After: 1) while the first
+    measures a silent port, waits and asks again, and gets its answer."""
+    async def first_probe(helper_port: int, silent: int):
+        body = measure_body(silent, checks=("mtproto",), timeout=1.0)
+        return await post(helper_port, body, signed(body))
+
+    with serve(lambda: StreamPeer(hold)) as silent, serve(lambda: StreamPeer(hold)) as target, \
+            serve(lambda: HelperServer(enrolled())) as server:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(asyncio.run, first_probe(server.port, silent.port))
+            time.sleep(0.3)
+            second = probe_asks(server.port, target.port, ControlCredentials(None, token=TOKEN))
+            assert first.result(timeout=30)[0] == 200
+    assert second.available and second.problems == []
 
 
 def test_no_credential_lands_in_a_recorded_trace(tmp_path):
