@@ -541,11 +541,12 @@ def control_helper(hosts: dict[str, tuple[str, ...]], resolver: tuple[str, int])
     """A real control helper (aiohttp, signing with a throw-away key) on 127.0.0.1."""
     from aiohttp import web
 
+    from probe.control.auth import Access
     from probe.control.server import ControlHelper
     from probe.report.keys import generate_ephemeral
 
     helper = ControlHelper(resolver, routable=(ipaddress.ip_network("127.0.0.0/8"),),
-                           key=generate_ephemeral(),
+                           key=generate_ephemeral(), access=Access.anyone(),
                            network_factory=lambda: HostsFileNetwork(hosts))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -140,6 +140,29 @@ def udp_datagrams(endpoint: Endpoint) -> int:
     return per_port * len(endpoint.ports) * addresses
 
 
+def tcp_connections(endpoint: Endpoint) -> int:
+    """The most TCP connections measuring ``endpoint`` can open, over every address
+    and port: ``mtproto`` tries two framings, a TLS or TCP step opens one, and an
+    HTTP(S) request one more (the helper's per-client budget is charged this)."""
+    checks = set(endpoint.checks)
+    if not checks & TCP_CHECKS:
+        return 0
+    per_port = 2 if Check.MTPROTO in checks else 1
+    per_port += len(checks & {Check.HTTP, Check.HTTPS})
+    addresses = 1 if endpoint.host_is_address else ADDRESSES_PER_NAME
+    return per_port * len(endpoint.ports) * addresses
+
+
+def tcp_connections_made(observations: dict[str, EndpointObservation]) -> int:
+    """The TCP connections a measurement opened (each redirect counted as one more)."""
+    made = 0
+    for observation in observations.values():
+        for port in observation.ports:
+            made += len(port.mtproto) or (port.connect is not None)
+            made += sum(1 + len(h.redirects) for h in port.http)
+    return made
+
+
 def _number(data: dict, key: str, kind: type | tuple[type, ...]) -> Any:
     value = data.get(key)
     if value is None:

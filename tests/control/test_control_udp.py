@@ -15,6 +15,7 @@ import pytest
 
 from probe.bogons import parse_networks
 from probe.control import protocol
+from probe.control.auth import Access
 from probe.control.server import ControlHelper, serve
 from probe.control.udp_echo import UdpEcho
 from probe.net.live import LiveNetwork
@@ -85,7 +86,7 @@ def test_the_helper_runs_a_udp_flow_to_an_echo_and_answers_it():
     routable = parse_networks(["127.0.0.0/8"])
 
     async def go():
-        helper = ControlHelper(None, routable=routable)
+        helper = ControlHelper(None, routable=routable, access=Access.anyone())
         echo = UdpEcho([0], LOOPBACK)
         await echo.start()
         stop = asyncio.Event()
