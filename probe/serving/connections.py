@@ -1,0 +1,306 @@
+"""How many connections a server holds, from whom, and for how long: one guard for both servers.
+
+The control helper and the collector serve an ``aiohttp.web.Application``
+through :func:`serving`, which puts a :class:`ConnectionGuard` in front of
+aiohttp. The guard bounds open connections in total and per client
+(:func:`probe.serving.clients.client_key`: an IPv4 address or an IPv6 /64),
+rate-limits a client's new connections, and closes a connection that does not
+send a complete request head in time: from accept (slowloris trickles its head a
+byte at a time, which aiohttp alone tolerates), and again after each response
+(an idle or trickling keep-alive connection). A refused connection is closed as
+soon as it is accepted, before anything is read from it. Enough file
+descriptors are reserved at start for the total cap, so an accept() never
+fails for want of one (the storm of "accept() out of system resource" log
+lines). Handlers are not this module's business: a request body's pace is
+bounded by the handler that reads it. Client addresses are kept in memory for
+counting only, never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import resource
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from probe.serving.buckets import TokenBuckets
+from probe.serving.clients import client_key
+
+log = logging.getLogger("probe.serving")
+
+FD_RESERVE = 64  # descriptors kept for everything but client connections (files, workers)
+FD_COMFORT = 65536  # the soft limit asked for when the hard one allows: outgoing sockets too
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Every connection-level bound of a server facing the Internet."""
+
+    max_connections: int = 1024  # open client connections in all; more are closed at once
+    max_per_client: int = 32  # open connections from one client (an IPv4 address, an IPv6 /64)
+    client_rate: float = 4.0  # new connections per second per client, sustained
+    client_burst: float = 64.0  # new connections per client at once
+    header_timeout: float = 10.0  # seconds from accept to a complete request head
+    idle_timeout: float = 15.0  # seconds from a response to the next complete request head
+    lifetime: float = 600.0  # no connection lives longer, between requests
+    max_tracked: int = 100_000  # clients held in memory for the rate limit
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_per_client < 1:
+            raise ValueError("connection caps must be at least 1")
+        if min(self.header_timeout, self.idle_timeout, self.lifetime) <= 0:
+            raise ValueError("connection timeouts must be positive")
+        if self.client_rate <= 0 or self.client_burst < 1:
+            raise ValueError("a connection rate needs client_rate > 0 and client_burst >= 1")
+
+
+class _Connection:
+    """One accepted connection, between asyncio's transport and aiohttp's handler.
+
+    It is the protocol asyncio calls, and hands every event on to aiohttp's
+    request handler, so the guard learns of a close the moment it happens.
+    """
+
+    __slots__ = ("guard", "handler", "client", "transport", "opened", "idle_since",
+                 "requests", "active", "buffered")
+
+    def __init__(self, guard: ConnectionGuard, handler: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.handler = handler
+        self.client = ""
+        self.transport: asyncio.Transport | None = None
+        self.opened = self.idle_since = time.monotonic()
+        self.requests = 0  # request heads received so far
+        self.active = 0  # requests being handled now
+        self.buffered = 0  # bytes of response not yet taken by the kernel, at the last sweep
+
+
+class _Gate(asyncio.Protocol):
+    """Decides, the moment a connection is accepted, whether aiohttp ever sees it."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self.guard = guard
+        self.connection: _Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):  # a stream server's always is
+            transport.close()
+            return
+        self.connection = self.guard.admit(transport)
+        if self.connection is None:
+            transport.abort()  # at once: nothing read, nothing flushed
+            return
+        self.connection.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.connection is not None:
+            self.connection.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.connection is not None:
+            return self.connection.handler.eof_received()
+        return None
+
+    def pause_writing(self) -> None:
+        if self.connection is not None:
+            self.connection.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.connection is not None:
+            self.connection.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.connection is not None:
+            self.guard.forget(self.connection)
+            self.connection.handler.connection_lost(exc)
+
+
+class ConnectionGuard:
+    """Admits, counts and times out the connections of one listening server."""
+
+    def __init__(
+        self, limits: ConnectionLimits, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.connections: dict[int, _Connection] = {}  # id(aiohttp handler) -> connection
+        self.per_client: Counter[str] = Counter()
+        self.rate = TokenBuckets(
+            limits.client_rate, limits.client_burst, limits.max_tracked, clock
+        )
+        self.refused: Counter[str] = Counter()  # why connections were refused, for stats
+        self.closed: Counter[str] = Counter()  # why the guard closed connections
+        self._make_handler: Callable[[], asyncio.Protocol] | None = None
+
+    def factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory for ``loop.create_server``, in front of aiohttp's ``server``."""
+        self._make_handler = server  # type: ignore[assignment]  # web.Server() makes handlers
+        return lambda: _Gate(self)
+
+    def admit(self, transport: asyncio.Transport) -> _Connection | None:
+        """A new connection to serve, or None to close it at once (and why, in ``refused``)."""
+        if len(self.connections) >= self.limits.max_connections:
+            self.refused["total"] += 1
+            return None
+        peer = transport.get_extra_info("peername")
+        client = client_key(peer[0] if isinstance(peer, tuple) and peer else None)
+        if self.per_client[client] >= self.limits.max_per_client:
+            self.refused["per_client"] += 1
+            return None
+        if self.rate.take(client):
+            self.refused["rate"] += 1
+            return None
+        assert self._make_handler is not None, "factory() first"
+        connection = _Connection(self, self._make_handler())
+        connection.client = client
+        connection.transport = transport
+        connection.opened = connection.idle_since = self.clock()
+        self.connections[id(connection.handler)] = connection
+        self.per_client[client] += 1
+        return connection
+
+    def forget(self, connection: _Connection) -> None:
+        if self.connections.pop(id(connection.handler), None) is None:
+            return
+        self.per_client[connection.client] -= 1
+        if self.per_client[connection.client] <= 0:
+            del self.per_client[connection.client]
+        connection.transport = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        """Marks a connection busy while a request it sent is handled."""
+        connection = self.connections.get(id(request.protocol))
+        if connection is None:
+            return await handler(request)
+        connection.requests += 1
+        connection.active += 1
+        try:
+            return await handler(request)
+        finally:
+            connection.active -= 1
+            connection.idle_since = self.clock()
+
+    def sweep(self) -> None:
+        """Close connections past their deadline for a request head, or past their life."""
+        now = self.clock()
+        for connection in list(self.connections.values()):
+            transport = connection.transport
+            if transport is None or transport.is_closing():
+                continue
+            if connection.active:
+                connection.idle_since = now
+                continue
+            buffered = transport.get_write_buffer_size()
+            if buffered and buffered != connection.buffered:
+                connection.idle_since = now  # the client is still reading its response
+            connection.buffered = buffered
+            deadline = (
+                self.limits.idle_timeout if connection.requests else self.limits.header_timeout
+            )
+            if now - connection.idle_since > deadline:
+                self.closed["idle" if connection.requests else "header"] += 1
+            elif now - connection.opened > self.limits.lifetime:
+                self.closed["lifetime"] += 1
+            else:
+                continue
+            if buffered:
+                transport.abort()  # a reader that stopped reading: close() would wait on it
+            else:
+                transport.close()
+
+    def tick(self) -> float:
+        """Seconds between sweeps: a deadline is kept to within a quarter of itself."""
+        return min(1.0, self.limits.header_timeout / 4, self.limits.idle_timeout / 4)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick())
+            self.sweep()
+
+
+def reserve_descriptors(wanted: int) -> int:
+    """Raise the soft limit on open files to hold ``wanted`` connections (and a reserve);
+    returns how many connections the limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < max(needed, FD_COMFORT):
+        target = max(needed, FD_COMFORT)
+        raised = target if hard == resource.RLIM_INFINITY else min(target, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - FD_RESERVE))
+
+
+@dataclass
+class Serving:
+    """A server listening through a guard: where it is bound, and its guard."""
+
+    address: tuple[str, int]  # the bound host and port (port 0 asked: the port given)
+    guard: ConnectionGuard
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: web.Application,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    **runner_kwargs: Any,
+) -> AsyncIterator[Serving]:
+    """Serve ``app`` on ``host``:``port`` through a connection guard, while in the block.
+
+    ``runner_kwargs`` go to ``aiohttp.web.AppRunner`` (``handler_cancellation``,
+    ``auto_decompress``, ``shutdown_timeout``...); aiohttp's access log is always
+    off, since it would write every client's address. On leaving the block the
+    listening socket closes and requests in flight get ``shutdown_timeout`` to end.
+    """
+    allowed = reserve_descriptors(limits.max_connections)
+    if allowed < limits.max_connections:
+        log.warning(
+            "open-file limit too low for %d connections: serving at most %d",
+            limits.max_connections, allowed,
+        )
+        limits = dataclasses.replace(limits, max_connections=allowed)
+    guard = ConnectionGuard(limits)
+    app.middlewares.append(guard.middleware)
+    runner_kwargs["access_log"] = None
+    # aiohttp's own keep-alive timer closes an idle connection too; the guard's
+    # deadlines are the tighter ones.
+    runner_kwargs.setdefault("keepalive_timeout", max(limits.header_timeout, limits.idle_timeout))
+    runner = web.AppRunner(app, **runner_kwargs)
+    await runner.setup()
+    try:
+        if runner.server is None:  # setup() creates it
+            raise RuntimeError("aiohttp's AppRunner has no server after setup()")
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            guard.factory(runner.server), host, port, reuse_address=True, backlog=256
+        )
+        sweeper = loop.create_task(guard.run(), name="connection-guard")
+        try:
+            bound = server.sockets[0].getsockname()
+            yield Serving((str(bound[0]), int(bound[1])), guard)
+        finally:
+            sweeper.cancel()
+            server.close()
+    finally:
+        await runner.cleanup()
