@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import resource
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,10 @@ from probe.serving.clients import client_key
 
 log = logging.getLogger("probe.serving")
 
-FD_RESERVE = 64  # descriptors kept for everything but client connections (files, workers)
+# Descriptors kept for everything but client connections: files, workers, and one
+# accept batch (asyncio accepts up to the backlog, 256, per turn of the loop, and a
+# refused or evicted socket is released only on the next turn).
+FD_RESERVE = 64 + 256
 FD_COMFORT = 65536  # the soft limit asked for when the hard one allows: outgoing sockets too
 
 
@@ -123,6 +126,66 @@ class _Gate(asyncio.Protocol):
             self.connection.handler.connection_lost(exc)
 
 
+class IdleConnections:
+    """Connections with no request being handled, grouped by client.
+
+    ``victim()`` is the one to close when the server is full: the longest idle
+    connection of the client that holds the most idle connections, found in
+    constant time. To push out a client holding one connection, an attacker must
+    first bring every client down to one, which takes as many addresses as the
+    server has places.
+    """
+
+    def __init__(self) -> None:
+        self.by_client: dict[str, OrderedDict[int, _Connection]] = {}
+        self._clients_holding: dict[int, dict[str, None]] = {}  # count -> clients, in order
+        self._most = 0
+
+    def __len__(self) -> int:
+        return sum(len(held) for held in self.by_client.values())
+
+    def __contains__(self, connection: _Connection) -> bool:
+        return id(connection.handler) in self.by_client.get(connection.client, ())
+
+    def add(self, connection: _Connection) -> None:
+        """Mark idle (again): last in its client's line."""
+        held = self.by_client.setdefault(connection.client, OrderedDict())
+        key = id(connection.handler)
+        if key in held:
+            held.move_to_end(key)
+            return
+        self._move(connection.client, len(held), len(held) + 1)
+        held[key] = connection
+        self._most = max(self._most, len(held))
+
+    def discard(self, connection: _Connection) -> None:
+        held = self.by_client.get(connection.client)
+        key = id(connection.handler)
+        if held is None or key not in held:
+            return
+        self._move(connection.client, len(held), len(held) - 1)
+        del held[key]
+        if not held:
+            del self.by_client[connection.client]
+
+    def victim(self) -> _Connection | None:
+        while self._most and not self._clients_holding.get(self._most):
+            self._most -= 1
+        if not self._most:
+            return None
+        client = next(iter(self._clients_holding[self._most]))
+        return next(iter(self.by_client[client].values()))
+
+    def _move(self, client: str, old: int, new: int) -> None:
+        if old:
+            clients = self._clients_holding[old]
+            del clients[client]
+            if not clients:
+                del self._clients_holding[old]
+        if new:
+            self._clients_holding.setdefault(new, {})[client] = None
+
+
 class ConnectionGuard:
     """Admits, counts and times out the connections of one listening server."""
 
@@ -132,6 +195,7 @@ class ConnectionGuard:
         self.limits = limits
         self.clock = clock
         self.connections: dict[int, _Connection] = {}  # id(aiohttp handler) -> connection
+        self.idle = IdleConnections()  # when the server is full, a newcomer replaces one
         self.per_client: Counter[str] = Counter()
         self.rate = TokenBuckets(
             limits.client_rate, limits.client_burst, limits.max_tracked, clock
@@ -146,10 +210,15 @@ class ConnectionGuard:
         return lambda: _Gate(self)
 
     def admit(self, transport: asyncio.Transport) -> _Connection | None:
-        """A new connection to serve, or None to close it at once (and why, in ``refused``)."""
-        if len(self.connections) >= self.limits.max_connections:
-            self.refused["total"] += 1
-            return None
+        """A new connection to serve, or None to close it at once (and why, in ``refused``).
+
+        A client over its own cap or rate is refused. When the server is full,
+        an idle connection (still trickling its first request head, or between
+        requests) is closed to make room, the longest idle of the client holding
+        the most (:class:`IdleConnections`): otherwise slow connections from
+        enough addresses would hold every place and nobody new could get in.
+        Only with every connection busy is a newcomer refused.
+        """
         peer = transport.get_extra_info("peername")
         client = client_key(peer[0] if isinstance(peer, tuple) and peer else None)
         if self.per_client[client] >= self.limits.max_per_client:
@@ -158,18 +227,38 @@ class ConnectionGuard:
         if self.rate.take(client):
             self.refused["rate"] += 1
             return None
+        if len(self.connections) >= self.limits.max_connections:
+            victim = self.idle.victim()
+            if victim is None:
+                self.refused["total"] += 1
+                return None
+            self.closed["evicted"] += 1
+            self._close(victim)
         assert self._make_handler is not None, "factory() first"
         connection = _Connection(self, self._make_handler())
         connection.client = client
         connection.transport = transport
         connection.opened = connection.idle_since = self.clock()
         self.connections[id(connection.handler)] = connection
+        self.idle.add(connection)
         self.per_client[client] += 1
         return connection
+
+    def _close(self, connection: _Connection) -> None:
+        """Close a connection and stop counting it now (its close completes later)."""
+        transport = connection.transport
+        self.forget(connection)
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()  # a reader that stopped reading: close() would wait on it
+        else:
+            transport.close()
 
     def forget(self, connection: _Connection) -> None:
         if self.connections.pop(id(connection.handler), None) is None:
             return
+        self.idle.discard(connection)
         self.per_client[connection.client] -= 1
         if self.per_client[connection.client] <= 0:
             del self.per_client[connection.client]
@@ -183,11 +272,14 @@ class ConnectionGuard:
             return await handler(request)
         connection.requests += 1
         connection.active += 1
+        self.idle.discard(connection)
         try:
             return await handler(request)
         finally:
             connection.active -= 1
             connection.idle_since = self.clock()
+            if not connection.active and connection.transport is not None:
+                self.idle.add(connection)  # the most recently idle last
 
     def sweep(self) -> None:
         """Close connections past their deadline for a request head, or past their life."""
@@ -202,6 +294,8 @@ class ConnectionGuard:
             buffered = transport.get_write_buffer_size()
             if buffered and buffered != connection.buffered:
                 connection.idle_since = now  # the client is still reading its response
+                if connection in self.idle:
+                    self.idle.add(connection)
             connection.buffered = buffered
             deadline = (
                 self.limits.idle_timeout if connection.requests else self.limits.header_timeout
@@ -212,10 +306,7 @@ class ConnectionGuard:
                 self.closed["lifetime"] += 1
             else:
                 continue
-            if buffered:
-                transport.abort()  # a reader that stopped reading: close() would wait on it
-            else:
-                transport.close()
+            self._close(connection)
 
     def tick(self) -> float:
         """Seconds between sweeps: a deadline is kept to within a quarter of itself."""
