@@ -7,13 +7,13 @@ aiohttp. The guard bounds open connections in total and per client
 rate-limits a client's new connections, and closes a connection that does not
 send a complete request head in time: from accept (slowloris trickles its head a
 byte at a time, which aiohttp alone tolerates), and again after each response
-(an idle or trickling keep-alive connection). A refused connection is closed as
-soon as it is accepted, before anything is read from it. Enough file
-descriptors are reserved at start for the total cap, so an accept() never
-fails for want of one (the storm of "accept() out of system resource" log
-lines). Handlers are not this module's business: a request body's pace is
-bounded by the handler that reads it. Client addresses are kept in memory for
-counting only, never logged.
+(an idle or trickling keep-alive connection). A refused connection is closed
+in the very call that accepted it (:class:`Listener`, our own accept loop),
+before anything is read from it. Enough file descriptors are reserved at start
+for the total cap, so an accept() does not fail for want of one (the storm of
+"accept() out of system resource" log lines). Handlers are not this module's
+business: a request body's pace is bounded by the handler that reads it. Client
+addresses are kept in memory for counting only, never logged.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import resource
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -36,10 +38,10 @@ from probe.serving.clients import client_key
 
 log = logging.getLogger("probe.serving")
 
-# Descriptors kept for everything but client connections: files, workers, and one
-# accept batch (asyncio accepts up to the backlog, 256, per turn of the loop, and a
-# refused or evicted socket is released only on the next turn).
-FD_RESERVE = 64 + 256
+# Descriptors kept for everything but client connections: files, workers, the
+# listening sockets, connections evicted but not yet closed (released on the
+# next turn of the loop).
+FD_RESERVE = 64
 FD_COMFORT = 65536  # the soft limit asked for when the hard one allows: outgoing sockets too
 
 
@@ -87,21 +89,26 @@ class _Connection:
 
 
 class _Gate(asyncio.Protocol):
-    """Decides, the moment a connection is accepted, whether aiohttp ever sees it."""
+    """The protocol asyncio calls for an admitted connection; aiohttp's handler behind it."""
 
-    def __init__(self, guard: ConnectionGuard) -> None:
+    def __init__(self, guard: ConnectionGuard, connection: _Connection) -> None:
         self.guard = guard
-        self.connection: _Connection | None = None
+        self.connection: _Connection | None = connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        connection = self.connection
+        assert connection is not None
         if not isinstance(transport, asyncio.Transport):  # a stream server's always is
+            self.connection = None
+            self.guard.forget(connection)
             transport.close()
             return
-        self.connection = self.guard.admit(transport)
-        if self.connection is None:
-            transport.abort()  # at once: nothing read, nothing flushed
+        if self.guard.connections.get(id(connection.handler)) is not connection:
+            self.connection = None  # made room for a newcomer before it was even made
+            transport.abort()
             return
-        self.connection.handler.connection_made(transport)
+        connection.transport = transport
+        connection.handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.connection is not None:
@@ -204,12 +211,11 @@ class ConnectionGuard:
         self.closed: Counter[str] = Counter()  # why the guard closed connections
         self._make_handler: Callable[[], asyncio.Protocol] | None = None
 
-    def factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory for ``loop.create_server``, in front of aiohttp's ``server``."""
+    def attach(self, server: web.Server) -> None:
+        """The aiohttp server whose request handlers serve admitted connections."""
         self._make_handler = server  # type: ignore[assignment]  # web.Server() makes handlers
-        return lambda: _Gate(self)
 
-    def admit(self, transport: asyncio.Transport) -> _Connection | None:
+    def admit(self, peer: Any) -> _Connection | None:
         """A new connection to serve, or None to close it at once (and why, in ``refused``).
 
         A client over its own cap or rate is refused. When the server is full,
@@ -219,7 +225,6 @@ class ConnectionGuard:
         enough addresses would hold every place and nobody new could get in.
         Only with every connection busy is a newcomer refused.
         """
-        peer = transport.get_extra_info("peername")
         client = client_key(peer[0] if isinstance(peer, tuple) and peer else None)
         if self.per_client[client] >= self.limits.max_per_client:
             self.refused["per_client"] += 1
@@ -234,10 +239,9 @@ class ConnectionGuard:
                 return None
             self.closed["evicted"] += 1
             self._close(victim)
-        assert self._make_handler is not None, "factory() first"
+        assert self._make_handler is not None, "attach() first"
         connection = _Connection(self, self._make_handler())
         connection.client = client
-        connection.transport = transport
         connection.opened = connection.idle_since = self.clock()
         self.connections[id(connection.handler)] = connection
         self.idle.add(connection)
@@ -336,6 +340,107 @@ def reserve_descriptors(wanted: int) -> int:
     return max(1, min(wanted, soft - FD_RESERVE))
 
 
+ACCEPT_BATCH = 256  # connections accepted per turn of the loop, at most
+BACKLOG = 256  # connections the kernel holds for us between turns
+PAUSE_WHEN_OUT_OF_DESCRIPTORS = 1.0  # seconds, as asyncio's own accept loop
+
+
+async def listening_sockets(host: str | None, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host`` (every address it names;
+    every interface if empty) and ``port``, as ``loop.create_server`` would make."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(
+            (i[0], i[1], i[2], "", i[4]) for i in infos
+        ):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise OSError(f"no address to listen on for {host!r}")
+    return sockets
+
+
+class Listener:
+    """Accepts connections on one socket and lets the guard decide, before any transport.
+
+    asyncio's own accept loop hands a connection to the protocol only two or three
+    turns of the loop after accepting it, so a refused one would hold its
+    descriptor that long while hundreds more are accepted: a flood then runs the
+    server out of descriptors, and asyncio logs "accept() out of system resource"
+    for each failed accept. Here a refused connection is closed within the very
+    call that accepted it, unread; an admitted one becomes a transport through
+    ``loop.connect_accepted_socket``. Out of descriptors anyway, accepting pauses
+    for a second, counted and not logged.
+    """
+
+    def __init__(self, sock: socket.socket, guard: ConnectionGuard) -> None:
+        self.sock = sock
+        self.guard = guard
+        self.loop = asyncio.get_running_loop()
+        self._starting: set[asyncio.Task[Any]] = set()
+        self._resume: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        if not self._closed:
+            self._resume = None
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # gone before we got to it
+            except OSError as error:
+                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                self.guard.refused["descriptors"] += 1
+                self.loop.remove_reader(self.sock.fileno())
+                self._resume = self.loop.call_later(PAUSE_WHEN_OUT_OF_DESCRIPTORS, self.start)
+                return
+            connection = self.guard.admit(peer)
+            if connection is None:
+                sock.close()  # at once: nothing read
+                continue
+            sock.setblocking(False)
+            task = self.loop.create_task(self._start(sock, connection))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start(self, sock: socket.socket, connection: _Connection) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: _Gate(self.guard, connection), sock)
+        except (OSError, asyncio.CancelledError):
+            self.guard.forget(connection)
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+        self.loop.remove_reader(self.sock.fileno())
+        for task in self._starting:
+            task.cancel()
+        self.sock.close()
+
+
 @dataclass
 class Serving:
     """A server listening through a guard: where it is bound, and its guard."""
@@ -382,16 +487,18 @@ async def serving(
     try:
         if runner.server is None:  # setup() creates it
             raise RuntimeError("aiohttp's AppRunner has no server after setup()")
+        guard.attach(runner.server)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            guard.factory(runner.server), host, port, reuse_address=True, backlog=256
-        )
+        listeners = [Listener(sock, guard) for sock in await listening_sockets(host, port)]
         sweeper = loop.create_task(guard.run(), name="connection-guard")
         try:
-            bound = server.sockets[0].getsockname()
+            for listener in listeners:
+                listener.start()
+            bound = listeners[0].sock.getsockname()
             yield Serving((str(bound[0]), int(bound[1])), guard)
         finally:
             sweeper.cancel()
-            server.close()
+            for listener in listeners:
+                listener.close()
     finally:
         await runner.cleanup()

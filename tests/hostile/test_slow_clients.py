@@ -16,11 +16,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import re
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -498,3 +504,47 @@ def test_a_flood_of_bad_requests_writes_a_bounded_number_of_lines(start, all_log
     server.stop()
     complaints = [line for line in all_logs.lines if line.startswith("aiohttp.server ")]
     assert 25 <= len(complaints) <= 31, len(complaints)  # 30 a minute per logger
+
+
+def test_out_of_descriptors_the_helper_neither_storms_its_log_nor_stops_answering(tmp_path):
+    # The helper at a hard limit of 300 open files, 600 trickling connections
+    # from 60 addresses: it once wrote 295,480 "accept() out of system resource"
+    # lines in 45 s. Now its cap fits its descriptors (one warning at start).
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    log = tmp_path / "helper.log"
+    with open(log, "wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "probe", "control", "serve", "--listen", "127.0.0.1:0",
+             "--resolver", "127.0.0.1:53", "--key", str(tmp_path / "helper.key"),
+             "--duration", "60"],
+            stdout=subprocess.DEVNULL, stderr=stream, preexec_fn=limit_files,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(rb"listening on [\d.]+:(\d+)", log.read_bytes())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        server = Server("control", "127.0.0.1", serve=lambda *_: None)
+        server.port = int(found[1])
+        answers = []
+        with Slowloris(server, sources(60, third=2), per_source=10, seconds=4.0) as attack:
+            time.sleep(1.0)
+            while attack.running:
+                answers.append(get(server)[0])
+                time.sleep(0.5)
+        assert attack.opened >= 600
+        assert answers and answers == [200] * len(answers), answers
+        text = log.read_text()
+        assert "out of system resource" not in text and "accept" not in text
+        assert "serving at most 236" in text  # 300 descriptors, 64 kept for the rest
+        assert len(text.splitlines()) < 10, text[-2000:]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
