@@ -427,9 +427,13 @@ class Listener:
     async def _start(self, sock: socket.socket, connection: _Connection) -> None:
         try:
             await self.loop.connect_accepted_socket(lambda: _Gate(self.guard, connection), sock)
-        except (OSError, asyncio.CancelledError):
+        except OSError:  # the peer went away meanwhile
             self.guard.forget(connection)
             sock.close()
+        except asyncio.CancelledError:  # the server is stopping
+            self.guard.forget(connection)
+            sock.close()
+            raise
 
     def close(self) -> None:
         self._closed = True
