@@ -325,7 +325,7 @@ def test_slowloris_from_many_addresses_does_not_starve_legitimate_clients(start,
             time.sleep(0.3)
     statuses = [status for status, _ in answers]
     worst = max(seconds for _, seconds in answers)
-    assert len(answers) >= 10, "the attack ended before the legitimate client could try"
+    assert len(answers) >= 5, "the attack ended before the legitimate client could try"
     assert statuses == [200] * len(statuses), statuses
     assert worst < 5.0, f"a legitimate request took {worst:.1f} s during the attack"
     assert attack.opened >= 1100
