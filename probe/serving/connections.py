@@ -68,10 +68,10 @@ class ConnectionLimits:
 
 
 class _Connection:
-    """One accepted connection, between asyncio's transport and aiohttp's handler.
+    """One admitted connection: its aiohttp handler, its client and its clock.
 
-    It is the protocol asyncio calls, and hands every event on to aiohttp's
-    request handler, so the guard learns of a close the moment it happens.
+    Its transport is set once asyncio has made it (``None`` before, and again
+    once the guard has forgotten it).
     """
 
     __slots__ = ("guard", "handler", "client", "transport", "opened", "idle_since",
@@ -89,7 +89,11 @@ class _Connection:
 
 
 class _Gate(asyncio.Protocol):
-    """The protocol asyncio calls for an admitted connection; aiohttp's handler behind it."""
+    """The protocol asyncio calls for an admitted connection.
+
+    It hands every event on to aiohttp's request handler, so the guard learns of
+    a close the moment it happens.
+    """
 
     def __init__(self, guard: ConnectionGuard, connection: _Connection) -> None:
         self.guard = guard
