@@ -548,3 +548,37 @@ def test_out_of_descriptors_the_helper_neither_storms_its_log_nor_stops_answerin
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_the_collector_command_takes_a_per_address_cap(tmp_path):
+    log = tmp_path / "collector.log"
+    with open(log, "wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "probe.collector", "serve", "--listen", "127.0.0.1:0",
+             "--data", str(tmp_path / "data"), "--check-workers", "0",
+             "--max-connections-per-address", "2", "--duration", "30"],
+            stdout=subprocess.DEVNULL, stderr=stream,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(rb"listening on http://[\d.]+:(\d+)", log.read_bytes())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        server = Server("collector", "127.0.0.1", serve=lambda *_: None)
+        server.port = int(found[1])
+        held = [connect(server, "127.0.0.61") for _ in range(2)]
+        try:
+            time.sleep(0.2)
+            assert refused_at_once(server, "127.0.0.61")
+            assert get(server, "127.0.0.62")[0] == 200
+        finally:
+            for sock in held:
+                sock.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
