@@ -89,6 +89,14 @@ def collector() -> None:
     show_default=True,
 )
 @click.option(
+    "--max-connections-per-address",
+    type=click.IntRange(1, 100_000),
+    default=DEFAULTS.max_connections_per_address,
+    show_default=True,
+    help="Open connections from one address (an IPv6 /64 is one); raise it for "
+    "many probes behind one NAT.",
+)
+@click.option(
     "--address-rate",
     type=click.FloatRange(0.001),
     default=DEFAULTS.address_rate,
@@ -149,6 +157,7 @@ def serve(
     trusted_control_keys,
     max_concurrent,
     max_connections,
+    max_connections_per_address,
     address_rate,
     address_burst,
     key_rate,
@@ -175,6 +184,7 @@ def serve(
         max_body_bytes=max_body_mib * MIB,
         max_concurrent_uploads=max_concurrent,
         max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         address_rate=address_rate,

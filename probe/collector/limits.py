@@ -24,9 +24,12 @@ class Limits:
     max_lines: int = 5000  # per request
     max_concurrent_uploads: int = 16  # uploads being processed at once; more get 503
     max_connections: int = 1024  # open TCP connections; more are closed at once
+    max_connections_per_address: int = 32  # from one address (IPv6: one /64); more closed
+    connection_rate: float = 4.0  # new connections per second per address, sustained
+    connection_burst: float = 64.0  # new connections per address at once
     header_timeout: float = 10.0  # seconds for a new connection to send its first request
     body_timeout: float = 60.0  # seconds to receive a whole request body
-    idle_timeout: float = 15.0  # keep-alive: seconds a connection may sit idle
+    idle_timeout: float = 15.0  # keep-alive: seconds from a response to the next request head
     address_rate: float = 5.0  # upload requests per second per address, sustained
     address_burst: float = 60.0
     key_rate: float = 200.0  # new lines per second per probe key, sustained

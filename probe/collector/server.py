@@ -38,6 +38,8 @@ from probe.collector.limits import Limits
 from probe.collector.lines import CheckedLine, LinePolicy, check_line, split_lines
 from probe.collector.store import DUPLICATE, REJECTED, STORED, Accepted, Outcome, Store, StoreError
 from probe.serving.buckets import TokenBuckets, retry_after_seconds
+from probe.serving.connections import ConnectionLimits, serving
+from probe.serving.logs import install
 
 log = logging.getLogger("probe.collector")
 
@@ -386,86 +388,22 @@ def _error(refused: RequestRefused) -> web.Response:
 
 
 # --------------------------------------------------------------------------- #
-# connections: how many, and how long before they must send a request          #
+# connections: how many, from whom, and how long before they must send a request #
 # --------------------------------------------------------------------------- #
 
 
-class _Refuse(asyncio.Protocol):
-    """Closes a connection over the limit as soon as it is accepted."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.abort()  # at once, without flushing anything
-        else:
-            transport.close()
-
-
-@dataclass
-class _Connection:
-    handler: Any
-    opened: float
-    requests: int = 0
-    active: int = 0
-
-
-class ConnectionGuard:
-    """Bounds open connections and closes those that send no request in time.
-
-    aiohttp times out idle keep-alive connections but not a client that opens a
-    connection and then sends its request head one byte a minute; this does.
-    """
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.connections: dict[int, _Connection] = {}
-        self.refused = 0
-
-    def factory(self, server: web.Server) -> Callable[[], asyncio.BaseProtocol]:
-        def make() -> asyncio.BaseProtocol:
-            self._forget_closed()
-            if len(self.connections) >= self.limits.max_connections:
-                self.refused += 1
-                return _Refuse()
-            handler = server()
-            self.connections[id(handler)] = _Connection(handler, time.monotonic())
-            return handler
-
-        return make
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        connection = self.connections.get(id(request.protocol))
-        if connection is not None:
-            connection.requests += 1
-            connection.active += 1
-        try:
-            return await handler(request)
-        finally:
-            if connection is not None:
-                connection.active -= 1
-
-    def _forget_closed(self) -> None:
-        for key, connection in list(self.connections.items()):
-            if connection.handler.transport is None and time.monotonic() - connection.opened > 1:
-                del self.connections[key]
-
-    def sweep(self) -> None:
-        """Close connections that have sent no request within the header timeout."""
-        now = time.monotonic()
-        self._forget_closed()
-        for connection in self.connections.values():
-            transport = connection.handler.transport
-            if transport is None or connection.active:
-                continue
-            if connection.requests == 0 and now - connection.opened > self.limits.header_timeout:
-                transport.close()
-            elif now - connection.opened > max(600.0, self.limits.body_timeout * 10):
-                transport.close()  # no connection lives forever between requests
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(min(1.0, self.limits.header_timeout / 4))
-            self.sweep()
+def connection_limits(limits: Limits) -> ConnectionLimits:
+    """The collector's bounds on connections, for the shared guard (probe.serving)."""
+    return ConnectionLimits(
+        max_connections=limits.max_connections,
+        max_per_client=limits.max_connections_per_address,
+        client_rate=limits.connection_rate,
+        client_burst=limits.connection_burst,
+        header_timeout=limits.header_timeout,
+        idle_timeout=limits.idle_timeout,
+        lifetime=max(600.0, limits.body_timeout * 10),  # between requests
+        max_tracked=limits.max_tracked,
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -482,40 +420,28 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or forever); ``ready`` gets the listening URL."""
-    guard = ConnectionGuard(collector.limits)
-    app = collector.app()
-    app.middlewares.append(guard.middleware)
-    runner = web.AppRunner(
-        app,
-        access_log=None,  # aiohttp's access log would write the uploader's address
-        auto_decompress=False,  # we inflate gzip ourselves, with a limit
-        keepalive_timeout=collector.limits.idle_timeout,
-        handler_cancellation=False,
-        shutdown_timeout=10.0,
-    )
-    await runner.setup()
-    if runner.server is None:  # setup() creates it
-        raise RuntimeError("aiohttp's AppRunner has no server after setup()")
-    web_server = runner.server
-    await collector.start()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        guard.factory(web_server), host, port, reuse_address=True, backlog=256
-    )
-    sweeper = loop.create_task(guard.run())
+    hygiene = install("probe.collector")
     try:
-        bound = server.sockets[0].getsockname()
-        url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        url = f"http://{url_host}:{bound[1]}"
-        log.info(
-            "collector %s listening on %s, storing in %s", __version__, url, collector.store.root
-        )
-        if ready is not None:
-            ready(url)
-        await (stop or asyncio.Event()).wait()
+        await collector.start()
+        try:
+            async with serving(
+                collector.app(),
+                host,
+                port,
+                connection_limits(collector.limits),
+                auto_decompress=False,  # we inflate gzip ourselves, with a limit
+                handler_cancellation=False,
+                shutdown_timeout=10.0,  # lets uploads in flight finish
+            ) as server:
+                log.info(
+                    "collector %s listening on %s, storing in %s",
+                    __version__, server.url, collector.store.root,
+                )
+                if ready is not None:
+                    ready(server.url)
+                await (stop or asyncio.Event()).wait()
+        finally:
+            await collector.close()
+            log.info("collector stopped: %s", json.dumps(dict(collector.totals), sort_keys=True))
     finally:
-        sweeper.cancel()
-        server.close()
-        await runner.cleanup()  # lets uploads in flight finish (up to 10 s)
-        await collector.close()
-        log.info("collector stopped: %s", json.dumps(dict(collector.totals), sort_keys=True))
+        hygiene.uninstall()
