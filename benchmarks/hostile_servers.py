@@ -76,7 +76,7 @@ class Server:
         if self.kind == "control":
             return [sys.executable, "-m", "probe", "control", "serve", "--listen", f"{HOST}:0",
                     "--resolver", "127.0.0.1:53", "--key", str(self.folder / "control.key"),
-                    "--duration", "900"]
+                    "--duration", "900", "--open"]
         return [sys.executable, "-m", "probe.collector", "serve", "--listen", f"{HOST}:0",
                 "--data", str(self.folder / "data"), "--check-workers", "1",
                 "--duration", "900"]

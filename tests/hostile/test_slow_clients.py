@@ -518,7 +518,7 @@ def test_out_of_descriptors_the_helper_neither_storms_its_log_nor_stops_answerin
         process = subprocess.Popen(
             [sys.executable, "-m", "probe", "control", "serve", "--listen", "127.0.0.1:0",
              "--resolver", "127.0.0.1:53", "--key", str(tmp_path / "helper.key"),
-             "--duration", "60"],
+             "--duration", "60", "--open"],
             stdout=subprocess.DEVNULL, stderr=stream, preexec_fn=limit_files,
             env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
         )
