@@ -121,6 +121,48 @@ def _hex(text: Any, length: int) -> bool:
     return isinstance(text, str) and len(text) == length and set(text) <= set("0123456789abcdef")
 
 
+# ---- Ed25519 public keys (RFC 8032 section 5.1) ----------------------------- #
+
+P = 2**255 - 19
+D = (-121665 * pow(121666, -1, P)) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def _decode_point(raw: bytes) -> tuple[int, int]:
+    """RFC 8032 5.1.3, refusing what it says must fail (y >= p, x = 0 with the sign bit)."""
+    value = int.from_bytes(raw, "little")
+    y, sign = value & ((1 << 255) - 1), value >> 255
+    if y >= P:
+        raise Invalid("public key: y is not below p")
+    u, v = (y * y - 1) % P, (D * y * y + 1) % P
+    x = u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P) % P
+    if v * x * x % P == (-u) % P:
+        x = x * SQRT_M1 % P
+    if v * x * x % P != u:
+        raise Invalid("public key is not a curve point")
+    if x == 0 and sign:
+        raise Invalid("public key: x is 0 but its sign bit is set")
+    if x & 1 != sign:
+        x = P - x
+    return x, y
+
+
+def _add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    (x1, y1), (x2, y2) = a, b
+    t = D * x1 * x2 * y1 * y2 % P
+    return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P,
+            (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
+
+
+def check_public_key(raw: bytes) -> None:
+    """Refuse keys that are not canonical or whose point has small order (8A = identity)."""
+    point = _decode_point(raw)
+    for _ in range(3):
+        point = _add(point, point)
+    if point == (0, 1):
+        raise Invalid("public key has small order")
+
+
 def key_id_of(public_key_raw: bytes) -> str:
     return hashlib.sha256(public_key_raw).hexdigest()[:16]
 
@@ -132,6 +174,7 @@ def _check_signature(obj: dict, members: set[str], prefix: bytes) -> dict:
     if signature["version"] != 1 or signature["version"] is True or signature["alg"] != "ed25519":
         raise Invalid("unsupported version or algorithm")
     public_key = _b64(signature["public_key"], 32)
+    check_public_key(public_key)
     value = _b64(signature["value"], 64)
     if signature["key_id"] != key_id_of(public_key):
         raise Invalid("key_id is not the key id of public_key")
@@ -234,6 +277,10 @@ def verify(
                 ):
                     raise Invalid("bad end-of-run record")
             else:
+                uid = record.get("measurement_uid")
+                if not (isinstance(uid, str) and 0 < len(uid) <= 200
+                        and all(0x21 <= ord(c) <= 0x7E for c in uid)):
+                    raise Invalid("measurement_uid is not 1-200 visible ASCII characters")
                 _check_attestations(record, trusted_control_keys)
         except Invalid as error:
             result.problems.append((number, str(error)))
@@ -252,14 +299,20 @@ def verify(
 
 
 def _check_attestations(record: dict, trusted: set[str] | None) -> None:
-    control = record.get("test_keys", {})
-    control = control.get("control") if isinstance(control, dict) else None
+    test_keys = record.get("test_keys")
+    if not isinstance(test_keys, dict) or test_keys.get("control") is None:
+        return
+    control = test_keys["control"]
     if not isinstance(control, dict) or "attestation" not in control:
+        if trusted is not None:
+            raise Invalid("control data without an attestation")
         return
     attestations = control["attestation"]
+    if attestations == []:
+        raise Invalid("empty list of control attestations")
     for attestation in attestations if isinstance(attestations, list) else [attestations]:
-        if not isinstance(attestation, dict) or "response" not in attestation:
-            raise Invalid("control attestation without a response")
+        if not isinstance(attestation, dict) or set(attestation) != {"response", "signature"}:
+            raise Invalid("control attestation is not exactly response and signature")
         try:
             signature = _check_signature(attestation, CONTROL_MEMBERS, CONTROL_PREFIX)
         except Invalid as error:
@@ -272,6 +325,9 @@ def _check_chain(records: list[tuple[int, dict, str]], result: Result) -> None:
     previous: tuple[int, dict, str] | None = None
     for number, record, line_hash in records:
         signature = record["signature"]
+        if previous is not None and "end_of_run" in previous[1]:
+            result.problems.append((number, "record after the end-of-run record"))
+            continue  # the end-of-run record stays the run's last
         if previous is None:
             if signature["seq"] != 0:
                 result.problems.append((number, "run does not start at seq 0: head missing"))
