@@ -26,6 +26,7 @@ about four times faster. Everything here is pure and never raises on input.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -73,6 +74,7 @@ CONTROL_ATTESTATION_PATH = ("test_keys", "control", "attestation")
 
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
 MAX_UID_CHARS = 200
+MAX_REASON_CHARS = 300
 
 # The line signature object as it appears in canonical bytes: its members in
 # RFC 8785 order, so key_id, prev and public_key are adjacent. Every valid line
@@ -154,9 +156,15 @@ def check_and_parse(
 ) -> tuple[CheckedLine, dict[str, Any] | None]:
     """:func:`check_line`, also returning the parsed record when the line is accepted."""
     try:
-        return _check(line, policy)
+        checked, record = _check(line, policy)
     except Exception as error:  # noqa: BLE001 - a line must never crash its checker
-        return CheckedLine(f"cannot check the line: {type(error).__name__}: {error}"), None
+        checked = CheckedLine(f"cannot check the line: {type(error).__name__}: {error}")
+        record = None
+    if checked.reason is not None and len(checked.reason) > MAX_REASON_CHARS:
+        # Reasons quote the line (a member name, a path): they go back to the
+        # uploader and into logs, so the sender must not choose their size.
+        checked = dataclasses.replace(checked, reason=checked.reason[:MAX_REASON_CHARS] + "...")
+    return checked, record
 
 
 def untrusted_line_reason(line: bytes, trusted_keys: Iterable[str]) -> str:

@@ -331,3 +331,14 @@ def test_trusted_lines_pass_the_scan_whatever_list_form():
     for entry in (PROBE_KEY.key_id, PROBE_KEY.public_key_b64):
         assert untrusted_line_reason(line, {entry}) == ""
         assert check_line(line, LinePolicy(trusted_keys=frozenset({entry}))).ok
+
+
+def test_reasons_are_bounded_whatever_the_line_quotes():
+    # The reference canonicaliser names the path of what it cannot write: here a
+    # member name of the sender's choosing, 50,000 characters long.
+    line = line_of(probe_measurement(1))
+    line = line[:1] + b'"' + b"k" * 50_000 + b'":"\\ud800",' + line[1:]
+    reason = check_line(line, LinePolicy(max_line_bytes=None)).reason
+    assert reason.startswith("not canonical JSON: cannot canonicalise kkk"), reason[:80]
+    assert len(reason) == 303 and reason.endswith("...")
+    assert len(verify_bytes(line + b"\n").problems[0].reason) == 303
