@@ -207,9 +207,15 @@ def verify_raw(public_key_raw: bytes, signature: bytes, message: bytes) -> bool:
     """True if ``signature`` is a valid Ed25519 signature of ``message`` by that key.
 
     A key :func:`public_key_problem` refuses (small order, non-canonical) never
-    verifies anything, whatever the library below would say.
+    verifies anything, whatever the library below would say, and neither does a
+    signature whose R is a small-order point.
     """
     if public_key_problem(public_key_raw):
+        return False
+    if signature[:PUBLIC_KEY_BYTES] in SMALL_ORDER_PUBLIC_KEYS:
+        # R of small order: only a signer who chose it makes one (R = identity,
+        # S = k * a verifies under OpenSSL). libsodium refuses it; so do we, so
+        # that no line verifies here and fails there.
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key_raw).verify(signature, message)

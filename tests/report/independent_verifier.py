@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -147,20 +148,32 @@ def _decode_point(raw: bytes) -> tuple[int, int]:
     return x, y
 
 
-def _add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
-    (x1, y1), (x2, y2) = a, b
-    t = D * x1 * x2 * y1 * y2 % P
-    return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P,
-            (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
+def _small_order(point: tuple[int, int]) -> bool:
+    """8P = identity? Three doublings in projective coordinates (no inversions)."""
+    x, y, z = point[0], point[1], 1
+    for _ in range(3):
+        b, c, d = (x + y) ** 2 % P, x * x % P, y * y % P
+        f = (d - c) % P  # a = -1: E = -C, F = E + D
+        j = (f - 2 * z * z) % P
+        x, y, z = (b - c - d) * j % P, f * (-c - d) % P, f * j % P
+    return x == 0 and y == z
 
 
+@functools.lru_cache(maxsize=256)
 def check_public_key(raw: bytes) -> None:
     """Refuse keys that are not canonical or whose point has small order (8A = identity)."""
-    point = _decode_point(raw)
-    for _ in range(3):
-        point = _add(point, point)
-    if point == (0, 1):
+    if _small_order(_decode_point(raw)):
         raise Invalid("public key has small order")
+
+
+def check_r(signature: bytes) -> None:
+    """Refuse a signature whose R is a small-order point (as libsodium does)."""
+    try:
+        point = _decode_point(signature[:32])
+    except Invalid:
+        return  # not a point: the signature check itself fails
+    if _small_order(point):
+        raise Invalid("signature R has small order")
 
 
 def key_id_of(public_key_raw: bytes) -> str:
@@ -176,6 +189,7 @@ def _check_signature(obj: dict, members: set[str], prefix: bytes) -> dict:
     public_key = _b64(signature["public_key"], 32)
     check_public_key(public_key)
     value = _b64(signature["value"], 64)
+    check_r(value)
     if signature["key_id"] != key_id_of(public_key):
         raise Invalid("key_id is not the key id of public_key")
     unsigned = dict(obj)

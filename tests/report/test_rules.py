@@ -10,7 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from probe.aggregate import database, synthetic
 from probe.collector.lines import LinePolicy, check_line
@@ -342,3 +345,26 @@ def test_reasons_are_bounded_whatever_the_line_quotes():
     assert reason.startswith("not canonical JSON: cannot canonicalise kkk"), reason[:80]
     assert len(reason) == 303 and reason.endswith("...")
     assert len(verify_bytes(line + b"\n").problems[0].reason) == 303
+
+
+def test_signature_with_a_small_order_r_is_refused():
+    # A signer who knows its secret scalar a can sign with R = identity and
+    # S = k * a mod L (RFC 8032 5.1.7: [S]B = R + [k]A holds). OpenSSL accepts
+    # it, libsodium does not: a line signed so must fail here too.
+    seed = bytes(range(32))
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    public = key.public_key().public_bytes_raw()
+    digest = bytearray(hashlib.sha512(seed).digest()[:32])
+    digest[0] &= 248
+    digest[31] = (digest[31] & 127) | 64
+    scalar = int.from_bytes(digest, "little")
+    order = 2**252 + 27742317777372353535851937790883648493
+    message = b"any message"
+    k = int.from_bytes(hashlib.sha512(IDENTITY + public + message).digest(), "little") % order
+    forged = IDENTITY + (k * scalar % order).to_bytes(32, "little")
+    Ed25519PublicKey.from_public_bytes(public).verify(forged, message)  # accepted below us
+    assert not verify_raw(public, forged, message)
+    assert verify_raw(public, key.sign(message), message)
+    with pytest.raises(independent_verifier.Invalid, match="R has small order"):
+        independent_verifier.check_r(forged)
+    independent_verifier.check_r(key.sign(message))
