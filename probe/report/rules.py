@@ -518,6 +518,7 @@ class ChainLink:
     public_key: str
     end_of_run: bool = False
     interrupted: bool = False
+    measurement_uid: str | None = None
 
     @classmethod
     def of(cls, lineno: int, checked: CheckedLine) -> ChainLink:
@@ -533,6 +534,7 @@ class ChainLink:
             public_key=checked.public_key or "",
             end_of_run=checked.end_of_run,
             interrupted=checked.interrupted,
+            measurement_uid=checked.measurement_uid,
         )
 
 
@@ -572,7 +574,8 @@ def check_runs(
 ) -> tuple[list[RunFinding], list[RunSummary]]:
     """The run rules over a file's accepted lines, in file order.
 
-    No line twice; per run: seq strictly increasing, starting at 0, each seq
+    No line twice, no two measurements with one ``measurement_uid`` (collectors
+    and aggregations keep only the first); per run: seq strictly increasing, starting at 0, each seq
     n > 0 right after seq n - 1 with ``prev`` its line hash, one key, and no
     record after the end-of-run record. A run without an end-of-run record is
     a warning, a finding if ``require_end``. ``invalid_lines`` (refused by the
@@ -580,6 +583,7 @@ def check_runs(
     """
     findings: list[RunFinding] = []
     first_with_hash: dict[str, int] = {}
+    first_with_uid: dict[str, int] = {}
     by_run: dict[str, list[ChainLink]] = defaultdict(list)
     for link in links:
         if link.hash in first_with_hash:
@@ -589,6 +593,14 @@ def check_runs(
             )
             continue
         first_with_hash[link.hash] = link.lineno
+        if link.measurement_uid is not None:
+            earlier = first_with_uid.setdefault(link.measurement_uid, link.lineno)
+            if earlier != link.lineno:
+                findings.append(RunFinding(
+                    link.lineno,
+                    f"measurement_uid {link.measurement_uid} is also that of line {earlier}, "
+                    "with other content (a measurement_uid names one measurement)",
+                ))
         by_run[link.run].append(link)
     summaries = [
         _check_run(run, run_links, invalid_lines, findings, require_end)

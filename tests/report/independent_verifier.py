@@ -259,6 +259,7 @@ def verify(
         lines.pop()
     runs: dict[str, list[tuple[int, dict, str]]] = {}
     seen_lines: dict[bytes, int] = {}
+    seen_uids: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         try:
             if not line:
@@ -303,6 +304,9 @@ def verify(
             result.problems.append((number, f"same as line {seen_lines[line]}"))
             continue
         seen_lines[line] = number
+        uid = record.get("measurement_uid") if "end_of_run" not in record else None
+        if uid is not None and seen_uids.setdefault(uid, number) != number:
+            result.problems.append((number, f"measurement_uid also at line {seen_uids[uid]}"))
         runs.setdefault(signature["run"], []).append(
             (number, record, hashlib.sha256(line).hexdigest())
         )

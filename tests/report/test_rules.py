@@ -368,3 +368,22 @@ def test_signature_with_a_small_order_r_is_refused():
     with pytest.raises(independent_verifier.Invalid, match="R has small order"):
         independent_verifier.check_r(forged)
     independent_verifier.check_r(key.sign(message))
+
+
+def test_two_measurements_with_one_uid_are_refused(tmp_path):
+    # Two runs of one file, each honestly signed, reuse a measurement_uid for
+    # different content: collectors and aggregations would keep only one.
+    first, second = ReportSigner(PROBE_KEY), ReportSigner(PROBE_KEY)
+    twin = probe_measurement(7)
+    other = dict(twin, probe_cc="DE")
+    data = b"".join([
+        first.sign(twin).line, first.finish().line, second.sign(other).line, second.finish().line,
+    ])
+    ours = verify_bytes(data)
+    assert [p.line for p in ours.problems] == [3]
+    assert f"measurement_uid {twin['measurement_uid']} is also that of line 1" in (
+        ours.problems[0].reason)
+    assert [n for n, _ in independent_verifier.verify(data).problems] == [3]
+    _, ingested = ingest_bytes(tmp_path, data)
+    assert (ingested.measurements, ingested.rejected) == (1, 1)
+    assert "with different content" in ingested.rejections[0][2]
