@@ -419,7 +419,7 @@ class _Batch:
 
 @dataclass
 class _Outcome:
-    kind: str  # "done", "retry", "split", "stop"
+    kind: str  # "done", "retry", "split", "refused" (this batch's key), "stop"
     wait: float | None = None  # at least this long (Retry-After)
     reason: str = ""
     results: list[tuple[PendingLine, str, str | None]] = field(default_factory=list)
@@ -498,7 +498,7 @@ def _interpret(batch: _Batch, response: CollectorResponse) -> _Outcome:
         return _Outcome("retry", wait, f"collector answered {status}: {reason}")
     if status == 403:
         return _Outcome(
-            "stop",
+            "refused",
             reason=(
                 f"the collector refuses this probe's key ({reason}); ask the NGO to enrol "
                 "it: 'probe key show' prints the key to send them"
@@ -632,6 +632,13 @@ async def upload_pending(
                         queue.appendleft(_Batch(batch.lines[:half], batch.key))
                     continue
                 summary.problem = outcome.reason
+                if outcome.kind == "refused":
+                    # The collector does not accept this key: its other batches would
+                    # be refused too; lines of other keys may still go.
+                    queue = deque(b for b in queue if b.key is None or b.key != batch.key)
+                    if batch.key is None:
+                        queue.popleft()
+                    continue
                 if outcome.kind == "stop":
                     break
                 batch.attempts += 1
