@@ -426,7 +426,13 @@ class Collector:
         def take(buckets: TokenBuckets, name: str, amount: float, refusal: str) -> None:
             if amount <= 0:
                 return
-            wait = buckets.take(name, amount)
+            # TokenBuckets lets a request larger than a whole bucket through once the
+            # bucket is full (a big spool is slowed, not refused): right for bytes and
+            # lines, bounded by the body limit, but not for new keys.
+            if buckets is self.client_new_keys and amount > buckets.burst:
+                wait = HOUR
+            else:
+                wait = buckets.take(name, amount)
             if wait:
                 for refund in refunds:
                     refund()
