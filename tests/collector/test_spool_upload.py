@@ -43,3 +43,18 @@ def test_an_unenrolled_key_is_left_pending_not_quarantined(start_collector, tmp_
     assert "probe key show" in summary.problem
     assert pending_status(reports).quarantined == ()
     assert [p.name for p in (tmp_path / "data").iterdir()] == [enrolled.key_id]
+
+
+def test_lines_left_unchecked_are_sent_again(start_collector, tmp_path):
+    key, lines = signed_run(services=("telegram",) * 100, finish=False)
+    tampered = [
+        lines[0].replace(b'"probe_cc":"IR"', f'"probe_cc":"{n:03}"'.encode()) for n in range(500)
+    ]
+    assert len(set(tampered)) == 500
+    reports = tmp_path / "reports"
+    write_report_atomic(reports / "20260301T000000Z-a.jsonl", tampered + lines)
+    collector = start_collector()  # one checker: waves of 200 lines
+    summary = asyncio.run(upload_pending(reports, collector.url, policy=FAST))
+    assert summary.drained and (summary.rejected, summary.stored) == (500, 100)
+    assert summary.requests == 2  # 400 rejected, then the collector stopped checking
+    assert collector.collector.totals["unchecked"] == 200
