@@ -397,7 +397,7 @@ class Collector:
                 rejected += 1
                 if logged < self.limits.max_logged_rejections:
                     logged += 1
-                    log.info(
+                    self.refusal_log.info(
                         "rejected line %d (key %s): %s",
                         number,
                         _loggable(item.key_id or "?", 16),
@@ -412,7 +412,9 @@ class Collector:
                 }
             )
         if rejected > logged:
-            log.info("... and %d more rejected line(s) in that upload", rejected - logged)
+            self.refusal_log.info(
+                "... and %d more rejected line(s) in that upload", rejected - logged
+            )
         return results
 
     def _charge(self, new: list[Accepted], client: str) -> list[Callable[[], None]]:
@@ -589,7 +591,11 @@ def _loggable(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
 
 
 class _LogBudget:
-    """At most a burst of log records, then a few a second; says how many were dropped."""
+    """At most a burst of log records, then a few a second; says how many were dropped.
+
+    Used for every record an uploader can cause at will (refusals, rejected
+    lines), so no flood of requests turns into a flood of log.
+    """
 
     def __init__(
         self, clock: Callable[[], float], burst: float = 20, per_second: float = 2
