@@ -220,29 +220,37 @@ class Trickler(threading.Thread):
             sock.close()
 
 
+def wait_for_uploads(collector: Running, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while collector.collector.uploads_in_flight < count:
+        assert time.monotonic() < deadline, "the trickling uploads did not start"
+        time.sleep(0.02)
+
+
 def test_trickling_bodies_from_one_client_do_not_stop_another_clients_upload(collector_at):
-    collector = collector_at(Limits(max_concurrent_uploads=16, body_rate_grace=2.0))
+    collector = collector_at(Limits(max_concurrent_uploads=16, body_rate_grace=3.0))
     tricklers = [Trickler(collector.url, ATTACKER) for _ in range(16)]
     for trickler in tricklers:
         trickler.start()
-    time.sleep(0.5)
+    wait_for_uploads(collector, 2)
     key, lines = signed_run()
     status, _, payload = upload(collector.url, lines, key=key, source_address=VOLUNTEER)
     assert status == 200 and {r["status"] for r in payload["results"]} == {"stored"}
     for trickler in tricklers:
         trickler.join(45)
     statuses = sorted(t.status for t in tricklers)
-    # Two got an upload slot, and lost it for being too slow; the others were refused at once.
-    assert statuses.count(408) == 2 and statuses.count(429) == 14, statuses
+    # Two at a time got an upload slot, and lost it for being too slow; the others were
+    # refused at once (on a slow machine a late one may have found a slot freed again).
+    assert set(statuses) == {408, 429} and statuses.count(429) >= 10, statuses
     assert max(t.elapsed for t in tricklers) < 20  # cut after the grace, not the 60 s timeout
 
 
 def test_trickling_bodies_from_many_clients_lose_their_slots_within_seconds(collector_at):
-    collector = collector_at(Limits(max_concurrent_uploads=8, body_rate_grace=2.0))
+    collector = collector_at(Limits(max_concurrent_uploads=8, body_rate_grace=5.0))
     tricklers = [Trickler(collector.url, f"127.0.0.{10 + n}") for n in range(8)]
     for trickler in tricklers:
         trickler.start()
-    time.sleep(0.5)
+    wait_for_uploads(collector, 8)
     key, lines = signed_run()
     status, _, _ = upload(collector.url, lines, key=key, source_address=VOLUNTEER)
     assert status == 503  # every slot held, for now
