@@ -310,14 +310,18 @@ class Collector:
             )
         return replace(self.policy, trusted_keys=frozenset({named})), key_id
 
-    def _refuse_when_out_of_room(self, key_id: str | None, client: str) -> None:
-        """Refuse at once when a quota or the disk is already exhausted (nothing read yet)."""
+    def _refuse_when_disk_full(self, writing: int = 0) -> None:
+        """507 when the data filesystem would have less than the floor free after ``writing``."""
         free, size = self.store.free_space()
         floor = max(self.limits.min_free_bytes, size * self.limits.min_free_percent / 100)
-        if free < floor:
+        if free - writing < floor:
             raise RequestRefused(
                 507, "the collector's disk is nearly full; retry later", DISK_RETRY
             )
+
+    def _refuse_when_out_of_room(self, key_id: str | None, client: str) -> None:
+        """Refuse at once when a quota or the disk is already exhausted (nothing read yet)."""
+        self._refuse_when_disk_full()
         if self.client_bytes.available(client) < 1:
             wait = self.client_bytes.take(client, 1)
             raise RequestRefused(
@@ -365,6 +369,7 @@ class Collector:
             if c is not None and c.ok
         ]
         new = [a for a in accepted if not self.store.known(a.dedupe_key)]
+        self._refuse_when_disk_full(sum(item.size for item in new))
         refunds = self._charge(new, client)
         try:
             outcomes = iter(await self.writer.submit(accepted))
