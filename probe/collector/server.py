@@ -7,12 +7,16 @@ the event loop stays responsive), stores the good ones durably
 one result per line. ``GET /health`` answers ``ok``.
 
 It is built to face the Internet: every request is bounded in bytes, lines and
-time, uploads in flight are bounded (more get 503 at once, never a queue),
-connections are bounded in number and must start a request within seconds,
-and uploads are rate-limited per address and per probe key. The uploader's
-address is used for the per-address rate limit, in memory, and nowhere else:
-it is never logged (aiohttp's access log is off; our own log line has none)
-and never stored.
+time, uploads in flight are bounded in all and per client (more get 503 or
+429 at once, never a queue), a body must keep up a minimum rate, connections
+are bounded in number and must start a request within seconds, and uploads
+are rate-limited and get disk quotas per client network and per probe key.
+Trust comes before work: the uploader names its key in ``X-Probe-Key``, and a
+collector with trusted keys refuses a stranger before reading its body; every
+line must then be signed by that key. The uploader's address (its /64 for
+IPv6) is used for the per-client limits, in memory, and nowhere else: it is
+never logged (aiohttp's access log is off; our own log lines have none) and
+never stored. Text an uploader controls is truncated and escaped in logs.
 """
 
 from __future__ import annotations
