@@ -78,6 +78,14 @@ def collector() -> None:
     help="Control helpers whose attestations count; unattested control data is then refused.",
 )
 @click.option(
+    "--proxy",
+    "proxies",
+    multiple=True,
+    metavar="IP",
+    help="A reverse proxy in front of the collector (repeatable): for its requests the "
+    "client is the last X-Forwarded-For address, for per-client limits.",
+)
+@click.option(
     "--max-concurrent",
     type=click.IntRange(1, 4096),
     default=DEFAULTS.max_concurrent_uploads,
@@ -213,6 +221,7 @@ def serve(
     data_dir,
     trusted_keys,
     trusted_control_keys,
+    proxies,
     max_concurrent,
     max_uploads_per_client,
     min_body_rate,
@@ -242,6 +251,13 @@ def serve(
     from probe.collector.store import Store
 
     host, port = parse_listen(listen)
+    for proxy in proxies:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise click.BadParameter(
+                f"{proxy[:60]!r} is not an IP address", param_hint="--proxy"
+            ) from None
     policy = LinePolicy(
         _trusted(trusted_keys, "--trusted-keys"),
         _trusted(trusted_control_keys, "--trusted-control-keys"),
@@ -292,7 +308,7 @@ def serve(
         click.echo(
             "warning: no --trusted-keys: any probe key may upload (within the quotas)", err=True
         )
-    app = Collector(store, policy, limits, check_workers=check_workers)
+    app = Collector(store, policy, limits, check_workers=check_workers, proxies=frozenset(proxies))
 
     async def go() -> None:
         stop = asyncio.Event()

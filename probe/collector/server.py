@@ -175,8 +175,10 @@ class Collector:
         limits: Limits | None = None,
         check_workers: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        proxies: frozenset[str] = frozenset(),
     ) -> None:
         policy = policy or LinePolicy()
+        self.proxies = proxies  # reverse proxies whose X-Forwarded-For names the client
         limits = limits or Limits()
         self.store = store
         self.limits = limits
@@ -237,7 +239,7 @@ class Collector:
 
     async def upload(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        client = client_key(request.remote)
+        client = client_key(self._client_address(request))
         try:
             # Everything that can refuse a request without reading its body comes first.
             if self.uploads_in_flight >= self.limits.max_concurrent_uploads:
@@ -281,6 +283,19 @@ class Collector:
             (time.perf_counter() - started) * 1000,
         )
         return web.json_response({"results": results})
+
+    def _client_address(self, request: web.Request) -> str | None:
+        """The uploader's address: the peer's, or what our own reverse proxy says it is.
+
+        Behind a TLS-terminating proxy every peer is the proxy, and per-client
+        limits would throttle everyone together. Only a listed proxy is
+        believed, and only the last X-Forwarded-For entry (the one it added).
+        """
+        if request.remote not in self.proxies:
+            return request.remote
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        return last or request.remote
 
     def _request_policy(self, request: web.Request) -> tuple[LinePolicy, str | None]:
         """The policy for this upload's lines, from its X-Probe-Key header; refuses untrusted.

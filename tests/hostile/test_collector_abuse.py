@@ -39,10 +39,11 @@ def collector_at(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     started: list[Running] = []
 
-    def start(limits=None, policy=None, check_workers=0) -> Running:
+    def start(limits=None, policy=None, check_workers=0, proxies=frozenset()) -> Running:
         store = Store(tmp_path / "data")
         store.open()
-        running = Running(Collector(store, policy or LinePolicy(), limits, check_workers))
+        collector = Collector(store, policy or LinePolicy(), limits, check_workers, proxies=proxies)
+        running = Running(collector)
         started.append(running.start())
         return running
 
@@ -52,6 +53,7 @@ def collector_at(tmp_path, caplog):
     logged = "\n".join(record.getMessage() for record in caplog.records)
     for number in range(2, 40):
         assert f"127.0.0.{number}" not in logged
+    assert "198.51.100." not in logged
 
 
 def stored_bytes(tmp_path) -> int:
@@ -183,6 +185,23 @@ def test_a_nearly_full_disk_refuses_uploads_and_loses_nothing(collector_at, tmp_
         assert stored_bytes(tmp_path) == before
     finally:
         full.stop()
+
+
+def test_behind_a_listed_proxy_each_forwarded_client_has_its_own_limits(collector_at):
+    proxy = "127.0.0.5"
+    collector = collector_at(Limits(address_rate=0.01, address_burst=1), proxies=frozenset({proxy}))
+
+    def status(source: str, forwarded: str) -> int:
+        _, lines = signed_run(services=("telegram",), finish=False)
+        headers = {"X-Forwarded-For": forwarded}
+        return upload(collector.url, lines, headers=headers, source_address=(source, 0))[0]
+
+    assert status(proxy, "198.51.100.7") == 200
+    assert status(proxy, "203.0.113.1, 198.51.100.7") == 429  # the proxy's own entry counts
+    assert status(proxy, "198.51.100.8") == 200
+    # Anyone else's X-Forwarded-For is ignored: it cannot buy a fresh budget.
+    assert status(ATTACKER, "198.51.100.9") == 200
+    assert status(ATTACKER, "198.51.100.10") == 429
 
 
 # --------------------------------------------------------------------------- #
