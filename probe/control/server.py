@@ -41,6 +41,7 @@ from probe.control.budgets import ClientBudgets, ClientLimits, Cost
 from probe.control.udp_echo import DEFAULT_LIMITS, EchoLimits, UdpEcho
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
+from probe.serving import clients
 from probe.serving.buckets import TokenBucket, retry_after_seconds
 from probe.serving.connections import ConnectionLimits, serving
 from probe.serving.logs import install
@@ -139,7 +140,7 @@ class ControlHelper:
         return web.json_response(body)
 
     def _address(self, request: web.Request) -> str | None:
-        return auth.client_address(
+        return clients.client_address(
             request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
 
     async def measure(self, request: web.Request) -> web.Response:
@@ -153,7 +154,7 @@ class ControlHelper:
             return web.json_response({"error": "busy, retry later"}, status=503)
         # One body in flight per network, before any is read: a client cannot hold
         # many handlers by trickling bodies, nor stand in for a key it has not proved.
-        network = auth.client_key(self._address(request))
+        network = clients.client_key(self._address(request))
         if not self.clients.enter(f"net {network}"):
             return _one_at_a_time()
         try:

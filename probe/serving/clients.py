@@ -12,6 +12,9 @@ logged, never stored.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+
+from probe.bogons import IPNetwork
 
 UNKNOWN = "unknown"  # no peer address (a Unix socket, a transport already gone)
 
@@ -54,3 +57,26 @@ def client_key(address: str | None) -> str:
             return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
         ip = embedded
     return str(ip)
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted_proxies: Iterable[IPNetwork]
+) -> str | None:
+    """The address a request came from: the TCP peer, or, when the peer is one of
+    ``trusted_proxies`` (the NGO's TLS-terminating reverse proxy), the last
+    address of its ``X-Forwarded-For`` (the one that proxy appended; earlier ones
+    are whatever the client claimed). None when a trusted proxy gave none."""
+    trusted_proxies = tuple(trusted_proxies)
+    if not trusted_proxies or peer is None:
+        return peer
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(ip in network for network in trusted_proxies if ip.version == network.version):
+        return peer
+    last = (forwarded_for or "")[-200:].rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(last))
+    except ValueError:
+        return None
