@@ -6,7 +6,7 @@ collector does (:func:`probe.collector.lines.check_and_parse`: signature,
 canonical bytes, trusted keys, control attestations) and keeps only the lines
 that pass. Every other line is counted and listed, with its file, line number
 and reason, in the ``rejected`` table. Measurements are deduplicated on
-``measurement_uid``, so ingesting the same files twice changes nothing.
+``measurement_uid`` per probe key, so ingesting the same files twice changes nothing.
 
 Tables: ``measurements`` (one row per measurement: where, when, which service,
 its service status, which key and run signed it, and where its line is),
@@ -420,18 +420,24 @@ def _flush(
             CREATE OR REPLACE TEMP TABLE chosen AS
             SELECT * FROM staged_measurements s
             WHERE NOT EXISTS (SELECT 1 FROM measurements m
-                              WHERE m.measurement_uid = s.measurement_uid)
-            QUALIFY row_number() OVER (PARTITION BY measurement_uid ORDER BY source, line) = 1
+                              WHERE m.measurement_uid = s.measurement_uid
+                                AND m.key_id = s.key_id)
+            QUALIFY row_number() OVER (PARTITION BY key_id, measurement_uid
+                                       ORDER BY source, line) = 1
         """)
-        # The same measurement_uid with other bytes is not the same measurement.
+        # The same measurement_uid with other bytes is not the same measurement. A uid
+        # is the probe's own name for its measurement: another key's line with the
+        # same uid is another measurement, never a duplicate or a conflict.
         conflicts = con.execute("""
             SELECT s.source, s.line, s.measurement_uid,
                    'measurement_uid already ingested from ' || c.source || ' line ' ||
                    CAST(c.line AS VARCHAR) || ' with different content' AS reason
             FROM staged_measurements s
-            JOIN (SELECT measurement_uid, line_hash, source, line FROM measurements
-                  UNION ALL SELECT measurement_uid, line_hash, source, line FROM chosen) c
-              ON c.measurement_uid = s.measurement_uid AND c.line_hash <> s.line_hash
+            JOIN (SELECT measurement_uid, key_id, line_hash, source, line FROM measurements
+                  UNION ALL
+                  SELECT measurement_uid, key_id, line_hash, source, line FROM chosen) c
+              ON c.measurement_uid = s.measurement_uid AND c.key_id = s.key_id
+                 AND c.line_hash <> s.line_hash
             QUALIFY row_number() OVER (PARTITION BY s.source, s.line ORDER BY c.source, c.line) = 1
         """).fetchall()
         con.execute("INSERT INTO measurements SELECT * FROM chosen")

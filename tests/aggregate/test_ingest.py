@@ -124,3 +124,22 @@ def test_ingest_a_collector_store_and_check_its_chains(tmp_path):
     assert any("1 of 5 line(s) never received" in f for f in findings), findings
     assert any("no end-of-run record" in f for f in findings), findings
     assert len(findings) == 2
+
+
+def test_the_same_uid_under_two_keys_is_two_measurements(tmp_path):
+    """A measurement_uid is its probe's own name: another key's line with the same
+    uid is another measurement, neither a duplicate nor a conflict (nor can a
+    stranger who copies a uid shadow someone else's measurement)."""
+    record = synthetic.measurement("telegram", "IR", "AS1", synthetic.START, {}, "r",
+                                   "00000000000000aa")
+    files = []
+    for name in ("one", "two"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(b"".join(synthetic.sign_run(generate_ephemeral(), [record])))
+        files.append(path)
+    con = database.connect()
+    result = database.ingest(con, files)
+    assert (result.measurements, result.duplicates, result.rejected) == (2, 0, 0)
+    assert database.ingest(con, files).duplicates == 2  # each still a duplicate of itself
+    keys = con.execute("SELECT count(DISTINCT key_id) FROM measurements").fetchall()[0][0]
+    assert keys == 2
