@@ -287,7 +287,8 @@ def control() -> None:
 @click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="The helper's signing key (default: its own key, created on first use).")
 @click.option("--udp-echo", "udp_echo", multiple=True, metavar="PORTS", help="Also serve a rate-limited UDP echo on these ports (e.g. 3478 or 443,596-599): the probes' reference UDP flow.")
-def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo) -> None:
+@click.option("--targets", "targets_paths", multiple=True, metavar="FILE", help="Measure only the endpoints of these targets files (repeatable; default: the bundled targets.yaml).")
+def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo, targets_paths) -> None:
     """Serve POST /measure for probes, GET / for health checks and GET /info."""
     from probe.control import udp_echo as echo
     from probe.control.server import ControlHelper, serve
@@ -304,9 +305,10 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, u
         routable = parse_networks(allow)
     except ValueError as exc:
         fail_usage(f"--allow-network: {exc}")
+    scope = [e for path in (targets_paths or (None,)) for e in load_targets_or_exit(path).endpoints()]
     key = signing_key_or_exit(key_path, False, control=True)
     helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key,
-                           udp_echo_ports=echo_ports)
+                           udp_echo_ports=echo_ports, targets=scope)
     click.echo(f"control helper key: {key.public_key_b64} (id {key.key_id})", err=True)
 
     async def go():

@@ -220,6 +220,11 @@ async def _ask_helpers(
                 continue
             outcome.observations, outcome.entries = parsed.observations, parsed.entries
             outcome.source, outcome.probe_address = url, parsed.probe_address
+            # a refused endpoint has no control: analysis then says so; here is why
+            outcome.problems.extend(
+                f"{url}: no control for {endpoint_id[:80]}: {reason}"[:300]
+                for endpoint_id, reason in parsed.refused.items()
+            )
             return outcome
     finally:
         for task in tasks:

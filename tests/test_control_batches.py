@@ -34,7 +34,7 @@ def test_control_is_asked_in_batches_and_covers_every_endpoint():
         options = RunOptions(timeout=2, routable=routable, rate=None, use_system_resolver=False)
 
         async def go():
-            helper = ControlHelper(None, routable=routable)
+            helper = ControlHelper(None, routable=routable, targets=targets.endpoints())
             stop = asyncio.Event()
             ready = asyncio.get_running_loop().create_future()
             server_task = asyncio.create_task(

@@ -7,6 +7,12 @@ line, and ``GET /info`` (or ``POST /info``, for the probe's network seam, which
 only POSTs) with what it offers: the ports of its UDP echo
 (``probe.control.udp_echo``), served next to it with ``--udp-echo``.
 
+It measures only what its own targets list (``probe.control.scope``: its
+``--targets``, by default the bundled targets.yaml, plus its own UDP echo):
+any other endpoint of a request is refused on its own, with a reason, and a
+name is resolved only through DNS (its resolver, never its /etc/hosts). It
+keeps at most ``protocol.MAX_HTTP_BODY`` bytes of any HTTP body it fetches.
+
 It is built to be exposed to the Internet: request bodies are capped,
 concurrent measurements are bounded (extra requests get 503 at once, never a
 hang), every measurement has a deadline, and it refuses to measure bogon
@@ -23,18 +29,20 @@ import asyncio
 import datetime
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from probe import __version__
 from probe.bogons import IPNetwork, is_bogon
-from probe.control import protocol
+from probe.control import protocol, reference
+from probe.control.scope import Scope
 from probe.control.udp_echo import DEFAULT_LIMITS, EchoLimits, UdpEcho
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
 from probe.serving.buckets import TokenBucket
+from probe.targets import Endpoint, default_targets_path, load_targets
 
 log = logging.getLogger("probe.control")
 
@@ -65,7 +73,10 @@ class ControlHelper:
         udp_echo_ports: tuple[int, ...] = (),
         echo_limits: EchoLimits = DEFAULT_LIMITS,
         udp_budget: TokenBucket | None = None,
+        targets: Iterable[Endpoint] | None = None,
     ) -> None:
+        """``targets``: the endpoints this helper measures for probes (None: the
+        bundled targets.yaml's, as ``probe run`` measures by default)."""
         self.resolver = resolver
         self.max_concurrent = max_concurrent
         self.max_timeout = max_timeout
@@ -78,6 +89,26 @@ class ControlHelper:
         self.udp_budget = udp_budget or TokenBucket(UDP_BUDGET_BURST, UDP_BUDGET_PER_SECOND)
         self.echo: UdpEcho | None = None  # running while served with udp_echo_ports
         self._busy = 0
+        if targets is None:
+            targets = load_targets(default_targets_path()).endpoints()
+        self.scope = Scope.from_targets(targets, routable=routable)
+
+    def scope_for(self, request: web.Request) -> Scope:
+        """The helper's scope and, when its UDP echo runs, the echo as the probe names
+        it: at the address this request reached, or the host name it asked for."""
+        if self.echo is None:
+            return self.scope
+        hosts = {request.url.host}
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if sockname:
+            hosts.add(str(sockname[0]))
+        info = {"udp_echo": list(self.echo.ports)}
+        extra = [
+            endpoint for host in hosts if host
+            for endpoint in reference.endpoints_from_info(
+                f"http://[{host}]/" if ":" in host else f"http://{host}/", info)
+        ]
+        return self.scope.with_extra(extra)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -130,6 +161,7 @@ class ControlHelper:
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack ("[[[[...").
             return web.json_response({"error": str(exc)[:300]}, status=400)
+        query, refused = self.scope_for(request).admit(query)
         if self._busy >= self.max_concurrent:  # others started while this body arrived
             return web.json_response({"error": "busy, retry later"}, status=503)
         # The request's worst case is reserved while it runs; what it did not send
@@ -157,6 +189,8 @@ class ControlHelper:
                 resolver=self.resolver, timeout=timeout, routable=self.routable,
                 trust_pem=query.trust_pem,
                 rate=None,  # the helper sits on a well-connected network
+                # DNS only: getaddrinfo would read the helper's own /etc/hosts
+                use_system_resolver=False, body_bytes=protocol.MAX_HTTP_BODY,
             )
             network = self.network_factory()
             try:
@@ -181,7 +215,7 @@ class ControlHelper:
             response = protocol.build_response(
                 observations, request.remote,
                 {"software_name": "probe-control", "software_version": __version__},
-                measured_at, sign,
+                measured_at, sign, refused,
             )
             return web.json_response(response)
         finally:
