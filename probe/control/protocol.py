@@ -15,6 +15,16 @@ one datagram per ``MIN_INTERVAL`` (a call's pace, not a flood's), and at most
 ``MAX_REQUEST_DATAGRAMS`` over the whole request (``udp_datagrams``), counted
 for the worst case. Beyond that the request is refused (``RequestTooCostly``,
 HTTP 413), never silently cut: a cut flow would read as a censor's cutoff.
+
+TCP checks are bounded the same way: at most ``MAX_REQUEST_CONNECTIONS``
+connections (``connections``) and ``MAX_REQUEST_FETCHES`` HTTP requests
+(``http_fetches``) per request, counted for the worst case, or 413. What a
+helper keeps and answers of an HTTP response is at most ``MAX_HTTP_BODY``
+(8 KiB) of body plus ``MAX_HTTP_HEAD`` (8 KiB) of headers and redirects, with
+the body's real length read so far and whether it was cut: at most
+400 x 16 KiB = 6.25 MiB of HTTP content per answer (8.4 MiB in base64),
+whatever the targets serve. Which endpoints a helper measures at all is
+``probe.control.scope``'s decision.
 """
 
 from __future__ import annotations
@@ -63,12 +73,19 @@ ADDRESSES_PER_NAME = 6
 # refused (413) before anything is measured. Queries to the helper's own
 # resolver are not counted: they go where the helper, not the requester, chose.
 MAX_REQUEST_CONNECTIONS = 2000
+# HTTP requests (http, https, download) one request may make the helper send,
+# counted the same way; the bundled targets cost 162.
+MAX_REQUEST_FETCHES = 400
 
 # --- the size of what a helper answers ------------------------------------------- #
 MAX_QUIC_BODY = 16 * 1024  # the helper keeps this much of an HTTP/3 body
 # The helper reads and keeps this much of an HTTP body (its length and whether it
 # was cut are kept too): a requester cannot make it hold or send a target's pages.
 MAX_HTTP_BODY = 8 * 1024
+MAX_HTTP_HEAD = 8 * 1024  # response headers and redirect URLs kept, per HTTP request
+# So the HTTP part of one answer is at most MAX_REQUEST_FETCHES x (MAX_HTTP_BODY +
+# MAX_HTTP_HEAD) = 6.25 MiB before base64, whatever the targets serve; the helper
+# reads at most MAX_HTTP_BODY plus one 16 KiB chunk of each body (probe.net.http).
 MAX_UDP_CHECKS_PER_PORT = 4
 MAX_UDP_EVENTS = 4 * MAX_FLOW_DATAGRAMS  # sent, received or ICMP records of one flow
 MAX_DATAGRAM_BYTES = 2048  # probe.net.network.UdpRequest.max_bytes
@@ -178,6 +195,13 @@ def connections(endpoint: Endpoint) -> int:
     return per_port * len(endpoint.ports) * addresses
 
 
+def http_fetches(endpoint: Endpoint) -> int:
+    """The most HTTP requests measuring ``endpoint`` can send, over every address and port."""
+    per_port = len(set(endpoint.checks) & {Check.HTTP, Check.HTTPS, Check.DOWNLOAD})
+    addresses = 1 if endpoint.host_is_address else ADDRESSES_PER_NAME
+    return per_port * len(endpoint.ports) * addresses
+
+
 def _number(data: dict, key: str, kind: type | tuple[type, ...]) -> Any:
     value = data.get(key)
     if value is None:
@@ -204,20 +228,24 @@ def split_by_cost(
 ) -> list[list[ControlEndpoint]]:
     """``items`` in order, cut into requests whose UDP cost is at most ``limit`` each,
     whose connections are at most ``connection_limit`` (and at most ``MAX_ENDPOINTS``
-    endpoints); an endpoint costing more alone is a request of its own, which the
-    helper refuses (413) without failing the others."""
+    endpoints and ``MAX_REQUEST_FETCHES`` HTTP requests); an endpoint costing more
+    alone is a request of its own, which the helper refuses (413) without failing
+    the others."""
     requests: list[list[ControlEndpoint]] = []
     current: list[ControlEndpoint] = []
-    cost = opened = 0
+    cost = opened = fetched = 0
     for item in items:
         one, more = udp_datagrams(item.endpoint), connections(item.endpoint)
+        fetches = http_fetches(item.endpoint)
         if current and (cost + one > limit or opened + more > connection_limit
+                        or fetched + fetches > MAX_REQUEST_FETCHES
                         or len(current) >= MAX_ENDPOINTS):
             requests.append(current)
-            current, cost, opened = [], 0, 0
+            current, cost, opened, fetched = [], 0, 0, 0
         current.append(item)
         cost += one
         opened += more
+        fetched += fetches
     if current:
         requests.append(current)
     return requests
@@ -338,6 +366,11 @@ def parse_request(body: Any) -> ControlQuery:
         raise RequestTooCostly(
             f"the checks of this request could open {opened} connections, more than "
             f"{MAX_REQUEST_CONNECTIONS}: send fewer endpoints or ports per request")
+    fetches = sum(http_fetches(item.endpoint) for item in items)
+    if fetches > MAX_REQUEST_FETCHES:
+        raise RequestTooCostly(
+            f"the checks of this request could send {fetches} HTTP requests, more than "
+            f"{MAX_REQUEST_FETCHES}: send fewer endpoints or ports per request")
     trust = body.get("trust_pem")
     if trust is not None and (not isinstance(trust, str) or len(trust) > MAX_PEM * 4):
         raise ProtocolError("trust_pem must be PEM text of at most 256 KiB")
@@ -359,6 +392,20 @@ def _capped_quic(result: QuicResult | None) -> QuicResult | None:
 
 
 def _capped_http(result: HttpResult) -> HttpResult:
+    """At most ``MAX_HTTP_BODY`` bytes of body, and ``MAX_HTTP_HEAD`` of headers and
+    redirect URLs (in order, the first ones: a Location comes early)."""
+    headers, redirects, room = [], [], MAX_HTTP_HEAD
+    for name, value in result.headers:
+        room -= len(name) + len(value)
+        if room < 0:
+            break
+        headers.append((name, value))
+    for url in result.redirects:
+        room -= len(url)
+        if room < 0:
+            break
+        redirects.append(url)
+    result = dataclasses.replace(result, headers=tuple(headers), redirects=tuple(redirects))
     if _decoded_length(result.body) <= MAX_HTTP_BODY:
         return result
     body = base64.b64encode(base64.b64decode(result.body)[:MAX_HTTP_BODY]).decode()
