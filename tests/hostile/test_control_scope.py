@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import ipaddress
 import json
 import time
@@ -354,3 +355,43 @@ def test_a_cut_control_page_still_tells_a_small_blockpage():
     same_size = page(b"<title>Blocked</title>" + b"b" * 60_000, 60_022, False)
     assert analysis.blockpage_evidence(blockpage, control) is not None
     assert analysis.blockpage_evidence(same_size, control) is None  # cannot tell: none
+    # with its Content-Length the cut page's size is known: a page 3x larger tells too
+    declared = dataclasses.replace(control, headers=(("Content-Length", "20000"),),
+                                   body_length=12_000)
+    larger = page(b"<title>Blocked</title>" + b"b" * 70_000, 70_022, False)
+    assert analysis.blockpage_evidence(larger, declared) is not None
+    assert analysis.blockpage_evidence(larger, control) is None
+    assert analysis.blockpage_evidence(same_size, declared) is None  # 60 KB vs 20 KB: no
+
+
+def test_the_helpers_own_udp_echo_is_in_its_scope_as_the_probe_names_it():
+    """The probe's reference flow goes to the echo at the helper's address: measured,
+    though no targets file lists it; another UDP port of that address is refused."""
+    from probe.control.reference import ENDPOINT_ID, reference_endpoints
+    from probe.control.server import serve as serve_helper
+    from probe.net.network import ControlRequest
+
+    async def go():
+        helper = ControlHelper(None, routable=LOOPBACK_NET, udp_echo_ports=(0,), targets=())
+        stop = asyncio.Event()
+        ready = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(serve_helper(helper, LOOPBACK, 0, ready=ready.set_result,
+                                                stop=stop))
+        url = "http://" + (await asyncio.wait_for(ready, 5)).split(",")[0].rsplit(" ", 1)[1]
+        network = LiveNetwork()
+        try:
+            (echo,) = await reference_endpoints(network, [url], 2.0)
+            echo = dataclasses.replace(echo, datagrams=3, interval=0.05)
+            other = dataclasses.replace(echo, id="other", ports=(echo.ports[0] + 1,))
+            body = protocol.build_request(
+                [protocol.ControlEndpoint(e, ()) for e in (echo, other)], 2.0)
+            result = await network.control_call(ControlRequest(url + "/measure", body), 15)
+            return result.body
+        finally:
+            await network.aclose()
+            stop.set()
+            await task
+
+    answer = asyncio.run(go())
+    assert sorted(answer["endpoints"]) == [ENDPOINT_ID]
+    assert set(answer["refused"]) == {"other"}
