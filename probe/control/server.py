@@ -12,6 +12,9 @@ It measures only what its own targets list (``probe.control.scope``: its
 any other endpoint of a request is refused on its own, with a reason, and a
 name is resolved only through DNS (its resolver, never its /etc/hosts). It
 keeps at most ``protocol.MAX_HTTP_BODY`` bytes of any HTTP body it fetches.
+Its echo is in scope under the address a request reached and the name in its
+Host header (the name the probe uses); a forged Host header can point an echo
+flow elsewhere, which the flow caps and the UDP budget below bound.
 
 It is built to be exposed to the Internet: request bodies are capped,
 concurrent measurements are bounded (extra requests get 503 at once, never a
