@@ -395,3 +395,34 @@ def test_the_helpers_own_udp_echo_is_in_its_scope_as_the_probe_names_it():
     answer = asyncio.run(go())
     assert sorted(answer["endpoints"]) == [ENDPOINT_ID]
     assert set(answer["refused"]) == {"other"}
+
+
+def test_a_big_run_is_cut_into_requests_the_helper_accepts():
+    """500 names with TLS and HTTPS on two ports (12 HTTP requests each in the worst
+    case): split_by_cost cuts them within every cap, in order, nothing lost."""
+    items = [
+        protocol.ControlEndpoint(
+            Endpoint(id=f"n{i}", service="s", host=f"n{i}.example", ports=(443, 8443),
+                     checks=("dns", "tcp", "tls", "https"), sni=f"n{i}.example", ca_pem=None),
+            ())
+        for i in range(500)
+    ]
+    requests = protocol.split_by_cost(items)
+    assert len(requests) > 1
+    assert [item for request in requests for item in request] == items
+    for part in requests:
+        parsed = protocol.parse_request(json.loads(json.dumps(protocol.build_request(part, 5))))
+        assert len(parsed.items) <= protocol.MAX_ENDPOINTS
+        assert sum(protocol.http_fetches(i.endpoint) for i in part) <= protocol.MAX_REQUEST_FETCHES
+
+
+def test_serve_with_a_missing_targets_file_is_a_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    from probe.cli import main
+
+    missing = tmp_path / "nowhere.yaml"
+    result = CliRunner().invoke(main, ["control", "serve", "--listen", "127.0.0.1:0",
+                                       "--targets", str(missing), "--duration", "1"])
+    assert result.exit_code != 0
+    assert "no such file" in result.output and "Traceback" not in result.output
