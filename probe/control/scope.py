@@ -95,11 +95,6 @@ class Scope:
             allowed.setdefault(_place(endpoint), set()).update(_pairs(endpoint))
         return Scope({p: frozenset(v) for p, v in allowed.items()}, self.routable)
 
-    @property
-    def hosts(self) -> frozenset[str]:
-        """Every host of the scope: the only names a helper resolves."""
-        return frozenset(place.host for place in self.allowed)
-
     def refusal(self, endpoint: Endpoint) -> str | None:
         """Why the helper does not measure ``endpoint`` (None: it does)."""
         place = _place(endpoint)

@@ -382,7 +382,8 @@ def test_bogon_addresses_are_never_measured_on_a_requesters_behalf():
         return {"version": 1, "timeout": 1, "endpoints": endpoints}
 
     with serve(lambda: StreamPeer(hold)) as target, serve(
-        lambda: HelperServer(helper())
+        # in the helper's targets: what refuses them is the bogon rule, not the scope
+        lambda: HelperServer(helper(targets=targets_of(body(target.port))))
     ) as server:
         status, _, text = call(server.port, body(target.port))
         connections = connections_seen(target)
