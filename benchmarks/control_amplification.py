@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/control_amplification.py [--max-seconds 120]
 
-Starts ``python -m probe control serve`` on 127.0.0.1 (a free port, ``--allow-network
+Starts ``python -m probe control serve --open`` on 127.0.0.1 (a free port, ``--allow-network
 127.0.0.0/8`` so loopback stands in for public hosts, ``--resolver`` a closed
 loopback port so no query leaves the machine, ``--targets`` a generated file of
 loopback stand-ins), one fresh helper per row, and sends it one request:
@@ -134,7 +134,7 @@ def legit_endpoints(ports: dict[int, int]) -> list[dict]:
 async def start_helper(targets: Path, key: Path, seconds: float) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(
         [sys.executable, "-m", "probe", "control", "serve", "--listen", f"{LOOPBACK}:0",
-         "--allow-network", "127.0.0.0/8", "--resolver", f"{LOOPBACK}:1",
+         "--allow-network", "127.0.0.0/8", "--resolver", f"{LOOPBACK}:1", "--open",
          "--targets", str(targets), "--key", str(key), "--duration", str(seconds)],
         cwd=REPO, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from probe.control.auth import ControlCredentials
 from probe.geo import GeoDatabase
 from probe.net.live import LiveNetwork
 from probe.net.network import Network
@@ -114,6 +115,13 @@ class RunConfig:
     geo: GeoDatabase | None = None
     record_path: str | None = None
     upload_url: str | None = None
+    # How control requests are authenticated: the NGO's token when given, else a
+    # signature by ``key`` (the report signing key) unless ``sign_control`` is off.
+    control_token: str | None = field(default=None, repr=False)
+    sign_control: bool = True
+
+    def control_credentials(self) -> ControlCredentials:
+        return ControlCredentials(self.key if self.sign_control else None, self.control_token)
 
 
 @dataclass(frozen=True)
@@ -230,7 +238,8 @@ def _start_recording(config: RunConfig) -> RecordingNetwork | None:
         return None
     info = RunInfo.from_run(config.targets, config.options, config.control)
     try:
-        return start_recording(config.record_path, info)
+        return start_recording(
+            config.record_path, info, inner=LiveNetwork(config.control_credentials()))
     except (TraceError, OSError) as exc:
         raise RunUsageError(f"--record {config.record_path}: {exc}") from None
 
@@ -250,11 +259,13 @@ class _Measured:
         staged: StagedResults,
         progress: Progress,
     ) -> None:
-        network: Network = recording if recording is not None else LiveNetwork()
+        credentials = config.control_credentials()
+        network: Network = recording if recording is not None else LiveNetwork(credentials)
         info = recording.run_info if recording is not None else None
+        control = replace(config.control, enrolment=credentials.enrolment())
         try:
             self.outcome = await stream(
-                network, config.targets, config.options, config.control, staged.add,
+                network, config.targets, config.options, control, staged.add,
                 on_endpoint=progress.advance, report_id=info.report_id if info else None,
             )
         finally:

@@ -8,11 +8,13 @@ interrupted (a partial report is still written and marked incomplete).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import importlib
 import ipaddress
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -87,8 +89,33 @@ class _ProbeGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == self.LAB and cmd_name not in self.commands:
-            self.add_command(importlib.import_module("probe.lab.cli").lab)
+            with _optional_part():
+                self.add_command(importlib.import_module("probe.lab.cli").lab)
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> object:
+        with _optional_part():
+            return super().invoke(ctx)
+
+
+# The optional parts of probe (setup.cfg's extras), by the module each brings.
+EXTRA_OF_MODULE = {"duckdb": "aggregate", "pyarrow": "aggregate", "pyspark": "spark",
+                   "scapy": "lab", "netfilterqueue": "lab"}
+
+
+@contextlib.contextmanager
+def _optional_part() -> Iterator[None]:
+    """A command that needs an extra nobody installed says which, in one line."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        module = (error.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(module.lower())
+        if extra is None:
+            raise
+        raise click.ClickException(
+            f"this command needs probe's optional part {extra!r} ({module} is not "
+            f"installed): pip install 'probe[{extra}]'") from None
 
 
 @click.group(cls=_ProbeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,6 +142,7 @@ def main(verbose: bool) -> None:
 @click.option("--control", "control_urls", multiple=True, metavar="URL", help="Control helper URL (repeatable: the first good answer wins).")
 @click.option("--control-file", type=click.Path(dir_okay=False), help="A recorded control response to compare with, offline.")
 @click.option("--control-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True)
+@click.option("--control-token", envvar="PROBE_CONTROL_TOKEN", metavar="TOKEN", help="The token your NGO gave you for its control helper (env PROBE_CONTROL_TOKEN); without it, control requests are signed with your probe key.")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM bundle to trust instead of the system store.")
 @click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True, help="Seconds allowed for each step.")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=256, show_default=True, help="Network operations in flight (a pending connect costs a socket, not bandwidth).")
@@ -128,7 +156,7 @@ def main(verbose: bool) -> None:
 @click.option("--upload", "upload_url", metavar="URL", help="Upload the report to this collector after the run (what fails stays pending: `probe upload`).")
 @click.option("--show-ip", is_flag=True, help="Allow your public address on the terminal and in logs (never in reports).")
 def run(targets_path, services, resolver, no_system_resolver, control_urls, control_file, control_timeout,
-        ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
+        control_token, ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
         asn_dbs, upload_url, show_ip) -> None:
     """Measure every endpoint of the targets file and write a report."""
     from probe.app import (
@@ -171,6 +199,13 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     for url in control_urls:
         if not url.startswith(("http://", "https://")):
             fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
+    if control_token is not None:
+        from probe.control.auth import ControlCredentials
+
+        try:
+            ControlCredentials(token=control_token)
+        except ValueError as exc:
+            fail_usage(f"--control-token: {exc}")
     resolver_address = parse_hostport(resolver, 53, "--resolver") if resolver else system_nameserver()
     concurrency = fit_concurrency_to_descriptors(concurrency, say=_say)
     if no_system_resolver and resolver_address is None:
@@ -197,6 +232,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         geo=geo,
         record_path=record_path,
         upload_url=upload_url,
+        control_token=control_token,
     )
     display = Display(targets, enabled=not as_json and sys.stderr.isatty())
     try:
@@ -287,12 +323,29 @@ def control() -> None:
 @click.option("--duration", type=click.FloatRange(min=0), default=0, help="Stop after this many seconds (0: never).")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="The helper's signing key (default: its own key, created on first use).")
 @click.option("--udp-echo", "udp_echo", multiple=True, metavar="PORTS", help="Also serve a rate-limited UDP echo on these ports (e.g. 3478 or 443,596-599): the probes' reference UDP flow.")
+@click.option("--trusted-keys", "trusted_keys", type=click.Path(dir_okay=False), help="Measure for the probes whose keys this file lists (the collector's trusted-keys file).")
+@click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), help="Measure for the holders of these tokens (lines 'NAME sha256:HEX', from `probe control token`).")
+@click.option("--open", "open_access", is_flag=True, help="Also measure for anonymous requests (a lab, or a helper nobody else can reach).")
+@click.option("--trusted-proxy", "proxies", multiple=True, metavar="CIDR", help="Your reverse proxy's address(es): requests from it are counted by the last X-Forwarded-For address.")
 @click.option("--targets", "targets_paths", multiple=True, metavar="FILE", help="Measure only the endpoints of these targets files (repeatable; default: the bundled targets.yaml).")
-def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo, targets_paths) -> None:
+def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo,
+                  trusted_keys, tokens_path, open_access, proxies, targets_paths) -> None:
     """Serve POST /measure for probes, GET / for health checks and GET /info."""
+    from probe.control import auth
     from probe.control import udp_echo as echo
     from probe.control.server import ControlHelper, serve
     from probe.net.dns import system_nameserver
+    from probe.report.verify import TrustedKeysError, load_trusted_keys
+
+    if not (trusted_keys or tokens_path or open_access):
+        fail_usage("say whom this helper measures for: --trusted-keys FILE (your volunteers' "
+                   "probe keys), --tokens FILE, or --open (anyone: labs only)")
+    try:
+        access = auth.Access(
+            load_trusted_keys(trusted_keys) if trusted_keys else None,
+            auth.load_tokens(tokens_path) if tokens_path else None, open_access)
+    except (TrustedKeysError, auth.TokensFileError) as exc:
+        fail_usage(str(exc))
 
     try:
         echo_ports = echo.parse_ports(udp_echo)
@@ -305,10 +358,15 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, u
         routable = parse_networks(allow)
     except ValueError as exc:
         fail_usage(f"--allow-network: {exc}")
+    try:
+        trusted_proxies = parse_networks(proxies)
+    except ValueError as exc:
+        fail_usage(f"--trusted-proxy: {exc}")
     scope = [e for path in (targets_paths or (None,)) for e in load_targets_or_exit(path).endpoints()]
     key = signing_key_or_exit(key_path, False, control=True)
     helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key,
-                           udp_echo_ports=echo_ports, targets=scope)
+                           udp_echo_ports=echo_ports, access=access,
+                           trusted_proxies=trusted_proxies, targets=scope)
     click.echo(f"control helper key: {key.public_key_b64} (id {key.key_id})", err=True)
 
     async def go():
@@ -325,6 +383,20 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, u
         where = listen if not echo_ports else f"{listen} or UDP port(s) {' '.join(map(str, echo_ports))}"
         click.echo(f"probe: cannot listen on {where}: {exc.strerror or exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+@control.command("token")
+@click.argument("name")
+def control_token(name) -> None:
+    """Make a token for one volunteer: give them the token, add the line to --tokens FILE."""
+    from probe.control import auth
+
+    try:
+        line = auth.tokens_line(name, auth.new_token())
+    except ValueError as exc:
+        fail_usage(str(exc))
+    click.echo(f"token (give it to {name}; it is shown only once): {line.token}")
+    click.echo(f"line for the helper's --tokens file:\n{line.entry}")
 
 
 # --------------------------------------------------------------------------- #

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from probe import __version__, analysis
-from probe.control import protocol, reference
+from probe.control import auth, protocol, reference
 from probe.net.network import ControlRequest, Network
 from probe.observations import (
     EndpointObservation,
@@ -54,6 +54,12 @@ log = logging.getLogger("probe.session")
 
 NETWORK_DOWN = "Your network seems down: nothing, not even the baseline, answered."
 INTERRUPTED = "run interrupted before the control was asked"
+# A helper measures one request at a time per client, and a client includes its
+# network: volunteers behind one carrier-grade NAT share an IPv4 address, so a
+# "one at a time" 429 is waited out (as the helper's Retry-After says, when short)
+# a few times before the batch goes without control.
+CONTROL_RETRIES = 3
+CONTROL_RETRY_WAIT = 5.0  # longest Retry-After waited for, in seconds
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class ControlConfig:
     file: Path | None = None
     timeout: float = 60.0
     reference_flow: bool = True  # ask the helpers for their UDP echo (``with_reference``)
+    # what the probe may say of its credentials in a refusal's message (public: the
+    # credentials themselves live in the live network, never in a config or trace)
+    enrolment: auth.Enrolment | None = None
 
 
 @dataclass
@@ -177,14 +186,13 @@ async def ask_control_batch(
         outcome.problems.append("nothing was measured")
         return outcome
     # a batch whose UDP flows cost more datagrams than one request may is asked in
-    # parts (the helper refuses a costlier request rather than flood anyone)
+    # parts (the helper refuses a costlier request rather than flood anyone), one
+    # after the other: a helper measures one request per client at a time
     parts = protocol.split_by_cost(list(items))
     if len(parts) == 1:
         return await _ask_helpers(network, parts[0], config, step_timeout, trust_pem)
-    answers = await asyncio.gather(
-        *(_ask_helpers(network, part, config, step_timeout, trust_pem) for part in parts))
-    for answer in answers:
-        outcome.merge(answer)
+    for part in parts:
+        outcome.merge(await _ask_helpers(network, part, config, step_timeout, trust_pem))
     return outcome
 
 
@@ -205,7 +213,18 @@ async def _ask_helpers(
         # (parsing 30 MiB of nested lists can take more than 600 MiB of memory)
         cap = min(32 << 20, (256 << 10) * max(1, len(items)))
         request = ControlRequest(target, body, max_bytes=cap)
-        result = await network.control_call(request, config.timeout)
+        for attempt in range(CONTROL_RETRIES + 1):
+            result = await network.control_call(request, config.timeout)
+            wait = _retry_after(result.body) if result.status == 429 else None
+            if wait is None or wait > CONTROL_RETRY_WAIT or attempt == CONTROL_RETRIES:
+                break
+            await asyncio.sleep(wait)
+        if result.status in (401, 403):
+            reason = (result.body or {}).get("reason")
+            raise RuntimeError(f"{url}: {auth.refusal_message(reason, config.enrolment)}")
+        if result.status == 429:
+            raise RuntimeError(f"{url}: the control helper's budget for this probe is "
+                               "spent for now: run again later")
         if result.failure is not None or result.body is None:
             raise RuntimeError(f"{url}: {result.failure or 'empty answer'}")
         return url, protocol.parse_response(result.body)
@@ -239,6 +258,14 @@ def _refusals(url: str, refused: dict[str, str]) -> list[str]:
         more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
         lines.append(f"{url}: no control for {', '.join(ids[:5])}{more}: {reason}"[:300])
     return lines
+
+
+def _retry_after(body: dict[str, Any] | None) -> float | None:
+    """The seconds a helper's 429 asks to wait (None: it did not say)."""
+    wait = (body or {}).get("retry_after")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < 3600:
+        return None
+    return float(wait)
 
 
 async def ask_control(

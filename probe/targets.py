@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -196,22 +195,34 @@ class Targets:
         return replace(self, services=kept)
 
 
-def default_targets_path() -> Path:
-    """The targets.yaml that ships with probe.
+PACKAGE_DIR = Path(__file__).resolve().parent
 
-    From a checkout (or an editable install) that is the repository's own targets.yaml;
-    an installed copy is looked for under <prefix>/share/probe/.
+
+def default_targets_path() -> Path:
+    """The targets.yaml that ships with probe, as package data (``probe/targets.yaml``).
+
+    In a checkout that file is a link to the repository's top-level targets.yaml,
+    which readers find first: one file, not two copies that drift. A wheel holds
+    its content, so an installed probe finds it wherever pip put the package.
     """
-    checkout = Path(__file__).resolve().parent.parent / "targets.yaml"
-    installed = Path(sys.prefix) / "share" / "probe" / "targets.yaml"
-    for candidate in (checkout, installed):
-        if candidate.is_file():
-            return candidate
-    return checkout
+    return PACKAGE_DIR / "targets.yaml"
+
+
+def _base_dir(path: Path) -> Path:
+    """Where a targets file's relative CA paths start: its own folder, except for the
+    bundled file, which names its CA files from the repository root (probe/ca/...),
+    the package's parent both in a checkout and once installed."""
+    try:
+        if path.resolve() == default_targets_path().resolve():
+            return PACKAGE_DIR.parent
+    except (OSError, RuntimeError):  # a link loop: the plain rule, and the open fails
+        pass
+    return path.parent
 
 
 def load_targets(path: str | os.PathLike) -> Targets:
-    """Read and validate a targets file; CA paths in it are relative to its folder."""
+    """Read and validate a targets file; CA paths in it are relative to its folder
+    (the bundled file's to the repository root: ``_base_dir``)."""
     source = os.fspath(path)
     try:
         raw = Path(source).read_bytes()
@@ -228,7 +239,7 @@ def load_targets(path: str | os.PathLike) -> Targets:
         raise TargetsError(
             source, line, None, "is not UTF-8 text; save it as UTF-8"
         ) from None
-    return parse_targets(text, source=source, base_dir=Path(source).parent)
+    return parse_targets(text, source=source, base_dir=_base_dir(Path(source)))
 
 
 def parse_targets(

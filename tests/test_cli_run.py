@@ -125,7 +125,7 @@ def control_helper(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("control")
     process = subprocess.Popen(
         [*PROBE, "control", "serve", "--listen", "127.0.0.1:0", "--allow-network", "127.0.0.0/8",
-         "--resolver", f"127.0.0.1:{world['honest']}", "--duration", "120",
+         "--resolver", f"127.0.0.1:{world['honest']}", "--duration", "120", "--open",
          "--targets", str(world["targets"])],  # the helper measures what the probe does
         stderr=subprocess.PIPE, text=True, env=env(tmp),
     )
@@ -150,7 +150,7 @@ def test_run_with_control(world, control_helper, tmp_path):
     result = probe_run(world, tmp_path, "--control", url)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["control"]["source"] == url
+    assert summary["control"]["source"] == url, summary["control"]
     verdicts = rows(summary)
     assert verdicts["base"] == ("ok", None)
     # the control resolves what the probe's resolver denies: blocked

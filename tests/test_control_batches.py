@@ -9,6 +9,7 @@ from servers import start_tcp
 
 from probe import session
 from probe.bogons import parse_networks
+from probe.control.auth import Access
 from probe.control.server import ControlHelper, serve
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
@@ -34,7 +35,8 @@ def test_control_is_asked_in_batches_and_covers_every_endpoint():
         options = RunOptions(timeout=2, routable=routable, rate=None, use_system_resolver=False)
 
         async def go():
-            helper = ControlHelper(None, routable=routable, targets=targets.endpoints())
+            helper = ControlHelper(None, routable=routable, access=Access.anyone(),
+                                   targets=targets.endpoints())
             stop = asyncio.Event()
             ready = asyncio.get_running_loop().create_future()
             server_task = asyncio.create_task(

@@ -13,6 +13,7 @@ from servers import start_tcp
 
 from probe import session
 from probe.bogons import parse_networks
+from probe.control.auth import Access
 from probe.control.server import ControlHelper, serve
 from probe.net.live import LiveNetwork
 from probe.report.measurements import build_lines, iter_lines
@@ -70,8 +71,9 @@ class LoggingNetwork:
 
 @contextlib.asynccontextmanager
 async def control_helper(targets):
-    """A real helper on loopback whose scope is ``targets``."""
-    helper = ControlHelper(None, routable=ROUTABLE, targets=targets.endpoints())
+    """A real helper on loopback, serving anyone, whose scope is ``targets``."""
+    helper = ControlHelper(None, routable=ROUTABLE, access=Access.anyone(),
+                           targets=targets.endpoints())
     stop = asyncio.Event()
     ready = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(helper, "127.0.0.1", 0, ready=ready.set_result, stop=stop))

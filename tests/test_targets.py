@@ -57,7 +57,7 @@ def bundled() -> Targets:
 
 
 def test_default_path_is_the_checkout_file():
-    assert default_targets_path() == REPO_ROOT / "targets.yaml"
+    assert default_targets_path().resolve() == (REPO_ROOT / "targets.yaml").resolve()
 
 
 def test_bundled_services_and_counts(bundled):

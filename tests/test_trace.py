@@ -542,11 +542,12 @@ def control_helper(hosts: dict[str, tuple[str, ...]], resolver: tuple[str, int],
     measuring ``targets``."""
     from aiohttp import web
 
+    from probe.control.auth import Access
     from probe.control.server import ControlHelper
     from probe.report.keys import generate_ephemeral
 
     helper = ControlHelper(resolver, routable=(ipaddress.ip_network("127.0.0.0/8"),),
-                           key=generate_ephemeral(),
+                           key=generate_ephemeral(), access=Access.anyone(),
                            network_factory=lambda: HostsFileNetwork(hosts),
                            targets=targets.endpoints())
     loop = asyncio.new_event_loop()

@@ -17,7 +17,7 @@ for the worst case. Beyond that the request is refused (``RequestTooCostly``,
 HTTP 413), never silently cut: a cut flow would read as a censor's cutoff.
 
 TCP checks are bounded the same way: at most ``MAX_REQUEST_CONNECTIONS``
-connections (``connections``) and ``MAX_REQUEST_FETCHES`` HTTP requests
+connections (``tcp_connections``) and ``MAX_REQUEST_FETCHES`` HTTP requests
 (``http_fetches``) per request, counted for the worst case, or 413. What a
 helper keeps and answers of an HTTP response is at most ``MAX_HTTP_BODY``
 (8 KiB) of body plus ``MAX_HTTP_HEAD`` (8 KiB) of headers and redirects, with
@@ -68,7 +68,7 @@ ADDRESSES_PER_NAME = 6
 
 # --- the cost of TCP checks ------------------------------------------------------ #
 # Connections one request may make the helper open, counted for the worst case
-# (``connections``: every port of every address a name may resolve to, each
+# (``tcp_connections``: every port of every address a name may resolve to, each
 # check that connects). The bundled targets cost 762; a request costing more is
 # refused (413) before anything is measured. Queries to the helper's own
 # resolver are not counted: they go where the helper, not the requester, chose.
@@ -181,13 +181,14 @@ def udp_datagrams(endpoint: Endpoint) -> int:
     return per_port * len(endpoint.ports) * addresses
 
 
-def connections(endpoint: Endpoint) -> int:
-    """The most connections measuring ``endpoint`` can open, over every address and port.
-
-    Per port: the connect or TLS handshake (two MTProto attempts, one per framing),
-    then one more for each HTTP check and for the transfer."""
+def tcp_connections(endpoint: Endpoint) -> int:
+    """The most TCP connections measuring ``endpoint`` can open, over every address
+    and port: ``mtproto`` tries two framings, a TLS or TCP step opens one, and an
+    HTTP(S) request or a transfer one more (the helper's per-client budget is
+    charged this, and a request costing more than ``MAX_REQUEST_CONNECTIONS`` is
+    refused). Same-host redirects, each a connection more, are not counted."""
     checks = set(endpoint.checks)
-    if checks <= UDP_CHECKS | {Check.DNS}:
+    if not checks & TCP_CHECKS:
         return 0
     per_port = 2 if Check.MTPROTO in checks else 1
     per_port += len(checks & {Check.HTTP, Check.HTTPS, Check.DOWNLOAD})
@@ -200,6 +201,16 @@ def http_fetches(endpoint: Endpoint) -> int:
     per_port = len(set(endpoint.checks) & {Check.HTTP, Check.HTTPS, Check.DOWNLOAD})
     addresses = 1 if endpoint.host_is_address else ADDRESSES_PER_NAME
     return per_port * len(endpoint.ports) * addresses
+
+
+def tcp_connections_made(observations: dict[str, EndpointObservation]) -> int:
+    """The TCP connections a measurement opened (each redirect counted as one more)."""
+    made = 0
+    for observation in observations.values():
+        for port in observation.ports:
+            made += len(port.mtproto) or (port.connect is not None)
+            made += sum(1 + len(h.redirects) for h in port.http)
+    return made
 
 
 def _number(data: dict, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -235,7 +246,7 @@ def split_by_cost(
     current: list[ControlEndpoint] = []
     cost = opened = fetched = 0
     for item in items:
-        one, more = udp_datagrams(item.endpoint), connections(item.endpoint)
+        one, more = udp_datagrams(item.endpoint), tcp_connections(item.endpoint)
         fetches = http_fetches(item.endpoint)
         if current and (cost + one > limit or opened + more > connection_limit
                         or fetched + fetches > MAX_REQUEST_FETCHES
@@ -361,7 +372,7 @@ def parse_request(body: Any) -> ControlQuery:
         raise RequestTooCostly(
             f"the UDP checks of this request could send {cost} datagrams, more than "
             f"{MAX_REQUEST_DATAGRAMS}: send fewer endpoints, ports or datagrams per request")
-    opened = sum(connections(item.endpoint) for item in items)
+    opened = sum(tcp_connections(item.endpoint) for item in items)
     if opened > MAX_REQUEST_CONNECTIONS:
         raise RequestTooCostly(
             f"the checks of this request could open {opened} connections, more than "

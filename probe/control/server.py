@@ -16,7 +16,12 @@ Its echo is in scope under the address a request reached and the name in its
 Host header (the name the probe uses); a forged Host header can point an echo
 flow elsewhere, which the flow caps and the UDP budget below bound.
 
-It is built to be exposed to the Internet: request bodies are capped,
+It is built to be exposed to the Internet. It measures only for the probes it
+serves (``probe.control.auth``: an enrolled key or token, or anyone with
+``open``), checks the credential before reading a body, and holds each client
+to its budgets (``probe.control.budgets``: one measurement in flight, and
+endpoints, connections and seconds per minute; 429 with Retry-After beyond).
+Request bodies are capped,
 concurrent measurements are bounded (extra requests get 503 at once, never a
 hang), every measurement has a deadline, and it refuses to measure bogon
 addresses (it must not become a proxy into its own private network). UDP
@@ -32,6 +37,7 @@ import asyncio
 import datetime
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,12 +45,13 @@ from aiohttp import web
 
 from probe import __version__
 from probe.bogons import IPNetwork, is_bogon
-from probe.control import protocol, reference
+from probe.control import auth, protocol, reference
+from probe.control.budgets import ClientBudgets, ClientLimits, Cost
 from probe.control.scope import Scope
 from probe.control.udp_echo import DEFAULT_LIMITS, EchoLimits, UdpEcho
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
-from probe.serving.buckets import TokenBucket
+from probe.serving.buckets import TokenBucket, retry_after_seconds
 from probe.targets import Endpoint, default_targets_path, load_targets
 
 log = logging.getLogger("probe.control")
@@ -61,6 +68,16 @@ BODY_TIMEOUT = 10.0
 # the first try is one datagram, not seven), and is charged only what it sent.
 UDP_BUDGET_PER_SECOND = 100.0
 UDP_BUDGET_BURST = 20_000
+# The longest step timeout a request may ask for (the probe's default is 10 s),
+# and the deadline of a whole request: DNS, then up to three steps in a row per
+# port (mtproto's two framings and an HTTP request), with a margin. A silent
+# port holds one client's one slot for at most this long.
+MAX_TIMEOUT = 10.0
+MAX_DEADLINE = 45.0
+
+
+def request_deadline(timeout: float) -> float:
+    return min(timeout * 4 + 5, MAX_DEADLINE)
 
 
 class ControlHelper:
@@ -68,7 +85,7 @@ class ControlHelper:
         self,
         resolver: tuple[str, int] | None,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
-        max_timeout: float = 15.0,
+        max_timeout: float = MAX_TIMEOUT,
         routable: tuple[IPNetwork, ...] = (),
         key=None,  # probe.report.keys.SigningKey: attest every answer with it
         network_factory=LiveNetwork,
@@ -76,6 +93,9 @@ class ControlHelper:
         udp_echo_ports: tuple[int, ...] = (),
         echo_limits: EchoLimits = DEFAULT_LIMITS,
         udp_budget: TokenBucket | None = None,
+        access: auth.Access | None = None,  # None: serves nobody (see auth.Access)
+        budgets: ClientBudgets | None = None,  # None: the defaults of control.budgets
+        trusted_proxies: tuple[IPNetwork, ...] = (),  # whose X-Forwarded-For is believed
         targets: Iterable[Endpoint] | None = None,
     ) -> None:
         """``targets``: the endpoints this helper measures for probes (None: the
@@ -92,6 +112,9 @@ class ControlHelper:
         self.udp_budget = udp_budget or TokenBucket(UDP_BUDGET_BURST, UDP_BUDGET_PER_SECOND)
         self.echo: UdpEcho | None = None  # running while served with udp_echo_ports
         self._busy = 0
+        self.gate = auth.Gatekeeper(access or auth.Access())
+        self.clients = ClientLimits(budgets or ClientBudgets())
+        self.trusted_proxies = trusted_proxies
         if targets is None:
             targets = load_targets(default_targets_path()).endpoints()
         self.scope = Scope.from_targets(targets, routable=routable)
@@ -147,9 +170,32 @@ class ControlHelper:
             body["udp_echo_limits"] = self.echo_limits.advertised()
         return web.json_response(body)
 
+    def _address(self, request: web.Request) -> str | None:
+        return auth.client_address(
+            request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+
     async def measure(self, request: web.Request) -> web.Response:
+        # The credential first, from the header alone: a request this helper does
+        # not serve costs no body read, no parse and no slot.
+        try:
+            pending = self.gate.check_header(request.headers.get("Authorization"))
+        except auth.Refused as exc:
+            return await _refused(request, exc)
         if self._busy >= self.max_concurrent:
             return web.json_response({"error": "busy, retry later"}, status=503)
+        # One body in flight per network, before any is read: a client cannot hold
+        # many handlers by trickling bodies, nor stand in for a key it has not proved.
+        network = auth.client_key(self._address(request))
+        if not self.clients.enter(f"net {network}"):
+            return _one_at_a_time()
+        try:
+            return await self._measure(request, pending, network)
+        finally:
+            self.clients.leave(f"net {network}")
+
+    async def _measure(
+        self, request: web.Request, pending: auth.Pending, network: str
+    ) -> web.Response:
         try:
             async with asyncio.timeout(self.body_timeout):
                 raw = await request.read()
@@ -157,6 +203,11 @@ class ControlHelper:
             return web.json_response({"error": "request body too slow"}, status=408)
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": "request too large"}, status=413)
+        try:
+            client = auth.Client(
+                self.gate.check_body(pending, request.method, request.path, raw), network)
+        except auth.Refused as exc:
+            return await _refused(request, exc)
         try:
             query = protocol.parse_request(json.loads(raw))
         except protocol.RequestTooCostly as exc:
@@ -167,21 +218,45 @@ class ControlHelper:
         query, refused = self.scope_for(request).admit(query)
         if self._busy >= self.max_concurrent:  # others started while this body arrived
             return web.json_response({"error": "busy, retry later"}, status=503)
+        if client.name is not None and not self.clients.enter(client.name):
+            return _one_at_a_time()
+        try:
+            return await self._measure_within_budgets(request, query, client, refused)
+        finally:
+            if client.name is not None:
+                self.clients.leave(client.name)
+
+    async def _measure_within_budgets(
+        self, request: web.Request, query: protocol.ControlQuery, client: auth.Client,
+        refused: dict[str, str],
+    ) -> web.Response:
+        timeout = min(query.timeout, self.max_timeout)
+        deadline = request_deadline(timeout)
+        # The client's worst case is reserved before anything is measured, and
+        # what the measurement did not use is given back after
+        connections = sum(protocol.tcp_connections(item.endpoint) for item in query.items)
+        names = client.budget_names
+        wait = self.clients.take(names, Cost(len(query.items), connections, deadline))
+        if wait:
+            return web.json_response(
+                {"error": "this client's budget is spent for now, retry later",
+                 "retry_after": retry_after_seconds(wait)},
+                status=429, headers={"Retry-After": str(retry_after_seconds(wait))})
         # The request's worst case is reserved while it runs; what it did not send
         # is given back after, so a probe is charged for its real datagrams
         reserved = query.udp_datagrams
         if reserved and not self.udp_budget.take(reserved):
+            self.clients.give_back(names, connections, deadline)
             return web.json_response(
                 {"error": "this helper's budget of UDP datagrams is spent, retry later"},
                 status=429, headers={"Retry-After": "60"})
         self._busy += 1
+        started = time.monotonic()
         observations: dict | None = None
         try:
-            items, timeout = query.items, query.timeout
-            timeout = min(timeout, self.max_timeout)
             endpoints = []
             extra: dict[str, tuple[str, ...]] = {}
-            for item in items:
+            for item in query.items:
                 if item.endpoint.host_is_address and is_bogon(item.endpoint.host, self.routable):
                     continue  # never measure into private networks on anyone's behalf
                 endpoints.append(item.endpoint)
@@ -197,7 +272,7 @@ class ControlHelper:
             )
             network = self.network_factory()
             try:
-                async with asyncio.timeout(timeout * 8 + 5):
+                async with asyncio.timeout(deadline):
                     observations = await run_endpoints(
                         network, endpoints, options, extra_addresses=extra
                     )
@@ -216,7 +291,7 @@ class ControlHelper:
                 "%Y-%m-%dT%H:%M:%SZ"
             )
             response = protocol.build_response(
-                observations, request.remote,
+                observations, self._address(request),
                 {"software_name": "probe-control", "software_version": __version__},
                 measured_at, sign, refused,
             )
@@ -225,6 +300,31 @@ class ControlHelper:
             self._busy -= 1
             if reserved and observations is not None:  # (after a deadline: all may be sent)
                 self.udp_budget.give_back(reserved - protocol.datagrams_sent(observations))
+            # after a deadline every reserved connection may have been opened
+            made = connections if observations is None else protocol.tcp_connections_made(
+                observations)
+            self.clients.give_back(
+                names, connections - made, deadline - (time.monotonic() - started))
+
+
+async def _refused(request: web.Request, exc: auth.Refused) -> web.Response:
+    """401 for a request this helper does not serve, then the connection is closed:
+    an unread body is never read (aiohttp would read and discard it for 10 s)."""
+    response = web.json_response(
+        {"error": str(exc)[:300], "reason": exc.reason}, status=401,
+        headers={"WWW-Authenticate": f'{auth.SCHEME}, Bearer realm="probe-control"'})
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
+def _one_at_a_time() -> web.Response:
+    return web.json_response(
+        {"error": "one measurement at a time per client: wait for the previous answer",
+         "retry_after": 1},
+        status=429, headers={"Retry-After": "1"})
 
 
 async def serve(

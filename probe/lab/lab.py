@@ -49,15 +49,25 @@ def control_helper_available() -> bool:
     return True
 
 
-def control_serves_udp_echo() -> bool:
-    """Whether this checkout's `probe control serve` has ``--udp-echo``."""
+def _control_serve_has(param: str) -> bool:
     try:
         from probe.cli import main
     except ImportError:
         return False
     control = getattr(main, "commands", {}).get("control")
     serve = getattr(control, "commands", {}).get("serve")
-    return serve is not None and any(p.name == "udp_echo" for p in serve.params)
+    return serve is not None and any(p.name == param for p in serve.params)
+
+
+def control_serves_udp_echo() -> bool:
+    """Whether this checkout's `probe control serve` has ``--udp-echo``."""
+    return _control_serve_has("udp_echo")
+
+
+def control_serve_needs_open() -> bool:
+    """Whether this checkout's `probe control serve` serves only enrolled probes
+    unless given ``--open``."""
+    return _control_serve_has("open_access")
 
 
 class Lab(Runtime):
@@ -186,6 +196,10 @@ class Lab(Runtime):
                 "--targets", str(self.targets_path)]
         for network in LAB_NETWORKS:
             argv += ["--allow-network", network]
+        if control_serve_needs_open():
+            # The lab's helper is reachable only inside the lab's namespaces, and its
+            # probes sign with keys made per run: it measures for anyone there.
+            argv.append("--open")
         echo = set()
         if control_serves_udp_echo():
             # The volunteer's reference UDP flows: an uncensored destination that is

@@ -6,6 +6,10 @@ has already judged them, and HTTPS is only attempted after that step validated.
 Redirects are followed only within the same host (up to ``max_redirects``); a
 redirect elsewhere ends the request and is recorded, since another host is
 another endpoint. Bodies are capped and decompressed with a cap (gzip bombs).
+
+Control calls carry the probe's credential (``probe.control.auth``) in a header
+computed here from the exact body bytes sent: the recorded ``ControlRequest``
+never holds it, so no token or signature reaches a trace.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import socket
 import ssl
 import zlib
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -24,8 +29,14 @@ from aiohttp.abc import AbstractResolver
 from probe.net import failures
 from probe.net.network import ControlRequest, ControlResult, HttpRequest, HttpResult, Timing
 
+if TYPE_CHECKING:  # the seam does not import the control package at run time
+    from probe.control.auth import ControlCredentials
+
 MAX_HEADER_BYTES = 32 * 1024
 MAX_CONTROL_RESPONSE = 32 * 1024 * 1024
+# A helper's refusal (401, 429) is a small JSON object whose reason code the probe
+# reads; anything longer is not one.
+MAX_CONTROL_REFUSAL = 4096
 
 
 class _PinnedResolver(AbstractResolver):
@@ -196,15 +207,22 @@ async def request(req: HttpRequest, timeout: float, clock) -> HttpResult:
     )
 
 
-async def control_call(req: ControlRequest, timeout: float, clock) -> ControlResult:
+async def control_call(
+    req: ControlRequest, timeout: float, clock, auth: ControlCredentials | None = None
+) -> ControlResult:
     t0 = clock()
     status = None
     body = None
     failure = None
+    data = json.dumps(req.body).encode()
+    headers = {"Content-Type": "application/json"}
+    authorization = auth.authorization("POST", urlsplit(req.url).path, data) if auth else None
+    if authorization is not None:
+        headers["Authorization"] = authorization
     try:
         async with asyncio.timeout(timeout):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-                async with session.post(req.url, json=req.body) as response:
+                async with session.post(req.url, data=data, headers=headers) as response:
                     status = response.status
                     buffer = bytearray()
                     while chunk := await response.content.read(65536):
@@ -221,6 +239,8 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
         return ControlResult(req, failures.classify_http(exc), status, None, Timing(t0, clock()))
     if status != 200:
         failure = failures.http_status_failure(status)
+        if status in (401, 403, 429) and len(raw) <= MAX_CONTROL_REFUSAL:
+            body = _json_object(raw)  # the refusal's reason, for the volunteer
     else:
         try:
             parsed = json.loads(raw)
@@ -233,3 +253,11 @@ async def control_call(req: ControlRequest, timeout: float, clock) -> ControlRes
         else:
             failure = failures.JSON_PARSE_ERROR  # not JSON, or JSON but not an object
     return ControlResult(req, failure, status, body, Timing(t0, clock()))
+
+
+def _json_object(raw: bytes) -> dict | None:
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None

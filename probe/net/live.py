@@ -1,8 +1,13 @@
-"""The live network: the real implementation of the seam, over the host's sockets."""
+"""The live network: the real implementation of the seam, over the host's sockets.
+
+It holds the probe's control credentials (``control_auth``): they are added to
+control calls on the wire, and never appear in what the seam records.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from probe.net import dns, http, quic, tcp, tls, udp
 from probe.net.network import (
@@ -24,12 +29,16 @@ from probe.net.network import (
     UdpResult,
 )
 
+if TYPE_CHECKING:  # the seam does not import the control package at run time
+    from probe.control.auth import ControlCredentials
+
 
 class LiveNetwork:
     """Talks to the real network; every method returns a result, never raises."""
 
-    def __init__(self) -> None:
+    def __init__(self, control_auth: ControlCredentials | None = None) -> None:
         self._start = time.monotonic()
+        self.control_auth = control_auth
 
     def clock(self) -> float:
         return round(time.monotonic() - self._start, 6)
@@ -61,7 +70,7 @@ class LiveNetwork:
         return await quic.quic_exchange(request, timeout, self.clock)
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:
-        return await http.control_call(request, timeout, self.clock)
+        return await http.control_call(request, timeout, self.clock, self.control_auth)
 
     async def aclose(self) -> None:
         return None

@@ -19,6 +19,7 @@ from hostile.servers import StreamPeer, hold, serve
 from servers import refused_port
 
 from probe.bogons import parse_networks
+from probe.control.auth import Access
 from probe.control.reference import ENDPOINT_ID, endpoints_from_info, reference_endpoints
 from probe.control.server import ControlHelper
 from probe.control.server import serve as serve_helper
@@ -31,7 +32,7 @@ LOOPBACK = "127.0.0.1"
 @contextlib.asynccontextmanager
 async def helper_at(host: str = LOOPBACK, echo_ports: tuple[int, ...] = (0, 0)):
     """A helper on ``host`` with a UDP echo on ``echo_ports`` (0: any free port)."""
-    helper = ControlHelper(None, udp_echo_ports=echo_ports)
+    helper = ControlHelper(None, udp_echo_ports=echo_ports, access=Access.anyone())
     stop = asyncio.Event()
     ready = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve_helper(helper, host, 0, ready=ready.set_result, stop=stop))

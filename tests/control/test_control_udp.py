@@ -15,6 +15,7 @@ import pytest
 
 from probe.bogons import parse_networks
 from probe.control import protocol
+from probe.control.auth import Access
 from probe.control.server import ControlHelper, serve
 from probe.control.udp_echo import UdpEcho
 from probe.net.live import LiveNetwork
@@ -89,7 +90,8 @@ def test_the_helper_runs_a_udp_flow_to_an_echo_and_answers_it():
         await echo.start()
         endpoint = udp_endpoint(LOOPBACK, echo.ports, payload="echo", datagrams=10,
                                 interval=0.02)
-        helper = ControlHelper(None, routable=routable, targets=[endpoint])
+        helper = ControlHelper(None, routable=routable, access=Access.anyone(),
+                               targets=[endpoint])
         stop = asyncio.Event()
         ready = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve(helper, LOOPBACK, 0, ready=ready.set_result, stop=stop))

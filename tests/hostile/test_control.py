@@ -25,6 +25,8 @@ import aiohttp
 import pytest
 
 from probe.control import protocol
+from probe.control.auth import Access
+from probe.control.budgets import ClientBudgets
 from probe.control.server import ControlHelper
 from probe.net import failures as F
 from probe.net.live import LiveNetwork
@@ -49,13 +51,19 @@ from .harness import LOOPBACK_NET, MIB
 from .servers import DatagramPeer, HelperServer, StreamPeer, hold, serve
 
 LOOPBACK = "127.0.0.1"
+# Every requester here is 127.0.0.1, one client to the helper: tests of its
+# helper-wide guards (slots, the UDP budget) lift the one-measurement-per-client
+# rule, which tests/hostile/test_control_access.py tests.
+MANY_IN_FLIGHT = ClientBudgets(in_flight=64)
 
 
 def helper(**more) -> ControlHelper:
-    """A helper whose targets are ``targets`` (default: none, so it measures nothing
-    but what a test names: see ``targets_of``)."""
+    """A helper that serves anyone (``--open``): these tests are about what a
+    request may make it do, whoever sends it (tests/hostile/test_control_access.py
+    is about who may). Its targets are ``targets`` (default: none, so it measures
+    nothing but what a test names: see ``targets_of``)."""
     more.setdefault("targets", ())
-    return ControlHelper(resolver=None, **more)
+    return ControlHelper(resolver=None, **{"access": Access.anyone(), **more})
 
 
 def targets_of(*bodies: dict) -> list[Endpoint]:
@@ -282,6 +290,7 @@ def test_the_helpers_udp_budget_is_shared_by_every_request():
     with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as silent, serve(
         lambda: StreamPeer(hold)) as stalling, serve(
         lambda: HelperServer(helper(routable=LOOPBACK_NET, udp_budget=budget,
+                                    budgets=MANY_IN_FLIGHT,
                                     targets=targets_of(*bodies(silent.port, stalling.port))))
     ) as server:
         first, second, tcp, third = asyncio.run(
@@ -333,7 +342,8 @@ def test_slow_client_times_out_and_others_are_served_meanwhile():
         alive = await health(port)
         return await slow, other, alive
 
-    with serve(lambda: HelperServer(helper(max_concurrent=1, body_timeout=1.0))) as server:
+    with serve(lambda: HelperServer(helper(max_concurrent=1, body_timeout=1.0,
+                                                       budgets=MANY_IN_FLIGHT))) as server:
         (status_line, slow_seconds), other, alive = asyncio.run(scenario(server.port))
     assert status_line.startswith(b"HTTP/1.1 408"), status_line
     assert slow_seconds < 1.0 + 2
@@ -352,8 +362,9 @@ def test_flood_of_concurrent_measurements_is_bounded():
         return await asyncio.gather(*calls), alive
 
     with serve(lambda: StreamPeer(hold)) as target, serve(
-        lambda: HelperServer(helper(max_concurrent=4, routable=LOOPBACK_NET, targets=targets_of(
-            measure_body(LOOPBACK, target.port, checks=("tls",)))))
+        lambda: HelperServer(helper(max_concurrent=4, routable=LOOPBACK_NET,
+                                    budgets=MANY_IN_FLIGHT, targets=targets_of(
+                                        measure_body(LOOPBACK, target.port, checks=("tls",)))))
     ) as server:
         results, alive = asyncio.run(flood(server.port, target.port))
     statuses = [status for status, _, _ in results]

@@ -29,6 +29,7 @@ import pytest
 from probe import analysis
 from probe.bogons import is_bogon
 from probe.control import protocol
+from probe.control.auth import Access
 from probe.control.scope import Scope
 from probe.control.server import ControlHelper
 from probe.net.live import LiveNetwork
@@ -62,8 +63,10 @@ def ask(id: str, host: str, ports: list[int], checks: tuple[str, ...] = ("tcp",)
 
 
 def helper(targets: list[Endpoint], **more) -> ControlHelper:
+    """A helper serving anyone (who may ask is tests/hostile/test_control_access.py's
+    subject), measuring ``targets``."""
     more.setdefault("resolver", None)
-    return ControlHelper(routable=LOOPBACK_NET, targets=targets, **more)
+    return ControlHelper(routable=LOOPBACK_NET, targets=targets, access=Access.anyone(), **more)
 
 
 # --- the scope, as a pure function ------------------------------------------------ #
@@ -372,7 +375,8 @@ def test_the_helpers_own_udp_echo_is_in_its_scope_as_the_probe_names_it():
     from probe.net.network import ControlRequest
 
     async def go():
-        helper = ControlHelper(None, routable=LOOPBACK_NET, udp_echo_ports=(0,), targets=())
+        helper = ControlHelper(None, routable=LOOPBACK_NET, udp_echo_ports=(0,), targets=(),
+                               access=Access.anyone())
         stop = asyncio.Event()
         ready = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve_helper(helper, LOOPBACK, 0, ready=ready.set_result,
@@ -422,7 +426,7 @@ def test_serve_with_a_missing_targets_file_is_a_clear_error(tmp_path):
     from probe.cli import main
 
     missing = tmp_path / "nowhere.yaml"
-    result = CliRunner().invoke(main, ["control", "serve", "--listen", "127.0.0.1:0",
+    result = CliRunner().invoke(main, ["control", "serve", "--listen", "127.0.0.1:0", "--open",
                                        "--targets", str(missing), "--duration", "1"])
     assert result.exit_code != 0
     assert "no such file" in result.output and "Traceback" not in result.output
