@@ -87,6 +87,16 @@ class Collector:
                 "100000",
                 "--max-concurrent",
                 "64",
+                # Every uploader here is one loopback address with thousands of fresh keys:
+                # lift the per-client limits that stop exactly that on the Internet.
+                "--max-uploads-per-client",
+                "64",
+                "--new-keys-per-client-hour",
+                "1000000",
+                "--new-keys-per-hour",
+                "100000000",
+                "--client-mib-per-day",
+                "1000000",
                 "--duration",
                 "900",
             ],

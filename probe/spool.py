@@ -23,9 +23,12 @@ Why this survives ``kill -9`` at any moment:
   holder dies.
 
 The upload (:func:`upload_pending`) follows docs/upload-protocol.md: gzip,
-batches within the collector's limits, exponential backoff with jitter,
-``Retry-After`` on 429 and 503, halving a batch on 413 (and on 400, to find
-the line at fault), quarantine for ``rejected`` lines. Its only network I/O is
+batches within the collector's limits and of one probe key each (named in the
+``X-Probe-Key`` header, so a collector that enrols its probes can refuse a
+stranger before reading a byte of the body), exponential backoff with jitter,
+``Retry-After`` on 429, 503 and 507, halving a batch on 413 (and on 400, to find
+the line at fault), quarantine for ``rejected`` lines, and ``unchecked`` lines
+sent again. Its only network I/O is
 one method, :meth:`CollectorTransport.post`; :class:`AiohttpTransport` is the
 real one. It is not the measurement seam (``probe.net.network``): uploading
 measures nothing, and recording or replaying it would make no sense.
@@ -68,6 +71,8 @@ __all__ = [
 SPOOL_FOLDER = ".spool"
 ACKS_SUFFIX = ".acks"
 STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
+UNCHECKED = "unchecked"  # the collector did not look at the line: send it again
+KEY_HEADER = "X-Probe-Key"
 CONFIRMED = frozenset({STORED, DUPLICATE})
 UPLOAD_PATH = "/v1/measurements"
 MAX_RESPONSE = 16 << 20
@@ -405,6 +410,7 @@ class UploadSummary:
 @dataclass
 class _Batch:
     lines: list[PendingLine]
+    key: str | None = None  # the base64 public key that signed every line, if known
     attempts: int = 0
 
     def body(self) -> bytes:
@@ -413,25 +419,47 @@ class _Batch:
 
 @dataclass
 class _Outcome:
-    kind: str  # "done", "retry", "split", "stop"
+    kind: str  # "done", "retry", "split", "refused" (this batch's key), "stop"
     wait: float | None = None  # at least this long (Retry-After)
     reason: str = ""
     results: list[tuple[PendingLine, str, str | None]] = field(default_factory=list)
+    unchecked: list[PendingLine] = field(default_factory=list)  # to send again
+
+
+def _public_key_of(line: bytes) -> str | None:
+    """The base64 public key a report line says it is signed with, if it says so."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    signature = record.get("signature") if isinstance(record, dict) else None
+    key = signature.get("public_key") if isinstance(signature, dict) else None
+    return key if isinstance(key, str) and len(key) == 44 and key.isascii() else None
 
 
 def _batches(lines: list[PendingLine], limits: Limits) -> list[_Batch]:
-    batches: list[_Batch] = []
-    current: list[PendingLine] = []
-    size = 0
+    """Batches within the collector's limits, each of the lines of one probe key.
+
+    Keys in the order they first appear; lines whose key cannot be read go
+    last, without a key header (the collector rejects them, one by one).
+    """
+    by_key: dict[str | None, list[PendingLine]] = {}
     for line in lines:
-        cost = len(line.data) + 1
-        if current and (len(current) >= limits.max_lines or size + cost > limits.max_body):
-            batches.append(_Batch(current))
-            current, size = [], 0
-        current.append(line)
-        size += cost
-    if current:
-        batches.append(_Batch(current))
+        by_key.setdefault(_public_key_of(line.data), []).append(line)
+    keys = sorted(by_key, key=lambda key: key is None)  # stable: first appearance otherwise
+    batches: list[_Batch] = []
+    for key in keys:
+        current: list[PendingLine] = []
+        size = 0
+        for line in by_key[key]:
+            cost = len(line.data) + 1
+            if current and (len(current) >= limits.max_lines or size + cost > limits.max_body):
+                batches.append(_Batch(current, key))
+                current, size = [], 0
+            current.append(line)
+            size += cost
+        if current:
+            batches.append(_Batch(current, key))
     return batches
 
 
@@ -466,8 +494,16 @@ def _interpret(batch: _Batch, response: CollectorResponse) -> _Outcome:
         return _results(batch, response)
     wait = retry_after(_header(response.headers, "Retry-After"))
     reason = _error_text(response)
-    if status in (429, 503, 408) or 500 <= status < 600:
+    if status in (429, 503, 507, 408) or 500 <= status < 600:
         return _Outcome("retry", wait, f"collector answered {status}: {reason}")
+    if status == 403:
+        return _Outcome(
+            "refused",
+            reason=(
+                f"the collector refuses this probe's key ({reason}); ask the NGO to enrol "
+                "it: 'probe key show' prints the key to send them"
+            ),
+        )
     if status in (400, 413):
         # 413: over a limit; 400: a line the collector cannot even parse as a request
         # (not UTF-8...). Halve the batch; a single line gets quarantined.
@@ -492,11 +528,22 @@ def _results(batch: _Batch, response: CollectorResponse) -> _Outcome:
     except (ValueError, KeyError, TypeError):
         return _Outcome("retry", None, "the collector's answer was not the expected JSON")
     recorded: list[tuple[PendingLine, str, str | None]] = []
+    unchecked: list[PendingLine] = []
     seen: set[int] = set()
     for result in results:
         if not isinstance(result, dict):
             continue
         index, status = result.get("line"), result.get("status")
+        if (
+            status == UNCHECKED
+            and isinstance(index, int)
+            and not isinstance(index, bool)
+            and 1 <= index <= len(batch.lines)
+            and index not in seen
+        ):
+            seen.add(index)
+            unchecked.append(batch.lines[index - 1])
+            continue
         if (
             not isinstance(index, int) or isinstance(index, bool)
             or not 1 <= index <= len(batch.lines) or index in seen
@@ -510,7 +557,7 @@ def _results(batch: _Batch, response: CollectorResponse) -> _Outcome:
         seen.add(index)
         reason = result.get("reason")
         recorded.append((line, status, str(reason) if reason is not None else None))
-    return _Outcome("done", results=recorded)
+    return _Outcome("done", results=recorded, unchecked=unchecked)
 
 
 async def upload_pending(
@@ -567,6 +614,10 @@ async def upload_pending(
                             summary.rejected += 1
                     if on_progress:
                         on_progress(summary)
+                    if outcome.unchecked and outcome.results:
+                        # The collector stopped checking a batch with many bad lines;
+                        # send the rest again (each round settles some lines, so this ends).
+                        queue.append(_Batch(outcome.unchecked, batch.key))
                     continue
                 if outcome.kind == "split":
                     queue.popleft()
@@ -577,10 +628,17 @@ async def upload_pending(
                         suspects.append((batch.lines[0], outcome.reason))
                     else:
                         half = len(batch.lines) // 2
-                        queue.appendleft(_Batch(batch.lines[half:]))
-                        queue.appendleft(_Batch(batch.lines[:half]))
+                        queue.appendleft(_Batch(batch.lines[half:], batch.key))
+                        queue.appendleft(_Batch(batch.lines[:half], batch.key))
                     continue
                 summary.problem = outcome.reason
+                if outcome.kind == "refused":
+                    # The collector does not accept this key: its other batches would
+                    # be refused too; lines of other keys may still go.
+                    queue = deque(b for b in queue if b.key is None or b.key != batch.key)
+                    if batch.key is None:
+                        queue.popleft()
+                    continue
                 if outcome.kind == "stop":
                     break
                 batch.attempts += 1
@@ -620,6 +678,8 @@ async def _send(
 ) -> _Outcome:
     body = batch.body()
     headers = {"Content-Type": "application/x-ndjson", "Accept": "application/json"}
+    if batch.key is not None:
+        headers[KEY_HEADER] = batch.key  # the collector checks it before reading the body
     if compress:
         body = gzip.compress(body, compresslevel=6, mtime=0)
         headers["Content-Encoding"] = "gzip"

@@ -48,6 +48,8 @@ NETWORK_EXEMPT = {
     "probe/control/udp_echo.py": "the control helper's UDP echo is a listening server "
                                  "(answers probes' reference flows); it measures nothing",
     "probe/collector/server.py": "the collector is a server: it receives reports",
+    "probe/serving/connections.py": "the listening socket both servers share (aiohttp.web "
+                                    "behind a connection guard); it measures nothing",
     "probe/spool.py": "uploading reports to the collector is not a measurement: it must "
                       "not be recorded in a trace or replayed, so it stays off the seam",
     "probe/certificates.py": "imports ssl only to find the system's trust store "

@@ -144,3 +144,11 @@ def test_persistent_volumes_and_no_root():
 )
 def test_readme_commands_name_the_compose_file(line):
     assert "-f docker/compose.yaml" in line
+
+
+def test_the_collector_accepts_only_enrolled_probe_keys_by_default():
+    collector = compose()["services"]["collector"]
+    command = collector["command"]
+    keys = command[command.index("--trusted-keys") + 1]
+    assert any(v.split(":")[1] == keys for v in collector["volumes"] if v.startswith("./"))
+    assert "probe key show" in (DOCKER / "compose.yaml").read_text()

@@ -12,7 +12,10 @@ Tables: ``measurements`` (one row per measurement: where, when, which service,
 its service status, which key and run signed it, and where its line is),
 ``endpoints`` (one row per endpoint verdict of a measurement, with the
 measurement's country, network, service and day), ``run_ends`` (the
-end-of-run records) and ``rejected``. :func:`integrity` reports gaps and broken
+end-of-run records) and ``rejected``. The line rules are those of
+:mod:`probe.report.rules`, the ones ``probe verify`` applies; of the run rules,
+"nothing after the end-of-run record" is applied once all files are in (such
+lines move to ``rejected``). :func:`integrity` reports gaps and broken
 links in each run's chain: lines of a run may arrive in any order and in
 several files, so the chain is checked here, by ``seq``, not in file order.
 """
@@ -32,6 +35,7 @@ import duckdb
 import pyarrow as pa
 
 from probe.collector.lines import LinePolicy, check_and_parse, split_lines
+from probe.report.rules import after_end_reason
 
 BLOCKED_VERDICTS = (
     "dns_blocked",
@@ -332,7 +336,54 @@ def ingest(
         for source, first, lines in chunks:
             take(_rows_of_chunk(source, first, lines, policy), len(lines))
     _flush(con, staged, result)
+    _reject_after_end(con, result)
     return result
+
+
+AFTER_END_SQL = """
+WITH ends AS (SELECT run, key_id, min(seq) AS end_seq FROM run_ends GROUP BY run, key_id)
+SELECT m.source, m.line, m.measurement_uid, m.run, m.seq, e.end_seq, TRUE AS measurement
+FROM measurements m JOIN ends e ON e.run = m.run AND e.key_id = m.key_id AND m.seq > e.end_seq
+UNION ALL
+SELECT r.source, r.line, NULL, r.run, r.seq, e.end_seq, FALSE
+FROM run_ends r JOIN ends e ON e.run = r.run AND e.key_id = r.key_id AND r.seq > e.end_seq
+ORDER BY 1, 2
+"""
+
+
+def _reject_after_end(con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
+    """Move the lines that follow their run's end-of-run record into ``rejected``.
+
+    A run's key holder could append correctly chained records after sealing it;
+    the rule set forbids any (:func:`probe.report.rules.check_runs`). Each line
+    is checked alone, so this rule is applied here, once every file is in.
+    """
+    found = con.execute(AFTER_END_SQL).fetchall()
+    if not found:
+        return
+    rows = [
+        (source, line, uid, after_end_reason(seq, run, end_seq, "an end-of-run record"))
+        for source, line, uid, run, seq, end_seq, _ in found
+    ]
+    con.register("after_end", _arrow(rows, REJECTED_COLUMNS))
+    try:
+        for table in ("measurements", "endpoints", "run_ends"):
+            con.execute(f"""
+                DELETE FROM {table} t WHERE EXISTS (
+                    SELECT 1 FROM after_end a WHERE a.source = t.source AND a.line = t.line)
+            """)
+        con.execute("""
+            INSERT INTO rejected SELECT * FROM after_end a
+            WHERE NOT EXISTS (SELECT 1 FROM rejected r WHERE r.source = a.source
+                              AND r.line = a.line AND r.reason = a.reason)
+        """)
+    finally:
+        con.unregister("after_end")
+    removed = sum(1 for *_, measurement in found if measurement)
+    result.measurements -= removed
+    result.run_ends -= len(found) - removed
+    result.rejected += len(found)
+    result.rejections += [(source, line, reason) for source, line, _, reason in rows]
 
 
 def _arrow(rows: list[tuple], columns: tuple) -> pa.Table:

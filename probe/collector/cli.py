@@ -10,7 +10,8 @@ import sys
 
 import click
 
-from probe.collector.limits import MIB, Limits
+from probe.bogons import parse_networks
+from probe.collector.limits import KIB, MIB, Limits
 
 DEFAULTS = Limits()
 
@@ -68,12 +69,22 @@ def collector() -> None:
 @click.option(
     "--trusted-keys",
     type=click.Path(dir_okay=False),
-    help="Accept only lines signed by these probe keys (one base64 key or key id a line).",
+    help="Accept only uploads by these probe keys (one base64 key or key id a line; "
+    "'probe key show' on a volunteer's machine prints its key). Others get 403 "
+    "before their body is read.",
 )
 @click.option(
     "--trusted-control-keys",
     type=click.Path(dir_okay=False),
     help="Control helpers whose attestations count; unattested control data is then refused.",
+)
+@click.option(
+    "--trusted-proxy",
+    "proxies",
+    multiple=True,
+    metavar="CIDR",
+    help="A reverse proxy in front of the collector (repeatable): for its requests the "
+    "client is the last X-Forwarded-For address, for per-client limits.",
 )
 @click.option(
     "--max-concurrent",
@@ -83,10 +94,82 @@ def collector() -> None:
     help="Uploads processed at once; more get 503.",
 )
 @click.option(
+    "--max-uploads-per-client",
+    type=click.IntRange(1, 4096),
+    default=DEFAULTS.max_uploads_per_client,
+    show_default=True,
+    help="Uploads in flight from one client (an IPv4 address or an IPv6 /64); more get 429.",
+)
+@click.option(
+    "--min-body-rate",
+    type=click.FloatRange(0.001),
+    default=DEFAULTS.min_body_rate / KIB,
+    show_default=True,
+    metavar="KIB_PER_S",
+    help="A body slower than this (after --body-rate-grace seconds) is cut with 408.",
+)
+@click.option(
+    "--body-rate-grace",
+    type=click.FloatRange(0, 3600),
+    default=DEFAULTS.body_rate_grace,
+    show_default=True,
+    help="Seconds before --min-body-rate applies.",
+)
+@click.option(
+    "--key-mib-per-day",
+    type=click.IntRange(1, 1 << 30),
+    default=DEFAULTS.key_bytes_per_day // MIB,
+    show_default=True,
+    help="New data stored per probe key a day; over it, 429.",
+)
+@click.option(
+    "--client-mib-per-day",
+    type=click.IntRange(1, 1 << 30),
+    default=DEFAULTS.client_bytes_per_day // MIB,
+    show_default=True,
+    help="New data stored per client (IPv4 address or IPv6 /64) a day; over it, 429.",
+)
+@click.option(
+    "--new-keys-per-client-hour",
+    type=click.IntRange(1, 1_000_000),
+    default=DEFAULTS.new_keys_per_client_hour,
+    show_default=True,
+    help="Probe keys new to this collector that one client may bring in an hour.",
+)
+@click.option(
+    "--new-keys-per-hour",
+    type=click.IntRange(1, 100_000_000),
+    default=DEFAULTS.new_keys_per_hour,
+    show_default=True,
+    help="Probe keys new to this collector in an hour, all clients together.",
+)
+@click.option(
+    "--min-free-mib",
+    type=click.IntRange(0, 1 << 30),
+    default=DEFAULTS.min_free_bytes // MIB,
+    show_default=True,
+    help="Refuse uploads (507) when the data filesystem has less free space than this...",
+)
+@click.option(
+    "--min-free-percent",
+    type=click.FloatRange(0, 100),
+    default=DEFAULTS.min_free_percent,
+    show_default=True,
+    help="...or less than this share of its size free.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(1, 100_000),
     default=DEFAULTS.max_connections,
     show_default=True,
+)
+@click.option(
+    "--max-connections-per-address",
+    type=click.IntRange(1, 100_000),
+    default=DEFAULTS.max_connections_per_address,
+    show_default=True,
+    help="Open connections from one address (an IPv6 /64 is one); raise it for "
+    "many probes behind one NAT.",
 )
 @click.option(
     "--address-rate",
@@ -147,8 +230,19 @@ def serve(
     data_dir,
     trusted_keys,
     trusted_control_keys,
+    proxies,
     max_concurrent,
+    max_uploads_per_client,
+    min_body_rate,
+    body_rate_grace,
+    key_mib_per_day,
+    client_mib_per_day,
+    new_keys_per_client_hour,
+    new_keys_per_hour,
+    min_free_mib,
+    min_free_percent,
     max_connections,
+    max_connections_per_address,
     address_rate,
     address_burst,
     key_rate,
@@ -167,6 +261,10 @@ def serve(
     from probe.collector.store import Store
 
     host, port = parse_listen(listen)
+    try:
+        trusted_proxies = parse_networks(proxies)
+    except ValueError as error:
+        raise click.BadParameter(str(error)[:200], param_hint="--trusted-proxy") from None
     policy = LinePolicy(
         _trusted(trusted_keys, "--trusted-keys"),
         _trusted(trusted_control_keys, "--trusted-control-keys"),
@@ -174,7 +272,17 @@ def serve(
     limits = Limits(
         max_body_bytes=max_body_mib * MIB,
         max_concurrent_uploads=max_concurrent,
+        max_uploads_per_client=max_uploads_per_client,
+        min_body_rate=min_body_rate * KIB,
+        body_rate_grace=body_rate_grace,
+        key_bytes_per_day=key_mib_per_day * MIB,
+        client_bytes_per_day=client_mib_per_day * MIB,
+        new_keys_per_client_hour=new_keys_per_client_hour,
+        new_keys_per_hour=new_keys_per_hour,
+        min_free_bytes=min_free_mib * MIB,
+        min_free_percent=min_free_percent,
         max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         address_rate=address_rate,
@@ -204,7 +312,11 @@ def serve(
     click.echo(message, err=True)
     if policy.trusted_keys is not None:
         click.echo(f"accepting only the {len(policy.trusted_keys)} trusted probe key(s)", err=True)
-    app = Collector(store, policy, limits, check_workers=check_workers)
+    else:
+        click.echo(
+            "warning: no --trusted-keys: any probe key may upload (within the quotas)", err=True
+        )
+    app = Collector(store, policy, limits, check_workers=check_workers, proxies=trusted_proxies)
 
     async def go() -> None:
         stop = asyncio.Event()

@@ -14,12 +14,19 @@ upload of those lines is then answered "duplicate", which must be true after a
 power loss too) and rebuilds the deduplication index from the files.
 
 Deduplication: a measurement is the same upload as a stored one when its
-``measurement_uid`` is; an end-of-run record when its (run, seq) is. The
-index maps that key to the line's SHA-256: the same key with other bytes is
-refused, never stored next to the first. The index lives in memory
+probe key and ``measurement_uid`` are; an end-of-run record when its probe
+key, run and seq are. A uid is scoped by the key that signed it: a uid is only
+unique among one probe's measurements, and anyone can copy another probe's uid
+into a line of their own, which must not lock the real probe out. The index
+maps that key to the line's SHA-256: the same key with other bytes is refused,
+never stored next to the first. The index lives in memory
 (about 150 bytes a line) and is rebuilt from the files at start, at roughly
 10 seconds per million stored lines. Only the writer thread touches the files and the
-index; :meth:`Store.known` may be read from elsewhere.
+index; :meth:`Store.known` and :meth:`Store.known_key` may be read from elsewhere.
+
+Quotas are not the store's business (:mod:`probe.collector.server` charges
+them); the store only says which probe keys it already holds (a new key is a new
+folder) and how much room the data filesystem has left (:meth:`Store.free_space`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from probe.collector.lines import CheckedLine
 
 log = logging.getLogger("probe.collector.store")
 
@@ -55,6 +66,23 @@ class Accepted:
     key_id: str
     run: str
     line: bytes
+
+    @classmethod
+    def from_checked(cls, checked: CheckedLine, line: bytes) -> Accepted:
+        """An accepted line with the facts its checks established (an accepted line has all)."""
+        digest, key_id, run = checked.digest, checked.key_id, checked.run
+        if not checked.ok or digest is None or key_id is None or run is None:
+            raise ValueError(f"line not accepted, or accepted without its facts: {checked}")
+        if checked.end_of_run:
+            key = end_of_run_key(key_id, run, checked.seq)
+        else:
+            key = measurement_key(key_id, checked.measurement_uid)
+        return cls(key, digest, key_id, run, line)
+
+    @property
+    def size(self) -> int:
+        """Bytes this line takes on disk (with its newline)."""
+        return len(self.line) + 1
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,7 @@ class Store:
         self.root = Path(root)
         self.fsync = fsync  # False only for tests that measure something else
         self._index: dict[str, str] = {}
+        self._keys: set[str] = set()  # key ids that have a folder
         self._files: OrderedDict[Path, int] = OrderedDict()  # open descriptors, LRU
         self._opened = False
 
@@ -91,6 +120,7 @@ class Store:
         for key_dir in sorted(self.root.iterdir()):
             if not (key_dir.is_dir() and _KEY_DIR.match(key_dir.name)):
                 continue
+            self._keys.add(key_dir.name)
             for path in sorted(key_dir.iterdir()):
                 if _RUN_FILE.match(path.name) and path.is_file():
                     self._recover_file(path, recovery)
@@ -101,6 +131,7 @@ class Store:
 
     def _recover_file(self, path: Path, recovery: Recovery) -> None:
         run = path.name[: -len(".jsonl")]
+        key_id = path.parent.name
         with open(path, "r+b") as stream:
             data = stream.read()
             end = data.rfind(b"\n") + 1
@@ -115,7 +146,7 @@ class Store:
                 os.fsync(stream.fileno())
         recovery.files += 1
         for line in data.split(b"\n")[:-1]:
-            key = _dedupe_key(line, run)
+            key = _dedupe_key(line, key_id, run)
             if key is None:
                 recovery.unreadable_lines += 1
                 continue
@@ -126,6 +157,19 @@ class Store:
 
     def known(self, dedupe_key: str) -> bool:
         return dedupe_key in self._index
+
+    def known_key(self, key_id: str) -> bool:
+        """Does the store hold lines of this probe key (a folder of its own)?"""
+        return key_id in self._keys
+
+    @property
+    def key_count(self) -> int:
+        return len(self._keys)
+
+    def free_space(self) -> tuple[int, int]:
+        """(free bytes for an unprivileged writer, size in bytes) of the data filesystem."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
 
     def __len__(self) -> int:
         return len(self._index)
@@ -158,6 +202,7 @@ class Store:
         if by_path:
             self._write(by_path)
             self._index.update(pending)
+            self._keys.update(path.parent.name for path in by_path)
         return outcomes
 
     def _write(self, by_path: dict[Path, list[bytes]]) -> None:
@@ -244,7 +289,18 @@ def run_files(root: str | os.PathLike[str]) -> list[Path]:
     )
 
 
-def _dedupe_key(line: bytes, run: str) -> str | None:
+def measurement_key(key_id: str, measurement_uid: str | None) -> str:
+    """The deduplication key of a measurement: its uid, within its probe key."""
+    return f"m:{key_id}:{measurement_uid}"
+
+
+def end_of_run_key(key_id: str, run: str, seq: int | None) -> str:
+    """The deduplication key of an end-of-run record: its run and seq, within its probe key."""
+    return f"e:{key_id}:{run}:{seq}"
+
+
+def _dedupe_key(line: bytes, key_id: str, run: str) -> str | None:
+    """A stored line's deduplication key; its key id is its folder's name."""
     try:
         record = json.loads(line)
     except ValueError:
@@ -254,19 +310,20 @@ def _dedupe_key(line: bytes, run: str) -> str | None:
     if "end_of_run" in record:
         signature = record.get("signature")
         if isinstance(signature, dict) and isinstance(signature.get("seq"), int):
-            return f"e:{run}:{signature['seq']}"
+            return end_of_run_key(key_id, run, signature["seq"])
         return None
     uid = record.get("measurement_uid")
-    return f"m:{uid}" if isinstance(uid, str) else None
+    return measurement_key(key_id, uid) if isinstance(uid, str) else None
 
 
 def _conflict_reason(dedupe_key: str) -> str:
     if dedupe_key.startswith("e:"):
-        _, run, seq = dedupe_key.split(":")
+        _, _key_id, run, seq = dedupe_key.split(":", 3)
         return f"run {run[:8]} already has a different end-of-run record with seq {seq}"
+    _, key_id, uid = dedupe_key.split(":", 2)
     return (
-        f"measurement_uid {dedupe_key[2:]} is already stored with different content "
-        "(a measurement_uid is unique: this line was altered or forged)"
+        f"measurement_uid {uid} of key {key_id} is already stored with different content "
+        "(a measurement_uid is unique per probe key: this line was altered or forged)"
     )
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 import time
@@ -42,7 +41,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from probe.bogons import IPNetwork
 from probe.report.keys import (
     KeyFormatError,
     SigningKey,
@@ -129,42 +127,6 @@ def tokens_line(name: str, token: str) -> TokenLine:
     if not _TOKEN_NAME.match(name):
         raise ValueError(f"{name[:70]!r}: a token's name is 1 to 64 letters, digits or ._@-")
     return TokenLine(token, f"{name} {token_digest(token)}")
-
-
-def client_address(
-    peer: str | None, forwarded_for: str | None, trusted_proxies: tuple[IPNetwork, ...]
-) -> str | None:
-    """The address a request came from: the TCP peer, or, when the peer is one of
-    ``trusted_proxies`` (the NGO's TLS-terminating reverse proxy), the last
-    address of its ``X-Forwarded-For`` (the one that proxy appended; earlier ones
-    are whatever the client claimed). None when a trusted proxy gave none."""
-    if not trusted_proxies or peer is None:
-        return peer
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if not any(ip in network for network in trusted_proxies if ip.version == network.version):
-        return peer
-    last = (forwarded_for or "")[-200:].rsplit(",", 1)[-1].strip()
-    try:
-        return str(ipaddress.ip_address(last))
-    except ValueError:
-        return None
-
-
-def client_key(address: str | None) -> str:
-    """The network a client is counted by: an IPv4 address, or an IPv6 /64 (one
-    home or one server usually gets a whole /64, so its addresses are one client)."""
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return "unknown"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 # --------------------------------------------------------------------------- #

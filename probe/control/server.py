@@ -51,7 +51,10 @@ from probe.control.scope import Scope
 from probe.control.udp_echo import DEFAULT_LIMITS, EchoLimits, UdpEcho
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
+from probe.serving import clients
 from probe.serving.buckets import TokenBucket, retry_after_seconds
+from probe.serving.connections import ConnectionLimits, serving
+from probe.serving.logs import install
 from probe.targets import Endpoint, default_targets_path, load_targets
 
 log = logging.getLogger("probe.control")
@@ -171,7 +174,7 @@ class ControlHelper:
         return web.json_response(body)
 
     def _address(self, request: web.Request) -> str | None:
-        return auth.client_address(
+        return clients.client_address(
             request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
 
     async def measure(self, request: web.Request) -> web.Response:
@@ -185,7 +188,7 @@ class ControlHelper:
             return web.json_response({"error": "busy, retry later"}, status=503)
         # One body in flight per network, before any is read: a client cannot hold
         # many handlers by trickling bodies, nor stand in for a key it has not proved.
-        network = auth.client_key(self._address(request))
+        network = clients.client_key(self._address(request))
         if not self.clients.enter(f"net {network}"):
             return _one_at_a_time()
         try:
@@ -327,22 +330,33 @@ def _one_at_a_time() -> web.Response:
         status=429, headers={"Retry-After": "1"})
 
 
+# Connections: a probe needs a few at once; a CGNAT address may hide many probes.
+CONNECTION_LIMITS = ConnectionLimits(
+    max_connections=256, max_per_client=16, client_rate=2.0, client_burst=32.0,
+    header_timeout=10.0, idle_timeout=10.0,
+)
+
+
 async def serve(
     helper: ControlHelper, host: str, port: int, ready: Callable[[str], None] | None = None,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None, connections: ConnectionLimits = CONNECTION_LIMITS,
 ) -> None:
-    runner = web.AppRunner(helper.app(), access_log=None)  # no access log: no addresses
-    await runner.setup()
+    """Serve until ``stop`` is set (or forever); ``ready`` gets a line saying where."""
+    hygiene = install("probe.control", "probe.runner")
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        await helper.start_udp_echo(host)
-        if ready is not None:
-            bound = runner.addresses[0] if runner.addresses else (host, port)
-            shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-            echo = f", UDP echo on {' '.join(map(str, helper.echo.ports))}" if helper.echo else ""
-            ready(f"control helper listening on {shown}:{bound[1]}{echo}")
-        await (stop.wait() if stop is not None else asyncio.Event().wait())
+        async with serving(helper.app(), host, port, connections) as server:
+            await helper.start_udp_echo(host)
+            try:
+                if ready is not None:
+                    bound = server.address
+                    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+                    echo = (
+                        f", UDP echo on {' '.join(map(str, helper.echo.ports))}"
+                        if helper.echo else ""
+                    )
+                    ready(f"control helper listening on {shown}:{bound[1]}{echo}")
+                await (stop.wait() if stop is not None else asyncio.Event().wait())
+            finally:
+                await helper.stop_udp_echo()
     finally:
-        await helper.stop_udp_echo()
-        await runner.cleanup()
+        hygiene.uninstall()

@@ -36,6 +36,48 @@ KEY_ID_HEX_CHARS = 16
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
+#: The field prime of Curve25519, p = 2**255 - 19 (RFC 8032 section 5.1).
+_FIELD_PRIME = 2**255 - 19
+
+#: Encodings of the eight points of small order (1, 2, 4 or 8) on Ed25519, and
+#: the other spellings of them that lenient decoders accept. A "public key" that
+#: is one of them has no secret behind it: with the identity point (order 1) the
+#: signature R = identity, S = 0 verifies for *every* message, and the others
+#: sign every message with probability 1/8 or more. OpenSSL (hence
+#: ``cryptography``) and Go accept them, libsodium refuses them
+#: (``has_small_order`` in crypto_sign/ed25519/ref10/open.c blocks the same
+#: encodings); a report verified by one must not fail in another, so probe
+#: refuses them everywhere a key is read. The eight canonical encodings are the
+#: 8-torsion subgroup (points P with 8P = identity), derived from the curve
+#: equation of RFC 8032 section 5.1 and checked by
+#: tests/report/test_signing.py; the six others set the sign bit of x where x
+#: is 0 (RFC 8032 5.1.3 step 4 forbids it) or write y as y + p (step 1).
+SMALL_ORDER_PUBLIC_KEYS = frozenset(
+    bytes.fromhex(text)
+    for text in (
+        # order 1: the identity point (x = 0, y = 1)
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        # order 2: (0, -1)
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        # order 4: (+/-sqrt(-1), 0)
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        # order 8: the four points P with 2P of order 4
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        # non-canonical: identity and (0, -1) with the sign bit of x = 0 set
+        "0100000000000000000000000000000000000000000000000000000000000080",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        # non-canonical: y = p (that is 0, order 4) and y = p + 1 (that is 1, the identity)
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    )
+)
+
 
 class KeyFileError(Exception):
     """A key file cannot be created or used; the message says what to do."""
@@ -125,8 +167,36 @@ def fingerprint(public_key: bytes | str) -> str:
 
 
 def decode_public_key(text: str) -> bytes:
-    """Raw bytes of a base64 public key; raises KeyFormatError."""
-    return b64decode_strict(text, PUBLIC_KEY_BYTES, "public key")
+    """Raw bytes of a base64 public key; raises KeyFormatError.
+
+    Refuses, besides bad base64, every key :func:`public_key_problem` refuses.
+    """
+    raw = b64decode_strict(text, PUBLIC_KEY_BYTES, "public key")
+    problem = public_key_problem(raw)
+    if problem:
+        raise KeyFormatError(problem)
+    return raw
+
+
+def public_key_problem(public_key_raw: bytes) -> str:
+    """Why 32 bytes are not an acceptable Ed25519 public key, or "" if they are.
+
+    Refused: a y coordinate written as y + p (RFC 8032 section 5.1.3 says decoding
+    fails; OpenSSL decodes it anyway) and the small-order points of
+    :data:`SMALL_ORDER_PUBLIC_KEYS`, whatever their spelling. Whether the bytes
+    are a point at all is left to the signature check, which then fails.
+    """
+    if len(public_key_raw) != PUBLIC_KEY_BYTES:
+        return f"public key is {len(public_key_raw)} bytes, expected {PUBLIC_KEY_BYTES}"
+    if public_key_raw in SMALL_ORDER_PUBLIC_KEYS:
+        return (
+            "public key is a point of small order, which has no private key and "
+            "verifies forged signatures; refused, as libsodium does"
+        )
+    y = int.from_bytes(public_key_raw, "little") & ((1 << 255) - 1)
+    if y >= _FIELD_PRIME:
+        return "public key is not canonically encoded (its y coordinate is not below 2**255 - 19)"
+    return ""
 
 
 def is_key_id(text: str) -> bool:
@@ -134,7 +204,19 @@ def is_key_id(text: str) -> bool:
 
 
 def verify_raw(public_key_raw: bytes, signature: bytes, message: bytes) -> bool:
-    """True if ``signature`` is a valid Ed25519 signature of ``message`` by that key."""
+    """True if ``signature`` is a valid Ed25519 signature of ``message`` by that key.
+
+    A key :func:`public_key_problem` refuses (small order, non-canonical) never
+    verifies anything, whatever the library below would say, and neither does a
+    signature whose R is a small-order point.
+    """
+    if public_key_problem(public_key_raw):
+        return False
+    if signature[:PUBLIC_KEY_BYTES] in SMALL_ORDER_PUBLIC_KEYS:
+        # R of small order: only a signer who chose it makes one (R = identity,
+        # S = k * a verifies under OpenSSL). libsodium refuses it; so do we, so
+        # that no line verifies here and fails there.
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key_raw).verify(signature, message)
     except (InvalidSignature, ValueError):

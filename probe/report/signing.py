@@ -21,36 +21,48 @@ from dataclasses import dataclass
 from typing import Any
 
 from probe.report.canonical import canonical_bytes
-from probe.report.keys import (
-    PUBLIC_KEY_BYTES,
-    SIGNATURE_BYTES,
-    KeyFormatError,
-    SigningKey,
-    b64decode_strict,
-    b64encode,
-    fingerprint,
-    is_key_id,
-    verify_raw,
+from probe.report.keys import SigningKey, b64encode
+from probe.report.rules import (
+    ALGORITHM,
+    CONTROL_ATTESTATION_PATH,
+    CONTROL_RESPONSE_CONTEXT,
+    END_OF_RUN_FIELD,
+    FORMAT_VERSION,
+    LINE_SIGNATURE_FIELDS,
+    OBJECT_SIGNATURE_FIELDS,
+    REPORT_LINE_CONTEXT,
+    SIGNATURE_FIELD,
+    _is_hex,
+    attestation_problem,
+    is_trusted,
 )
 
-SIGNATURE_FIELD = "signature"
-END_OF_RUN_FIELD = "end_of_run"
-FORMAT_VERSION = 1
-ALGORITHM = "ed25519"
-
-#: Prepended to the canonical bytes before signing, so a signature made for one
-#: purpose can never be passed off as one made for the other (a signed control
-#: response is not a report line, even if a key were used for both).
-REPORT_LINE_CONTEXT = b"probe/report-line/v1\n"
-CONTROL_RESPONSE_CONTEXT = b"probe/control-response/v1\n"
-
-LINE_SIGNATURE_FIELDS = frozenset(
-    {"version", "alg", "key_id", "public_key", "run", "seq", "prev", "value"}
-)
-OBJECT_SIGNATURE_FIELDS = frozenset({"version", "alg", "key_id", "public_key", "value"})
-
-#: Where a measurement carries its control helper's signed response(s).
-CONTROL_ATTESTATION_PATH = ("test_keys", "control", "attestation")
+# The format's names are defined once, in probe.report.rules; signers and older
+# callers import them from here too.
+__all__ = [
+    "ALGORITHM",
+    "CONTROL_ATTESTATION_PATH",
+    "CONTROL_RESPONSE_CONTEXT",
+    "END_OF_RUN_FIELD",
+    "FORMAT_VERSION",
+    "LINE_SIGNATURE_FIELDS",
+    "OBJECT_SIGNATURE_FIELDS",
+    "REPORT_LINE_CONTEXT",
+    "SIGNATURE_FIELD",
+    "ReportSigner",
+    "SignatureError",
+    "SignedLine",
+    "SigningError",
+    "attest_control_response",
+    "is_trusted",
+    "line_hash",
+    "new_run_id",
+    "object_signature_problem",
+    "sign_lines",
+    "sign_object",
+    "verify_object",
+    "without_value",
+]
 
 
 class SigningError(Exception):
@@ -195,25 +207,12 @@ def verify_object(obj: Any, trusted_keys: Iterable[str] | None = None) -> str:
 
 
 def object_signature_problem(obj: Any, trusted_keys: Iterable[str] | None = None) -> str:
-    """The reason ``obj`` fails :func:`verify_object`, or "" if it verifies."""
-    if not isinstance(obj, dict):
-        return "not a JSON object"
-    signature = obj.get(SIGNATURE_FIELD)
-    problem = _signature_fields_problem(signature, OBJECT_SIGNATURE_FIELDS)
-    if problem:
-        return problem
-    assert isinstance(signature, dict)  # a well-formed signature is an object
-    public_key = b64decode_strict(signature["public_key"], PUBLIC_KEY_BYTES, "public key")
-    value = b64decode_strict(signature["value"], SIGNATURE_BYTES, "signature value")
-    try:
-        message = CONTROL_RESPONSE_CONTEXT + canonical_bytes(without_value(obj))
-    except ValueError as error:
-        return str(error)
-    if not verify_raw(public_key, value, message):
-        return "signature does not match (content changed after signing)"
-    if trusted_keys is not None and not is_trusted(signature, trusted_keys):
-        return f"key {signature['key_id']} is not in the trusted keys"
-    return ""
+    """The reason ``obj`` fails :func:`verify_object`, or "" if it verifies.
+
+    A signed object is a control attestation: exactly ``response`` and
+    ``signature``, by the rules of :func:`probe.report.rules.attestation_problem`.
+    """
+    return attestation_problem(obj, trusted_keys)
 
 
 # --------------------------------------------------------------------------- #
@@ -225,73 +224,3 @@ def without_value(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with ``signature.value`` removed: what the signature covers."""
     signature = {k: v for k, v in record[SIGNATURE_FIELD].items() if k != "value"}
     return {**record, SIGNATURE_FIELD: signature}
-
-
-def is_trusted(signature: Mapping[str, Any], trusted_keys: Iterable[str]) -> bool:
-    """True if the signature's public key, or its key id, is among ``trusted_keys``.
-
-    Only call after the key id was checked against the public key.
-    """
-    trusted = trusted_keys if isinstance(trusted_keys, (set, frozenset)) else set(trusted_keys)
-    return signature["public_key"] in trusted or signature["key_id"] in trusted
-
-
-def _signature_fields_problem(signature: Any, fields: frozenset[str]) -> str:
-    """Check the signature object's shape and encodings; "" if well formed."""
-    if signature is None:
-        return "no signature"
-    if not isinstance(signature, dict):
-        return "'signature' is not an object"
-    missing = sorted(fields - signature.keys())
-    if missing:
-        return f"signature lacks field(s) {', '.join(missing)}"
-    extra = sorted(signature.keys() - fields)
-    if extra:
-        return f"signature has unknown field(s) {', '.join(extra)}"
-    if signature["version"] != FORMAT_VERSION or isinstance(signature["version"], bool):
-        return f"unsupported signature version {signature['version']!r} (this verifier knows 1)"
-    if signature["alg"] != ALGORITHM:
-        return f"unsupported signature algorithm {signature['alg']!r}"
-    try:
-        b64decode_strict(signature["public_key"], PUBLIC_KEY_BYTES, "public key")
-        b64decode_strict(signature["value"], SIGNATURE_BYTES, "signature value")
-    except KeyFormatError as error:
-        return str(error)
-    key_id = signature["key_id"]
-    if not isinstance(key_id, str) or not is_key_id(key_id):
-        return "key_id is not 16 lowercase hex characters"
-    if key_id != fingerprint(signature["public_key"]):
-        return "key_id does not match the public key"
-    if "run" in fields:
-        if not isinstance(signature["run"], str) or not _is_hex(signature["run"], 32):
-            return "run is not 32 lowercase hex characters"
-        seq = signature["seq"]
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            return "seq is not a non-negative integer"
-        prev = signature["prev"]
-        if seq == 0 and prev is not None:
-            return "seq is 0 but prev is not null"
-        if seq > 0 and not (isinstance(prev, str) and _is_hex(prev, 64)):
-            return "prev is not 64 lowercase hex characters"
-    return ""
-
-
-def line_signature_problem(record: dict[str, Any]) -> str:
-    """The reason a parsed report line's signature fails, or "" (no chain, no trust)."""
-    problem = _signature_fields_problem(record.get(SIGNATURE_FIELD), LINE_SIGNATURE_FIELDS)
-    if problem:
-        return problem
-    signature = record[SIGNATURE_FIELD]
-    public_key = b64decode_strict(signature["public_key"], PUBLIC_KEY_BYTES, "public key")
-    value = b64decode_strict(signature["value"], SIGNATURE_BYTES, "signature value")
-    try:
-        message = REPORT_LINE_CONTEXT + canonical_bytes(without_value(record))
-    except ValueError as error:
-        return str(error)
-    if not verify_raw(public_key, value, message):
-        return "signature does not match (content changed after signing)"
-    return ""
-
-
-def _is_hex(text: str, length: int) -> bool:
-    return len(text) == length and all(c in "0123456789abcdef" for c in text)

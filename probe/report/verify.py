@@ -4,35 +4,40 @@
 a :class:`VerifyResult` listing each problem with its line number and a reason a
 person can act on. It never raises, whatever the bytes. :func:`verify_file`,
 :func:`verify_files` and :func:`verify_command` (the body of ``probe verify``)
-are the thin shell around it. The format is specified in docs/signing.md.
+are the thin shell around it. The format is specified in docs/signing.md; every
+rule, for a line and for a run, is applied by :mod:`probe.report.rules`, the
+same code the collector and the aggregation call, so the three cannot disagree.
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import click
 
-from probe.report.canonical import (
-    CanonicalizationError,
-    JsonSyntaxError,
-    canonical_bytes,
-    parse_json_strict,
-)
 from probe.report.keys import KeyFormatError, decode_public_key, is_key_id
-from probe.report.signing import (
-    CONTROL_ATTESTATION_PATH,
-    END_OF_RUN_FIELD,
-    SIGNATURE_FIELD,
-    is_trusted,
-    line_hash,
-    line_signature_problem,
-    object_signature_problem,
+from probe.report.rules import (
+    ChainLink,
+    LinePolicy,
+    RunSummary,
+    check_line,
+    check_runs,
 )
+
+__all__ = [
+    "Problem",
+    "RunSummary",
+    "TrustedKeysError",
+    "VerifyResult",
+    "load_trusted_keys",
+    "parse_trusted_keys",
+    "verify_bytes",
+    "verify_command",
+    "verify_file",
+    "verify_files",
+]
 
 
 @dataclass(frozen=True)
@@ -47,20 +52,6 @@ class Problem:
         if self.line:
             return f"{self.path}:{self.line}: {self.reason}"
         return f"{self.path}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What the file holds of one run (lines whose signature verified)."""
-
-    run: str
-    key_id: str
-    public_key: str
-    first_line: int
-    last_line: int
-    lines: int
-    sealed: bool
-    interrupted: bool
 
 
 @dataclass(frozen=True)
@@ -94,34 +85,6 @@ class TrustedKeysError(ValueError):
 # --------------------------------------------------------------------------- #
 
 
-@dataclass
-class _Entry:
-    """A line whose signature verified: a link of its run's chain."""
-
-    lineno: int
-    run: str
-    seq: int
-    prev: str | None
-    hash: str
-    key_id: str
-    public_key: str
-    end_of_run: dict[str, Any] | None
-
-
-@dataclass
-class _Findings:
-    path: str
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    control_key_ids: set[str] = field(default_factory=set)
-
-    def problem(self, line: int, reason: str) -> None:
-        self.problems.append(Problem(self.path, line, reason))
-
-    def warning(self, line: int, reason: str) -> None:
-        self.warnings.append(Problem(self.path, line, reason))
-
-
 def verify_bytes(
     data: bytes,
     path: str = "<report>",
@@ -135,288 +98,65 @@ def verify_bytes(
     ``trusted_keys`` / ``trusted_control_keys`` hold base64 public keys and/or key
     ids; None means "any key", and the result then proves only that each run is
     intact since its key signed it. ``require_end`` turns a run without an
-    end-of-run record from a warning into a problem.
+    end-of-run record from a warning into a problem. Each line gets the first
+    line rule it breaks; the run rules then see the lines that passed them all.
     """
-    findings = _Findings(path)
-    trusted = None if trusted_keys is None else frozenset(trusted_keys)
-    trusted_control = None if trusted_control_keys is None else frozenset(trusted_control_keys)
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    control_key_ids: set[str] = set()
+    policy = LinePolicy(
+        trusted_keys=None if trusted_keys is None else frozenset(trusted_keys),
+        trusted_control_keys=(
+            None if trusted_control_keys is None else frozenset(trusted_control_keys)
+        ),
+        max_line_bytes=None,
+    )
+    runs: list[RunSummary] = []
+    lines: list[bytes] = []
     try:
-        lines = _split_lines(data, findings)
-        entries: list[_Entry] = []
+        lines = _split_lines(data, path, problems)
+        links: list[ChainLink] = []
         invalid_lines: list[int] = []
         for lineno, line in enumerate(lines, start=1):
-            entry = _check_line(lineno, line, findings, trusted, trusted_control)
-            if entry is None:
-                invalid_lines.append(lineno)
+            checked = check_line(line, policy)
+            if checked.ok:
+                links.append(ChainLink.of(lineno, checked))
+                control_key_ids |= checked.control_key_ids
             else:
-                entries.append(entry)
-        runs = _check_chains(entries, invalid_lines, findings, require_end)
+                problems.append(Problem(path, lineno, checked.reason or "refused"))
+                invalid_lines.append(lineno)
+        findings, runs = check_runs(links, invalid_lines, require_end=require_end)
+        for finding in findings:
+            (warnings if finding.warning else problems).append(
+                Problem(path, finding.line, finding.reason)
+            )
     except Exception as error:  # noqa: BLE001 - a verifier must report, not crash
-        findings.problem(0, f"internal error while verifying ({type(error).__name__}: {error})")
+        problems.append(
+            Problem(path, 0, f"internal error while verifying ({type(error).__name__}: {error})")
+        )
         lines, runs = [], []
     return VerifyResult(
         path=path,
         lines=len(lines),
-        problems=tuple(sorted(findings.problems, key=lambda p: p.line)),
-        warnings=tuple(sorted(findings.warnings, key=lambda p: p.line)),
+        problems=tuple(sorted(problems, key=lambda p: p.line)),
+        warnings=tuple(sorted(warnings, key=lambda p: p.line)),
         runs=tuple(runs),
-        control_key_ids=frozenset(findings.control_key_ids),
+        control_key_ids=frozenset(control_key_ids),
     )
 
 
-def _split_lines(data: bytes, findings: _Findings) -> list[bytes]:
+def _split_lines(data: bytes, path: str, problems: list[Problem]) -> list[bytes]:
     if not data:
-        findings.problem(0, "file is empty: there is nothing signed in it")
+        problems.append(Problem(path, 0, "file is empty: there is nothing signed in it"))
         return []
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
     else:
-        findings.problem(
-            len(lines), "no newline at the end of the file (was the file cut short?)"
-        )
+        problems.append(Problem(
+            path, len(lines), "no newline at the end of the file (was the file cut short?)"
+        ))
     return lines
-
-
-def _check_line(
-    lineno: int,
-    line: bytes,
-    findings: _Findings,
-    trusted: frozenset[str] | None,
-    trusted_control: frozenset[str] | None,
-) -> _Entry | None:
-    """Check one line on its own; return its chain link if its signature verified."""
-    if not line.strip():
-        findings.problem(lineno, "empty line")
-        return None
-    try:
-        record = parse_json_strict(line)
-    except JsonSyntaxError as error:
-        findings.problem(lineno, f"not valid JSON: {error}")
-        return None
-    if not isinstance(record, dict):
-        findings.problem(lineno, "not a JSON object")
-        return None
-    try:
-        canonical = canonical_bytes(record)
-    except CanonicalizationError as error:
-        findings.problem(lineno, f"not canonical JSON: {error}")
-        return None
-    reason = line_signature_problem(record)
-    if reason:
-        findings.problem(lineno, reason)
-        return None
-    if canonical != line:
-        # The signed content is intact, but these bytes are not the ones written:
-        # someone re-serialised or edited the line without changing its meaning.
-        findings.problem(
-            lineno,
-            "line is not in canonical form (RFC 8785): it was re-serialised or edited "
-            "after signing, although the signed content is unchanged",
-        )
-    signature = record[SIGNATURE_FIELD]
-    if trusted is not None and not is_trusted(signature, trusted):
-        findings.problem(lineno, f"key {signature['key_id']} is not in the trusted keys")
-    end_of_run = None
-    if END_OF_RUN_FIELD in record:
-        end_of_run = _end_of_run(record, lineno, findings)
-    else:
-        _check_attestations(record, lineno, findings, trusted_control)
-    return _Entry(
-        lineno=lineno,
-        run=signature["run"],
-        seq=signature["seq"],
-        prev=signature["prev"],
-        hash=line_hash(canonical),
-        key_id=signature["key_id"],
-        public_key=signature["public_key"],
-        end_of_run=end_of_run,
-    )
-
-
-def _end_of_run(record: dict[str, Any], lineno: int, findings: _Findings) -> dict[str, Any]:
-    seal = record[END_OF_RUN_FIELD]
-    seq = record[SIGNATURE_FIELD]["seq"]
-    if set(record) != {END_OF_RUN_FIELD, SIGNATURE_FIELD}:
-        findings.problem(lineno, "end-of-run record has fields other than end_of_run, signature")
-    elif (
-        not isinstance(seal, dict)
-        or set(seal) != {"measurements", "interrupted"}
-        or not isinstance(seal["interrupted"], bool)
-        or seal["measurements"] != seq
-        or isinstance(seal["measurements"], bool)
-    ):
-        findings.problem(lineno, "malformed end-of-run record (measurements must equal its seq)")
-    return seal if isinstance(seal, dict) else {}
-
-
-def _check_attestations(
-    record: dict[str, Any],
-    lineno: int,
-    findings: _Findings,
-    trusted_control: frozenset[str] | None,
-) -> None:
-    """Check the control helper's signed response(s) embedded in a measurement."""
-    node: Any = record
-    for index, name in enumerate(CONTROL_ATTESTATION_PATH):
-        if not isinstance(node, dict) or name not in node:
-            control_present = index == len(CONTROL_ATTESTATION_PATH) - 1 and node is not None
-            if control_present and trusted_control is not None:
-                findings.warning(lineno, "control data is not attested by the control helper")
-            return
-        node = node[name]
-    attestations = node if isinstance(node, list) else [node]
-    for number, attestation in enumerate(attestations):
-        label = "control attestation" + (f" #{number + 1}" if isinstance(node, list) else "")
-        if not isinstance(attestation, dict) or "response" not in attestation:
-            findings.problem(lineno, f"{label}: not an object with a 'response'")
-            continue
-        reason = object_signature_problem(attestation, trusted_control)
-        if reason.startswith("signature does not match"):
-            reason = (
-                "signature does not match"
-                " (control response changed after the helper signed it)"
-            )
-        elif reason.startswith("key ") and reason.endswith("trusted keys"):
-            reason = reason.replace("trusted keys", "trusted control keys")
-        if reason:
-            findings.problem(lineno, f"{label}: {reason}")
-        else:
-            findings.control_key_ids.add(attestation[SIGNATURE_FIELD]["key_id"])
-
-
-def _check_chains(
-    entries: list[_Entry],
-    invalid_lines: list[int],
-    findings: _Findings,
-    require_end: bool,
-) -> list[RunSummary]:
-    """Check each run's links, in file order; return what each run looks like."""
-    first_with_hash: dict[str, int] = {}
-    by_run: dict[str, list[_Entry]] = defaultdict(list)
-    for entry in entries:
-        if entry.hash in first_with_hash:
-            findings.problem(
-                entry.lineno, f"duplicate of line {first_with_hash[entry.hash]} (a line was copied)"
-            )
-            continue
-        first_with_hash[entry.hash] = entry.lineno
-        by_run[entry.run].append(entry)
-    return [
-        _check_run(run, run_entries, invalid_lines, findings, require_end)
-        for run, run_entries in by_run.items()
-    ]
-
-
-def _check_run(
-    run: str,
-    entries: list[_Entry],
-    invalid_lines: list[int],
-    findings: _Findings,
-    require_end: bool,
-) -> RunSummary:
-    short = run[:8]
-    by_seq: dict[int, list[_Entry]] = defaultdict(list)
-    for entry in entries:
-        by_seq[entry.seq].append(entry)
-    first = entries[0]
-    highest: _Entry | None = None  # the entry with the highest seq seen so far
-    for entry in entries:
-        if entry.public_key != first.public_key:
-            findings.problem(
-                entry.lineno,
-                f"run {short} changes key (key {entry.key_id} here, {first.key_id} at line "
-                f"{first.lineno})",
-            )
-        if highest is not None and entry.seq <= highest.seq:
-            if entry.seq == highest.seq:
-                reason = f"line {highest.lineno} also claims seq {entry.seq} of run {short}"
-                findings.problem(entry.lineno, f"{reason} (the run was forked or spliced)")
-            else:
-                findings.problem(
-                    entry.lineno,
-                    f"out of order: seq {entry.seq} of run {short} comes after seq "
-                    f"{highest.seq} (line {highest.lineno}): lines were reordered",
-                )
-            continue
-        if entry.seq > 0:
-            _check_link(entry, highest, by_seq, invalid_lines, findings, short)
-        highest = entry
-    seal_entries = [e for e in entries if e.end_of_run is not None]
-    sealed = bool(seal_entries)
-    last = entries[-1]
-    if not sealed:
-        reason = (
-            f"run {short} (lines {first.lineno}-{last.lineno}) has no end-of-run record: the "
-            "probe was interrupted, or lines were cut from the end of the file, which "
-            "cannot be detected without that record"
-        )
-        if require_end:
-            findings.problem(last.lineno, reason)
-        else:
-            findings.warning(last.lineno, reason)
-    interrupted = any(bool(e.end_of_run and e.end_of_run.get("interrupted")) for e in seal_entries)
-    if interrupted:
-        findings.warning(
-            seal_entries[0].lineno, f"run {short} was interrupted before it measured everything"
-        )
-    return RunSummary(
-        run=run,
-        key_id=first.key_id,
-        public_key=first.public_key,
-        first_line=first.lineno,
-        last_line=last.lineno,
-        lines=len(entries),
-        sealed=sealed,
-        interrupted=interrupted,
-    )
-
-
-def _check_link(
-    entry: _Entry,
-    highest: _Entry | None,
-    by_seq: dict[int, list[_Entry]],
-    invalid_lines: list[int],
-    findings: _Findings,
-    short: str,
-) -> None:
-    """Is the line with seq - 1 present, before this one, with the hash ``prev`` names?"""
-    predecessors = by_seq.get(entry.seq - 1, [])
-    matching = [p for p in predecessors if p.hash == entry.prev]
-    if matching:
-        predecessor = matching[0]
-        if predecessor.lineno > entry.lineno:
-            findings.problem(
-                entry.lineno,
-                f"out of order: its previous line in run {short} (seq {entry.seq - 1}) is line "
-                f"{predecessor.lineno}, after it: lines were reordered",
-            )
-        return
-    if predecessors:
-        findings.problem(
-            entry.lineno,
-            f"chain broken: previous-line hash does not match line {predecessors[0].lineno} "
-            f"(seq {entry.seq - 1} of run {short}): the run was forked or spliced",
-        )
-        return
-    start = highest.lineno if highest else 0
-    missing = entry.seq - 1 - (highest.seq if highest else -1)
-    unreadable = sum(1 for n in invalid_lines if start < n < entry.lineno)
-    if unreadable >= missing:
-        return  # the gap is the bad line(s) just above, already reported
-    if highest is None:
-        findings.problem(
-            entry.lineno,
-            f"chain broken: the first {missing} line(s) of run {short} are missing (its first "
-            f"line here has seq {entry.seq}): the start of the report was removed",
-        )
-    else:
-        findings.problem(
-            entry.lineno,
-            f"chain broken: previous line hash mismatch, {missing} line(s) of run {short} "
-            f"missing before this one (seq {highest.seq} at line {highest.lineno}, then seq "
-            f"{entry.seq}): a line was removed",
-        )
 
 
 # --------------------------------------------------------------------------- #

@@ -84,7 +84,10 @@ def post(
         connection.close()
 
 
-def upload(base: str, lines, **kwargs):
+def upload(base: str, lines, key=None, **kwargs):
+    """POST lines to the collector at base; ``key`` (a SigningKey) names the uploader's key."""
+    if key is not None:
+        kwargs["headers"] = {"X-Probe-Key": key.public_key_b64, **kwargs.get("headers", {})}
     return post(base + "/v1/measurements", b"".join(lines), **kwargs)
 
 

@@ -71,12 +71,16 @@ def test_kill_9_mid_upload_loses_nothing_acknowledged(tmp_path):
     # Batches of 6 lines that cut across runs, each uploader with its own share.
     batches = [every_line[i : i + 6] for i in range(0, len(every_line), 6)]
     url = [""]
-    first = CollectorProcess(data)
+    # 60 probe keys from one loopback address: far more than one client may bring.
+    generous = ("--new-keys-per-client-hour", "1000", "--max-uploads-per-client", "8")
+    first = CollectorProcess(data, *generous)
     url[0] = first.start()
     uploaders = [Uploader(batches[i::4], url) for i in range(4)]
     for uploader in uploaders:
         uploader.start()
+    deadline = time.monotonic() + 60
     while sum(len(u.acknowledged) for u in uploaders) < 40:
+        assert time.monotonic() < deadline, "no uploads acknowledged: " + first.log()[-2000:]
         time.sleep(0.005)
     first.kill()  # SIGKILL, mid-upload: other uploads are in flight
     acknowledged_before_kill = {line for u in uploaders for line in list(u.acknowledged)}
@@ -90,7 +94,7 @@ def test_kill_9_mid_upload_loses_nothing_acknowledged(tmp_path):
     with open(victim, "ab") as stream:
         stream.write(b'{"measurement_uid":"torn')
 
-    second = CollectorProcess(data)
+    second = CollectorProcess(data, *generous)
     url[0] = second.start()
     try:
         for uploader in uploaders:

@@ -7,9 +7,10 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe.collector.lines import LinePolicy, _canonical, _parse, check_line
+from probe.collector.lines import LinePolicy, check_line
 from probe.report.canonical import CanonicalizationError, canonical_bytes
 from probe.report.keys import generate_ephemeral
+from probe.report.rules import _canonical, _parse
 from probe.report.signing import attest_control_response, sign_lines
 from probe.report.verify import verify_bytes
 

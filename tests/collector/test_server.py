@@ -100,10 +100,29 @@ def test_trusted_keys_only(start_collector):
     key, lines = signed_run()
     stranger, theirs = signed_run()
     collector = start_collector(policy=LinePolicy(trusted_keys=frozenset({key.key_id})))
-    assert statuses(upload(collector.url, lines)[2]) == ["stored"] * 4
-    payload = upload(collector.url, theirs)[2]
+    assert statuses(upload(collector.url, lines, key=key)[2]) == ["stored"] * 4
+    # A stranger naming their own key is refused before the body is read.
+    status, _, payload = upload(collector.url, theirs, key=stranger)
+    assert status == 403 and f"probe key {stranger.key_id} is not enrolled" in payload["error"]
+    # No key named at all: refused too, when the collector enrols its probes.
+    status, _, payload = upload(collector.url, theirs)
+    assert status == 403 and "X-Probe-Key" in payload["error"]
+    # Naming a trusted key does not let other keys' lines in: one upload, one key.
+    payload = upload(collector.url, theirs, key=key)[2]
     assert statuses(payload) == ["rejected"] * 4
-    assert payload["results"][0]["reason"] == f"key {stranger.key_id} is not in the trusted keys"
+    assert "not in the trusted keys" in payload["results"][0]["reason"]
+    status, _, payload = upload(collector.url, lines, headers={"X-Probe-Key": "not base64!"})
+    assert status == 400 and "not a base64 Ed25519 public key" in payload["error"]
+
+
+def test_the_named_key_must_sign_every_line_without_a_trusted_list(start_collector):
+    key, lines = signed_run()
+    other, theirs = signed_run()
+    collector = start_collector()
+    payload = upload(collector.url, [lines[0], theirs[0]], key=key)[2]
+    assert statuses(payload) == ["stored", "rejected"]
+    # Older uploaders name no key: still accepted when no trusted list is configured.
+    assert statuses(upload(collector.url, theirs)[2]) == ["stored"] * 4
 
 
 def test_rate_limit_per_address(start_collector):

@@ -20,7 +20,7 @@ def accepted(lines):
         raw = line.rstrip(b"\n")
         checked = check_line(raw)
         assert checked.ok, checked.reason
-        items.append(Accepted(checked.dedupe_key, checked.digest, checked.key_id, checked.run, raw))
+        items.append(Accepted.from_checked(checked, raw))
     return items
 
 
@@ -123,3 +123,31 @@ def test_a_group_touching_more_files_than_may_stay_open(tmp_path, monkeypatch):
     assert all(o.status == STORED for group in outcomes for o in group)
     assert len(store._files) == 3
     assert len(list(tmp_path.glob("*/*.jsonl"))) == 5
+
+
+def test_a_uid_is_unique_per_probe_key_only(tmp_path):
+    """Another key's line with the same measurement_uid is its own measurement."""
+    from probe.aggregate.synthetic import START, measurement, sign_run
+    from probe.report.keys import generate_ephemeral
+
+    record = measurement("telegram", "IR", "AS197207", START, {}, "rsame", "0123456789abcdef")
+    first, second = generate_ephemeral(), generate_ephemeral()
+    mine = sign_run(first, [record], finish=False)
+    theirs = sign_run(second, [record], finish=False)
+    assert mine != theirs
+    store = Store(tmp_path)
+    store.open()
+    assert [o.status for o in store.commit([accepted(mine)])[0]] == [STORED]
+    assert [o.status for o in store.commit([accepted(theirs)])[0]] == [STORED]
+    assert store.known_key(first.key_id) and store.known_key(second.key_id)
+    store.close()
+    # The index rebuilt from the files at start scopes uids by key too.
+    reopened = Store(tmp_path)
+    assert reopened.open().lines == 2
+    assert reopened.key_count == 2
+    outcomes = reopened.commit([accepted(mine), accepted(theirs)])
+    assert [o.status for group in outcomes for o in group] == [DUPLICATE, DUPLICATE]
+    tampered = accepted(mine)[0]
+    forged = Accepted(tampered.dedupe_key, "0" * 64, tampered.key_id, tampered.run, b"{}")
+    (outcome,) = reopened.commit([[forged]])[0]
+    assert outcome.status == REJECTED and first.key_id in outcome.reason

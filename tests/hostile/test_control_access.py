@@ -31,6 +31,7 @@ from probe.control.server import ControlHelper
 from probe.net.live import LiveNetwork
 from probe.report.keys import create_key, generate_ephemeral
 from probe.runner import RunOptions, run_endpoints
+from probe.serving import clients
 from probe.targets import Endpoint, parse_targets
 from probe.trace import RunInfo, finish_recording, start_recording
 
@@ -417,12 +418,12 @@ def test_a_token_made_by_the_cli_is_accepted_by_a_helper_reading_its_line(tmp_pa
 
 def test_a_client_behind_a_trusted_proxy_is_its_forwarded_address():
     proxies = parse_networks(["127.0.0.1/32", "::1/128"])
-    assert auth.client_address("127.0.0.1", "10.1.1.1, 198.51.100.7", proxies) == "198.51.100.7"
-    assert auth.client_address("127.0.0.2", "198.51.100.7", proxies) == "127.0.0.2"
-    assert auth.client_address("127.0.0.1", "not an address", proxies) is None
-    assert auth.client_address("127.0.0.1", "198.51.100.7", ()) == "127.0.0.1"
-    assert auth.client_key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
-    assert auth.client_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert clients.client_address("127.0.0.1", "10.1.1.1, 198.51.100.7", proxies) == "198.51.100.7"
+    assert clients.client_address("127.0.0.2", "198.51.100.7", proxies) == "127.0.0.2"
+    assert clients.client_address("127.0.0.1", "not an address", proxies) is None
+    assert clients.client_address("127.0.0.1", "198.51.100.7", ()) == "127.0.0.1"
+    assert clients.client_key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert clients.client_key("::ffff:198.51.100.7") == "198.51.100.7"
 
 
 def test_two_probes_behind_the_proxy_are_two_clients():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -121,6 +122,60 @@ def _hex(text: Any, length: int) -> bool:
     return isinstance(text, str) and len(text) == length and set(text) <= set("0123456789abcdef")
 
 
+# ---- Ed25519 public keys (RFC 8032 section 5.1) ----------------------------- #
+
+P = 2**255 - 19
+D = (-121665 * pow(121666, -1, P)) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def _decode_point(raw: bytes) -> tuple[int, int]:
+    """RFC 8032 5.1.3, refusing what it says must fail (y >= p, x = 0 with the sign bit)."""
+    value = int.from_bytes(raw, "little")
+    y, sign = value & ((1 << 255) - 1), value >> 255
+    if y >= P:
+        raise Invalid("public key: y is not below p")
+    u, v = (y * y - 1) % P, (D * y * y + 1) % P
+    x = u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P) % P
+    if v * x * x % P == (-u) % P:
+        x = x * SQRT_M1 % P
+    if v * x * x % P != u:
+        raise Invalid("public key is not a curve point")
+    if x == 0 and sign:
+        raise Invalid("public key: x is 0 but its sign bit is set")
+    if x & 1 != sign:
+        x = P - x
+    return x, y
+
+
+def _small_order(point: tuple[int, int]) -> bool:
+    """8P = identity? Three doublings in projective coordinates (no inversions)."""
+    x, y, z = point[0], point[1], 1
+    for _ in range(3):
+        b, c, d = (x + y) ** 2 % P, x * x % P, y * y % P
+        f = (d - c) % P  # a = -1: E = -C, F = E + D
+        j = (f - 2 * z * z) % P
+        x, y, z = (b - c - d) * j % P, f * (-c - d) % P, f * j % P
+    return x == 0 and y == z
+
+
+@functools.lru_cache(maxsize=256)
+def check_public_key(raw: bytes) -> None:
+    """Refuse keys that are not canonical or whose point has small order (8A = identity)."""
+    if _small_order(_decode_point(raw)):
+        raise Invalid("public key has small order")
+
+
+def check_r(signature: bytes) -> None:
+    """Refuse a signature whose R is a small-order point (as libsodium does)."""
+    try:
+        point = _decode_point(signature[:32])
+    except Invalid:
+        return  # not a point: the signature check itself fails
+    if _small_order(point):
+        raise Invalid("signature R has small order")
+
+
 def key_id_of(public_key_raw: bytes) -> str:
     return hashlib.sha256(public_key_raw).hexdigest()[:16]
 
@@ -132,7 +187,9 @@ def _check_signature(obj: dict, members: set[str], prefix: bytes) -> dict:
     if signature["version"] != 1 or signature["version"] is True or signature["alg"] != "ed25519":
         raise Invalid("unsupported version or algorithm")
     public_key = _b64(signature["public_key"], 32)
+    check_public_key(public_key)
     value = _b64(signature["value"], 64)
+    check_r(value)
     if signature["key_id"] != key_id_of(public_key):
         raise Invalid("key_id is not the key id of public_key")
     unsigned = dict(obj)
@@ -202,6 +259,7 @@ def verify(
         lines.pop()
     runs: dict[str, list[tuple[int, dict, str]]] = {}
     seen_lines: dict[bytes, int] = {}
+    seen_uids: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         try:
             if not line:
@@ -234,6 +292,10 @@ def verify(
                 ):
                     raise Invalid("bad end-of-run record")
             else:
+                uid = record.get("measurement_uid")
+                if not (isinstance(uid, str) and 0 < len(uid) <= 200
+                        and all(0x21 <= ord(c) <= 0x7E for c in uid)):
+                    raise Invalid("measurement_uid is not 1-200 visible ASCII characters")
                 _check_attestations(record, trusted_control_keys)
         except Invalid as error:
             result.problems.append((number, str(error)))
@@ -242,6 +304,9 @@ def verify(
             result.problems.append((number, f"same as line {seen_lines[line]}"))
             continue
         seen_lines[line] = number
+        uid = record.get("measurement_uid") if "end_of_run" not in record else None
+        if uid is not None and seen_uids.setdefault(uid, number) != number:
+            result.problems.append((number, f"measurement_uid also at line {seen_uids[uid]}"))
         runs.setdefault(signature["run"], []).append(
             (number, record, hashlib.sha256(line).hexdigest())
         )
@@ -252,14 +317,20 @@ def verify(
 
 
 def _check_attestations(record: dict, trusted: set[str] | None) -> None:
-    control = record.get("test_keys", {})
-    control = control.get("control") if isinstance(control, dict) else None
+    test_keys = record.get("test_keys")
+    if not isinstance(test_keys, dict) or test_keys.get("control") is None:
+        return
+    control = test_keys["control"]
     if not isinstance(control, dict) or "attestation" not in control:
+        if trusted is not None:
+            raise Invalid("control data without an attestation")
         return
     attestations = control["attestation"]
+    if attestations == []:
+        raise Invalid("empty list of control attestations")
     for attestation in attestations if isinstance(attestations, list) else [attestations]:
-        if not isinstance(attestation, dict) or "response" not in attestation:
-            raise Invalid("control attestation without a response")
+        if not isinstance(attestation, dict) or set(attestation) != {"response", "signature"}:
+            raise Invalid("control attestation is not exactly response and signature")
         try:
             signature = _check_signature(attestation, CONTROL_MEMBERS, CONTROL_PREFIX)
         except Invalid as error:
@@ -272,6 +343,9 @@ def _check_chain(records: list[tuple[int, dict, str]], result: Result) -> None:
     previous: tuple[int, dict, str] | None = None
     for number, record, line_hash in records:
         signature = record["signature"]
+        if previous is not None and "end_of_run" in previous[1]:
+            result.problems.append((number, "record after the end-of-run record"))
+            continue  # the end-of-run record stays the run's last
         if previous is None:
             if signature["seq"] != 0:
                 result.problems.append((number, "run does not start at seq 0: head missing"))

@@ -327,7 +327,7 @@ def test_sign_object_roundtrip_and_tamper():
     assert verify_object(attestation) == helper.key_id
     assert verify_object(attestation, {helper.public_key_b64}) == helper.key_id
     assert verify_object(attestation, {helper.key_id}) == helper.key_id
-    with pytest.raises(SignatureError, match="not in the trusted keys"):
+    with pytest.raises(SignatureError, match="not in the trusted control keys"):
         verify_object(attestation, {generate_ephemeral().key_id})
     tampered = {**attestation, "response": {"dns": ["10.10.34.35"]}}
     with pytest.raises(SignatureError, match="does not match"):

@@ -315,13 +315,16 @@ def test_control_response_signed_by_another_helper_is_not_trusted():
     assert both(data)[0].ok  # self-consistent; trust is the caller's question
 
 
-def test_unattested_control_data_is_flagged_when_control_keys_are_trusted():
+def test_unattested_control_data_fails_when_control_keys_are_trusted():
     signer = ReportSigner(PROBE_KEY)
     plain = measurement(0)
     plain["test_keys"]["control"] = {"endpoints": {}}
     data = signer.sign(plain).line + signer.finish().line
-    ours = verify_bytes(data, trusted_control_keys={CONTROL_KEY.key_id})
-    assert ours.ok and "not attested" in ours.warnings[0].reason
+    ours, theirs = both(data, control={CONTROL_KEY.key_id})
+    assert [p.line for p in ours.problems] == [1]
+    assert "not attested" in ours.problems[0].reason
+    assert theirs.problems[0][0] == 1
+    assert both(data)[0].ok and both(data)[1].ok  # nobody said which helper to trust
     signer = ReportSigner(PROBE_KEY)
     plain["test_keys"]["control"] = None  # no control at all: nothing to attest
     data = signer.sign(plain).line + signer.finish().line
@@ -354,7 +357,8 @@ def test_line_spliced_from_another_run_is_detected():
     other = make_report(3)
     spliced = b"".join([*LINES[:2], other.splitlines(keepends=True)[1], *LINES[2:]])
     ours, theirs = both(spliced)
-    assert [p.line for p in ours.problems] == [3] and not theirs.ok
+    # Line 3 starts a foreign run mid-way, and reuses line 2's measurement_uid.
+    assert {p.line for p in ours.problems} == {3} and not theirs.ok
 
 
 @pytest.mark.parametrize(
@@ -422,7 +426,9 @@ json_values = st.recursive(
     min_size=1, max_size=3))
 def test_any_json_measurement_signs_and_verifies_in_both(measurements):
     signer = ReportSigner(PROBE_KEY)
-    lines = [signer.sign(m).line for m in measurements]
+    lines = [
+        signer.sign({**m, "measurement_uid": f"uid-{n}"}).line for n, m in enumerate(measurements)
+    ]
     data = b"".join(lines) + signer.finish().line
     ours, theirs = both(data)
     assert ours.ok, reasons(ours)
