@@ -698,15 +698,36 @@ def blockpage_evidence(
     control_body = _body(control_http)
     if (
         http.status == control_http.status and control_body and body
-        and not control_http.body_truncated and not http.body_truncated
+        and not http.body_truncated
     ):
         # Symmetric, as OONI's body proportion (min/max): a blockpage can be larger
         # than the real page as well as smaller. With the title it must differ too.
-        ratio = min(len(body), len(control_body)) / max(len(body), len(control_body))
+        declared = _declared_length(control_http)
+        if control_http.body_truncated and declared is not None:
+            ratio = min(len(body), declared) / max(len(body), declared, 1)
+        elif control_http.body_truncated:
+            # A helper keeps only the first KiB of a page (protocol.MAX_HTTP_BODY): its
+            # page is at least what it received, so only "yours is under a third" tells.
+            control_size = max(len(control_body), control_http.body_length)
+            ratio = len(body) / control_size if len(body) < control_size else 1.0
+        else:
+            ratio = min(len(body), len(control_body)) / max(len(body), len(control_body))
         if ratio < 0.3 and page_title(body) != page_title(control_body):
             return ("The page differs from the control's: another title, and under a third "
                     "(or over three times) its size.")
     return None
+
+
+def _declared_length(http: HttpResult) -> int | None:
+    """The page's whole length as its Content-Length says, when that is its decoded
+    length (no Content-Encoding) and no less than what arrived; else None."""
+    headers = {k.lower(): v for k, v in http.headers}
+    if headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return None
+    value = headers.get("content-length", "").strip()
+    if not value.isdigit() or len(value) > 15 or int(value) < http.body_length:
+        return None
+    return int(value)
 
 
 def _down_or_inconclusive(

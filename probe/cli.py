@@ -327,8 +327,9 @@ def control() -> None:
 @click.option("--tokens", "tokens_path", type=click.Path(dir_okay=False), help="Measure for the holders of these tokens (lines 'NAME sha256:HEX', from `probe control token`).")
 @click.option("--open", "open_access", is_flag=True, help="Also measure for anonymous requests (a lab, or a helper nobody else can reach).")
 @click.option("--trusted-proxy", "proxies", multiple=True, metavar="CIDR", help="Your reverse proxy's address(es): requests from it are counted by the last X-Forwarded-For address.")
+@click.option("--targets", "targets_paths", multiple=True, metavar="FILE", help="Measure only the endpoints of these targets files (repeatable; default: the bundled targets.yaml).")
 def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, udp_echo,
-                  trusted_keys, tokens_path, open_access, proxies) -> None:
+                  trusted_keys, tokens_path, open_access, proxies, targets_paths) -> None:
     """Serve POST /measure for probes, GET / for health checks and GET /info."""
     from probe.control import auth
     from probe.control import udp_echo as echo
@@ -361,10 +362,11 @@ def control_serve(listen, resolver, max_concurrent, allow, duration, key_path, u
         trusted_proxies = parse_networks(proxies)
     except ValueError as exc:
         fail_usage(f"--trusted-proxy: {exc}")
+    scope = [e for path in (targets_paths or (None,)) for e in load_targets_or_exit(path).endpoints()]
     key = signing_key_or_exit(key_path, False, control=True)
     helper = ControlHelper(resolver_address, max_concurrent, routable=routable, key=key,
                            udp_echo_ports=echo_ports, access=access,
-                           trusted_proxies=trusted_proxies)
+                           trusted_proxies=trusted_proxies, targets=scope)
     click.echo(f"control helper key: {key.public_key_b64} (id {key.key_id})", err=True)
 
     async def go():

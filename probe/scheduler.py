@@ -26,8 +26,9 @@ from probe.vocabulary import Check
 
 log = logging.getLogger("probe.scheduler")
 
-# Endpoints per batch, and so per control request: a helper takes at most 2,000
-# endpoints a request, and a smaller batch keeps a streamed run's memory flat.
+# Endpoints per batch: a smaller batch keeps a streamed run's memory flat. A batch
+# is asked of the helper in as many requests as its caps need (split_by_cost:
+# 200 endpoints, 2,000 connections, 400 HTTP requests, 10,000 datagrams each).
 CONTROL_BATCH = 500
 
 Gate = Callable[[Endpoint], Awaitable[None]]

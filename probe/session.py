@@ -239,11 +239,25 @@ async def _ask_helpers(
                 continue
             outcome.observations, outcome.entries = parsed.observations, parsed.entries
             outcome.source, outcome.probe_address = url, parsed.probe_address
+            outcome.problems.extend(_refusals(url, parsed.refused))
             return outcome
     finally:
         for task in tasks:
             task.cancel()
     return outcome
+
+
+def _refusals(url: str, refused: dict[str, str]) -> list[str]:
+    """Why the helper measured no control for some endpoints, one line per reason
+    (analysis then has no control for them, as for a helper that did not answer)."""
+    by_reason: dict[str, list[str]] = {}
+    for endpoint_id, reason in refused.items():
+        by_reason.setdefault(reason, []).append(endpoint_id[:80])
+    lines = []
+    for reason, ids in by_reason.items():
+        more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+        lines.append(f"{url}: no control for {', '.join(ids[:5])}{more}: {reason}"[:300])
+    return lines
 
 
 def _retry_after(body: dict[str, Any] | None) -> float | None:

@@ -125,7 +125,8 @@ def control_helper(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("control")
     process = subprocess.Popen(
         [*PROBE, "control", "serve", "--listen", "127.0.0.1:0", "--allow-network", "127.0.0.0/8",
-         "--resolver", f"127.0.0.1:{world['honest']}", "--duration", "120", "--open"],
+         "--resolver", f"127.0.0.1:{world['honest']}", "--duration", "120", "--open",
+         "--targets", str(world["targets"])],  # the helper measures what the probe does
         stderr=subprocess.PIPE, text=True, env=env(tmp),
     )
     url = None

@@ -35,7 +35,8 @@ def test_control_is_asked_in_batches_and_covers_every_endpoint():
         options = RunOptions(timeout=2, routable=routable, rate=None, use_system_resolver=False)
 
         async def go():
-            helper = ControlHelper(None, routable=routable, access=Access.anyone())
+            helper = ControlHelper(None, routable=routable, access=Access.anyone(),
+                                   targets=targets.endpoints())
             stop = asyncio.Event()
             ready = asyncio.get_running_loop().create_future()
             server_task = asyncio.create_task(

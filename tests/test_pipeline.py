@@ -70,8 +70,10 @@ class LoggingNetwork:
 
 
 @contextlib.asynccontextmanager
-async def control_helper():
-    helper = ControlHelper(None, routable=ROUTABLE, access=Access.anyone())
+async def control_helper(targets):
+    """A real helper on loopback, serving anyone, whose scope is ``targets``."""
+    helper = ControlHelper(None, routable=ROUTABLE, access=Access.anyone(),
+                           targets=targets.endpoints())
     stop = asyncio.Event()
     ready = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(helper, "127.0.0.1", 0, ready=ready.set_result, stop=stop))
@@ -97,7 +99,7 @@ def test_batches_are_measured_ahead_compared_and_handed_on_once(world):
     events: list = []
 
     async def go():
-        async with control_helper() as url:
+        async with control_helper(targets) as url:
             config = session.ControlConfig(urls=(url,), timeout=20)
             network = LoggingNetwork(events)
             try:

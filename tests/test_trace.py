@@ -537,8 +537,9 @@ class HostsFileNetwork(LiveNetwork):
 
 
 @contextlib.contextmanager
-def control_helper(hosts: dict[str, tuple[str, ...]], resolver: tuple[str, int]):
-    """A real control helper (aiohttp, signing with a throw-away key) on 127.0.0.1."""
+def control_helper(hosts: dict[str, tuple[str, ...]], resolver: tuple[str, int], targets):
+    """A real control helper (aiohttp, signing with a throw-away key) on 127.0.0.1,
+    measuring ``targets``."""
     from aiohttp import web
 
     from probe.control.auth import Access
@@ -547,7 +548,8 @@ def control_helper(hosts: dict[str, tuple[str, ...]], resolver: tuple[str, int])
 
     helper = ControlHelper(resolver, routable=(ipaddress.ip_network("127.0.0.0/8"),),
                            key=generate_ephemeral(), access=Access.anyone(),
-                           network_factory=lambda: HostsFileNetwork(hosts))
+                           network_factory=lambda: HostsFileNetwork(hosts),
+                           targets=targets.endpoints())
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -630,11 +632,11 @@ def test_live_loopback_run_replays_to_the_same_verdicts_and_test_keys(tmp_path, 
         reset = stack.enter_context(start_tcp("reset"))
         mtproto = stack.enter_context(start_mtproto())
         refused = stack.enter_context(refused_port())
-        control_url = stack.enter_context(
-            control_helper(honest_hosts, ("127.0.0.1", honest_dns.port)))
         text = LOOPBACK_TARGETS.format(https=https.port, silent=silent.port, reset=reset.port,
                                        refused=refused, mtproto=mtproto.port)
         targets = parse_targets(text, source="loopback.yaml")
+        control_url = stack.enter_context(
+            control_helper(honest_hosts, ("127.0.0.1", honest_dns.port), targets))
         options = RunOptions(
             resolver=("127.0.0.1", censoring_dns.port), timeout=1.0, dns_linger=0.2,
             trust_pem=lab_pki.lab_root.cert.read_text(),

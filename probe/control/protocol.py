@@ -15,6 +15,16 @@ one datagram per ``MIN_INTERVAL`` (a call's pace, not a flood's), and at most
 ``MAX_REQUEST_DATAGRAMS`` over the whole request (``udp_datagrams``), counted
 for the worst case. Beyond that the request is refused (``RequestTooCostly``,
 HTTP 413), never silently cut: a cut flow would read as a censor's cutoff.
+
+TCP checks are bounded the same way: at most ``MAX_REQUEST_CONNECTIONS``
+connections (``tcp_connections``) and ``MAX_REQUEST_FETCHES`` HTTP requests
+(``http_fetches``) per request, counted for the worst case, or 413. What a
+helper keeps and answers of an HTTP response is at most ``MAX_HTTP_BODY``
+(8 KiB) of body plus ``MAX_HTTP_HEAD`` (8 KiB) of headers and redirects, with
+the body's real length read so far and whether it was cut: at most
+400 x 16 KiB = 6.25 MiB of HTTP content per answer (8.4 MiB in base64),
+whatever the targets serve. Which endpoints a helper measures at all is
+``probe.control.scope``'s decision.
 """
 
 from __future__ import annotations
@@ -28,13 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from probe.net.network import QuicResult, from_json, to_json
+from probe.net.network import HttpResult, QuicResult, from_json, to_json
 from probe.observations import EndpointObservation
 from probe.targets import Endpoint
 from probe.vocabulary import TCP_CHECKS, UDP_CHECKS, Check, Function, UdpPayload
 
 VERSION = 1
-MAX_ENDPOINTS = 2000
+# The bundled targets have 100 endpoints; the probe cuts a bigger run into
+# several requests (split_by_cost), so a request never needs more than this.
+MAX_ENDPOINTS = 200
 MAX_ADDRESSES = 16
 MAX_PORTS = 8
 MAX_TEXT = 4096
@@ -54,8 +66,26 @@ QUIC_DATAGRAMS = 24
 # answers plus the probe's, at most 3 per family (probe.runner.RunOptions).
 ADDRESSES_PER_NAME = 6
 
+# --- the cost of TCP checks ------------------------------------------------------ #
+# Connections one request may make the helper open, counted for the worst case
+# (``tcp_connections``: every port of every address a name may resolve to, each
+# check that connects). The bundled targets cost 762; a request costing more is
+# refused (413) before anything is measured. Queries to the helper's own
+# resolver are not counted: they go where the helper, not the requester, chose.
+MAX_REQUEST_CONNECTIONS = 2000
+# HTTP requests (http, https, download) one request may make the helper send,
+# counted the same way; the bundled targets cost 162.
+MAX_REQUEST_FETCHES = 400
+
 # --- the size of what a helper answers ------------------------------------------- #
 MAX_QUIC_BODY = 16 * 1024  # the helper keeps this much of an HTTP/3 body
+# The helper reads and keeps this much of an HTTP body (its length and whether it
+# was cut are kept too): a requester cannot make it hold or send a target's pages.
+MAX_HTTP_BODY = 8 * 1024
+MAX_HTTP_HEAD = 8 * 1024  # response headers and redirect URLs kept, per HTTP request
+# So the HTTP part of one answer is at most MAX_REQUEST_FETCHES x (MAX_HTTP_BODY +
+# MAX_HTTP_HEAD) = 6.25 MiB before base64, whatever the targets serve; the helper
+# reads at most MAX_HTTP_BODY plus one 16 KiB chunk of each body (probe.net.http).
 MAX_UDP_CHECKS_PER_PORT = 4
 MAX_UDP_EVENTS = 4 * MAX_FLOW_DATAGRAMS  # sent, received or ICMP records of one flow
 MAX_DATAGRAM_BYTES = 2048  # probe.net.network.UdpRequest.max_bytes
@@ -68,7 +98,8 @@ class ProtocolError(ValueError):
 
 
 class RequestTooCostly(ProtocolError):
-    """A well-formed request that would make the helper send too many datagrams."""
+    """A well-formed request that would make the helper send too many datagrams
+    or open too many connections."""
 
 
 # The targets file's rule for names (probe.targets): LDH labels of 1 to 63 chars.
@@ -104,7 +135,17 @@ def _text(data: dict, key: str, required: bool = True, limit: int = MAX_TEXT) ->
         return None
     if not isinstance(value, str) or not value or len(value) > limit:
         raise ProtocolError(f"field {key!r} must be a non-empty string of at most {limit} chars")
+    _utf8(value, key)
     return value
+
+
+def _utf8(value: str, key: str) -> None:
+    """JSON lets ``"\\ud800"`` through as a lone surrogate, which no answer can
+    encode: refused here, before anything is measured."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"field {key!r} is not valid Unicode (a lone surrogate)") from None
 
 
 def _required(data: dict, key: str, limit: int = MAX_TEXT) -> str:
@@ -143,12 +184,21 @@ def udp_datagrams(endpoint: Endpoint) -> int:
 def tcp_connections(endpoint: Endpoint) -> int:
     """The most TCP connections measuring ``endpoint`` can open, over every address
     and port: ``mtproto`` tries two framings, a TLS or TCP step opens one, and an
-    HTTP(S) request one more (the helper's per-client budget is charged this)."""
+    HTTP(S) request or a transfer one more (the helper's per-client budget is
+    charged this, and a request costing more than ``MAX_REQUEST_CONNECTIONS`` is
+    refused). Same-host redirects, each a connection more, are not counted."""
     checks = set(endpoint.checks)
     if not checks & TCP_CHECKS:
         return 0
     per_port = 2 if Check.MTPROTO in checks else 1
-    per_port += len(checks & {Check.HTTP, Check.HTTPS})
+    per_port += len(checks & {Check.HTTP, Check.HTTPS, Check.DOWNLOAD})
+    addresses = 1 if endpoint.host_is_address else ADDRESSES_PER_NAME
+    return per_port * len(endpoint.ports) * addresses
+
+
+def http_fetches(endpoint: Endpoint) -> int:
+    """The most HTTP requests measuring ``endpoint`` can send, over every address and port."""
+    per_port = len(set(endpoint.checks) & {Check.HTTP, Check.HTTPS, Check.DOWNLOAD})
     addresses = 1 if endpoint.host_is_address else ADDRESSES_PER_NAME
     return per_port * len(endpoint.ports) * addresses
 
@@ -184,21 +234,29 @@ def datagrams_sent(observations: dict[str, EndpointObservation]) -> int:
 
 
 def split_by_cost(
-    items: list[ControlEndpoint], limit: int = MAX_REQUEST_DATAGRAMS
+    items: list[ControlEndpoint], limit: int = MAX_REQUEST_DATAGRAMS,
+    connection_limit: int = MAX_REQUEST_CONNECTIONS,
 ) -> list[list[ControlEndpoint]]:
-    """``items`` in order, cut into requests whose UDP cost is at most ``limit`` each
-    (and at most ``MAX_ENDPOINTS`` endpoints); an endpoint costing more alone is
-    a request of its own, which the helper refuses (413) without failing the others."""
+    """``items`` in order, cut into requests whose UDP cost is at most ``limit`` each,
+    whose connections are at most ``connection_limit`` (and at most ``MAX_ENDPOINTS``
+    endpoints and ``MAX_REQUEST_FETCHES`` HTTP requests); an endpoint costing more
+    alone is a request of its own, which the helper refuses (413) without failing
+    the others."""
     requests: list[list[ControlEndpoint]] = []
     current: list[ControlEndpoint] = []
-    cost = 0
+    cost = opened = fetched = 0
     for item in items:
-        one = udp_datagrams(item.endpoint)
-        if current and (cost + one > limit or len(current) >= MAX_ENDPOINTS):
+        one, more = udp_datagrams(item.endpoint), tcp_connections(item.endpoint)
+        fetches = http_fetches(item.endpoint)
+        if current and (cost + one > limit or opened + more > connection_limit
+                        or fetched + fetches > MAX_REQUEST_FETCHES
+                        or len(current) >= MAX_ENDPOINTS):
             requests.append(current)
-            current, cost = [], 0
+            current, cost, opened, fetched = [], 0, 0, 0
         current.append(item)
         cost += one
+        opened += more
+        fetched += fetches
     if current:
         requests.append(current)
     return requests
@@ -314,9 +372,21 @@ def parse_request(body: Any) -> ControlQuery:
         raise RequestTooCostly(
             f"the UDP checks of this request could send {cost} datagrams, more than "
             f"{MAX_REQUEST_DATAGRAMS}: send fewer endpoints, ports or datagrams per request")
+    opened = sum(tcp_connections(item.endpoint) for item in items)
+    if opened > MAX_REQUEST_CONNECTIONS:
+        raise RequestTooCostly(
+            f"the checks of this request could open {opened} connections, more than "
+            f"{MAX_REQUEST_CONNECTIONS}: send fewer endpoints or ports per request")
+    fetches = sum(http_fetches(item.endpoint) for item in items)
+    if fetches > MAX_REQUEST_FETCHES:
+        raise RequestTooCostly(
+            f"the checks of this request could send {fetches} HTTP requests, more than "
+            f"{MAX_REQUEST_FETCHES}: send fewer endpoints or ports per request")
     trust = body.get("trust_pem")
     if trust is not None and (not isinstance(trust, str) or len(trust) > MAX_PEM * 4):
         raise ProtocolError("trust_pem must be PEM text of at most 256 KiB")
+    if trust is not None:
+        _utf8(trust, "trust_pem")
     return ControlQuery(items, float(timeout), trust, cost)
 
 
@@ -332,15 +402,51 @@ def _capped_quic(result: QuicResult | None) -> QuicResult | None:
     return dataclasses.replace(result, body=body)  # body_length keeps the real size
 
 
+def _capped_http(result: HttpResult) -> HttpResult:
+    """At most ``MAX_HTTP_BODY`` bytes of body, and ``MAX_HTTP_HEAD`` of headers and
+    redirect URLs (in order, the first ones: a Location comes early)."""
+    headers, redirects, room = [], [], MAX_HTTP_HEAD
+    for name, value in result.headers:
+        room -= len(name) + len(value)
+        if room < 0:
+            break
+        headers.append((name, value))
+    for url in result.redirects:
+        room -= len(url)
+        if room < 0:
+            break
+        redirects.append(url)
+    result = dataclasses.replace(result, headers=tuple(headers), redirects=tuple(redirects))
+    if _decoded_length(result.body) <= MAX_HTTP_BODY:
+        return result
+    body = base64.b64encode(base64.b64decode(result.body)[:MAX_HTTP_BODY]).decode()
+    return dataclasses.replace(result, body=body, body_truncated=True)
+
+
 def cap_observation(observation: EndpointObservation) -> EndpointObservation:
     """What the helper answers of an observation: HTTP/3 bodies cut to
-    ``MAX_QUIC_BODY`` (their length is kept), so that a QUIC check's answer stays
-    small whatever the page a requester pointed it at."""
+    ``MAX_QUIC_BODY`` and HTTP bodies to ``MAX_HTTP_BODY`` (their length is kept),
+    so that an answer stays small whatever the page a requester pointed it at."""
     ports = tuple(
-        dataclasses.replace(port, quic=_capped_quic(port.quic)) if port.quic else port
+        dataclasses.replace(
+            port, quic=_capped_quic(port.quic) if port.quic else None,
+            http=tuple(_capped_http(h) for h in port.http),
+        )
         for port in observation.ports
     )
     return dataclasses.replace(observation, ports=ports)
+
+
+def requested_addresses(observation: EndpointObservation) -> list[str]:
+    """The measured addresses that came from the requester only: neither the host
+    itself nor an answer of the helper's own resolution (its DNS exchanges)."""
+    own = {observation.host}
+    for exchange in observation.dns:
+        for reply in exchange.replies:
+            own.update(a.value for a in reply.answers if a.rrtype in ("A", "AAAA"))
+    if observation.getaddrinfo is not None:
+        own.update(observation.getaddrinfo.addresses)
+    return [a for a in observation.addresses if a not in own]
 
 
 def _check_sizes(observation: EndpointObservation) -> None:
@@ -376,20 +482,30 @@ def build_response(
     helper: dict,
     measured_at: str,
     sign: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One entry per endpoint, each signed on its own when the helper has a key,
     so a report line can embed (and a verifier check) just its service's entries.
     The probe's address travels outside every signed entry: the probe must be
-    able to drop it without breaking a signature."""
+    able to drop it without breaking a signature. So do the endpoints the helper
+    refused (``refused``: endpoint id -> reason): nothing was measured for them.
+
+    Each entry names, in ``requested_addresses``, the measured addresses that came
+    from the requester and not from the helper's own resolution: the helper's
+    signature says what it saw there, never that the name has that address."""
     entries = {}
     for endpoint_id, observation in observations.items():
         entry = {
             "endpoint_id": endpoint_id, "measured_at": measured_at, "helper": helper,
+            "requested_addresses": requested_addresses(observation),
             "observation": to_json(cap_observation(observation)),
         }
         entries[endpoint_id] = sign(entry) if sign is not None else entry
-    return {"version": VERSION, "helper": helper, "probe_address": probe_address,
-            "endpoints": entries}
+    response = {"version": VERSION, "helper": helper, "probe_address": probe_address,
+                "endpoints": entries}
+    if refused:
+        response["refused"] = dict(refused)
+    return response
 
 
 @dataclass(frozen=True)
@@ -397,6 +513,7 @@ class ParsedResponse:
     observations: dict[str, EndpointObservation]
     entries: dict[str, dict[str, Any]]  # as received (signed entries keep their signature)
     probe_address: str | None
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> the helper's reason
 
 
 def parse_response(body: Any) -> ParsedResponse:
@@ -434,4 +551,16 @@ def parse_response(body: Any) -> ParsedResponse:
             raise ProtocolError(f"endpoint {key[:60]!r}: {exc}"[:300]) from None
         entries[key] = value
     address = body.get("probe_address")
-    return ParsedResponse(observations, entries, address if isinstance(address, str) else None)
+    return ParsedResponse(observations, entries, address if isinstance(address, str) else None,
+                          _refused(body.get("refused")))
+
+
+def _refused(value: Any) -> dict[str, str]:
+    """The endpoints a helper refused, with its reasons (unsigned: used only to say
+    why there is no control for them); anything malformed reads as none."""
+    if not isinstance(value, dict) or len(value) > MAX_ENDPOINTS:
+        return {}
+    return {
+        str(key)[:MAX_TEXT]: reason[:200] for key, reason in value.items()
+        if isinstance(reason, str)
+    }

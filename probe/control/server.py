@@ -7,6 +7,15 @@ line, and ``GET /info`` (or ``POST /info``, for the probe's network seam, which
 only POSTs) with what it offers: the ports of its UDP echo
 (``probe.control.udp_echo``), served next to it with ``--udp-echo``.
 
+It measures only what its own targets list (``probe.control.scope``: its
+``--targets``, by default the bundled targets.yaml, plus its own UDP echo):
+any other endpoint of a request is refused on its own, with a reason, and a
+name is resolved only through DNS (its resolver, never its /etc/hosts). It
+keeps at most ``protocol.MAX_HTTP_BODY`` bytes of any HTTP body it fetches.
+Its echo is in scope under the address a request reached and the name in its
+Host header (the name the probe uses); a forged Host header can point an echo
+flow elsewhere, which the flow caps and the UDP budget below bound.
+
 It is built to be exposed to the Internet. It measures only for the probes it
 serves (``probe.control.auth``: an enrolled key or token, or anyone with
 ``open``), checks the credential before reading a body, and holds each client
@@ -29,15 +38,16 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from probe import __version__
 from probe.bogons import IPNetwork, is_bogon
-from probe.control import auth, protocol
+from probe.control import auth, protocol, reference
 from probe.control.budgets import ClientBudgets, ClientLimits, Cost
+from probe.control.scope import Scope
 from probe.control.udp_echo import DEFAULT_LIMITS, EchoLimits, UdpEcho
 from probe.net.live import LiveNetwork
 from probe.runner import RunOptions, run_endpoints
@@ -45,6 +55,7 @@ from probe.serving import clients
 from probe.serving.buckets import TokenBucket, retry_after_seconds
 from probe.serving.connections import ConnectionLimits, serving
 from probe.serving.logs import install
+from probe.targets import Endpoint, default_targets_path, load_targets
 
 log = logging.getLogger("probe.control")
 
@@ -88,7 +99,10 @@ class ControlHelper:
         access: auth.Access | None = None,  # None: serves nobody (see auth.Access)
         budgets: ClientBudgets | None = None,  # None: the defaults of control.budgets
         trusted_proxies: tuple[IPNetwork, ...] = (),  # whose X-Forwarded-For is believed
+        targets: Iterable[Endpoint] | None = None,
     ) -> None:
+        """``targets``: the endpoints this helper measures for probes (None: the
+        bundled targets.yaml's, as ``probe run`` measures by default)."""
         self.resolver = resolver
         self.max_concurrent = max_concurrent
         self.max_timeout = max_timeout
@@ -104,6 +118,26 @@ class ControlHelper:
         self.gate = auth.Gatekeeper(access or auth.Access())
         self.clients = ClientLimits(budgets or ClientBudgets())
         self.trusted_proxies = trusted_proxies
+        if targets is None:
+            targets = load_targets(default_targets_path()).endpoints()
+        self.scope = Scope.from_targets(targets, routable=routable)
+
+    def scope_for(self, request: web.Request) -> Scope:
+        """The helper's scope and, when its UDP echo runs, the echo as the probe names
+        it: at the address this request reached, or the host name it asked for."""
+        if self.echo is None:
+            return self.scope
+        hosts = {request.url.host}
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if sockname:
+            hosts.add(str(sockname[0]))
+        info = {"udp_echo": list(self.echo.ports)}
+        extra = [
+            endpoint for host in hosts if host
+            for endpoint in reference.endpoints_from_info(
+                f"http://[{host}]/" if ":" in host else f"http://{host}/", info)
+        ]
+        return self.scope.with_extra(extra)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -184,18 +218,20 @@ class ControlHelper:
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack ("[[[[...").
             return web.json_response({"error": str(exc)[:300]}, status=400)
+        query, refused = self.scope_for(request).admit(query)
         if self._busy >= self.max_concurrent:  # others started while this body arrived
             return web.json_response({"error": "busy, retry later"}, status=503)
         if client.name is not None and not self.clients.enter(client.name):
             return _one_at_a_time()
         try:
-            return await self._measure_within_budgets(request, query, client)
+            return await self._measure_within_budgets(request, query, client, refused)
         finally:
             if client.name is not None:
                 self.clients.leave(client.name)
 
     async def _measure_within_budgets(
-        self, request: web.Request, query: protocol.ControlQuery, client: auth.Client
+        self, request: web.Request, query: protocol.ControlQuery, client: auth.Client,
+        refused: dict[str, str],
     ) -> web.Response:
         timeout = min(query.timeout, self.max_timeout)
         deadline = request_deadline(timeout)
@@ -234,6 +270,8 @@ class ControlHelper:
                 resolver=self.resolver, timeout=timeout, routable=self.routable,
                 trust_pem=query.trust_pem,
                 rate=None,  # the helper sits on a well-connected network
+                # DNS only: getaddrinfo would read the helper's own /etc/hosts
+                use_system_resolver=False, body_bytes=protocol.MAX_HTTP_BODY,
             )
             network = self.network_factory()
             try:
@@ -258,7 +296,7 @@ class ControlHelper:
             response = protocol.build_response(
                 observations, self._address(request),
                 {"software_name": "probe-control", "software_version": __version__},
-                measured_at, sign,
+                measured_at, sign, refused,
             )
             return web.json_response(response)
         finally:

@@ -191,7 +191,9 @@ class Lab(Runtime):
         argv = [PYTHON, "-c", "from probe.cli import main; main()", "control", "serve",
                 "--listen", f"{plan.CONTROL_V4}:{plan.CONTROL_PORT}",
                 "--resolver", plan.HONEST_RESOLVER, "--max-concurrent", "64",
-                "--duration", str(int(self.remaining()))]
+                "--duration", str(int(self.remaining())),
+                # the helper measures only its targets: the lab's, as the probes do
+                "--targets", str(self.targets_path)]
         for network in LAB_NETWORKS:
             argv += ["--allow-network", network]
         if control_serve_needs_open():

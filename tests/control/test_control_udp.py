@@ -86,16 +86,17 @@ def test_the_helper_runs_a_udp_flow_to_an_echo_and_answers_it():
     routable = parse_networks(["127.0.0.0/8"])
 
     async def go():
-        helper = ControlHelper(None, routable=routable, access=Access.anyone())
         echo = UdpEcho([0], LOOPBACK)
         await echo.start()
+        endpoint = udp_endpoint(LOOPBACK, echo.ports, payload="echo", datagrams=10,
+                                interval=0.02)
+        helper = ControlHelper(None, routable=routable, access=Access.anyone(),
+                               targets=[endpoint])
         stop = asyncio.Event()
         ready = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve(helper, LOOPBACK, 0, ready=ready.set_result, stop=stop))
         url = "http://" + (await ready).rsplit(" ", 1)[1]
         try:
-            endpoint = udp_endpoint(LOOPBACK, echo.ports, payload="echo", datagrams=10,
-                                    interval=0.02)
             body = protocol.build_request([protocol.ControlEndpoint(endpoint, ())], 3.0)
             network = LiveNetwork()
             result = await network.control_call(ControlRequest(url + "/measure", body), 15)

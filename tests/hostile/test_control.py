@@ -45,7 +45,7 @@ from probe.report.keys import generate_ephemeral
 from probe.report.signing import attest_control_response
 from probe.serving.buckets import TokenBucket
 from probe.session import ControlConfig, ask_control
-from probe.targets import parse_targets
+from probe.targets import Endpoint, parse_targets
 
 from .harness import LOOPBACK_NET, MIB
 from .servers import DatagramPeer, HelperServer, StreamPeer, hold, serve
@@ -60,8 +60,15 @@ MANY_IN_FLIGHT = ClientBudgets(in_flight=64)
 def helper(**more) -> ControlHelper:
     """A helper that serves anyone (``--open``): these tests are about what a
     request may make it do, whoever sends it (tests/hostile/test_control_access.py
-    is about who may)."""
+    is about who may). Its targets are ``targets`` (default: none, so it measures
+    nothing but what a test names: see ``targets_of``)."""
+    more.setdefault("targets", ())
     return ControlHelper(resolver=None, **{"access": Access.anyone(), **more})
+
+
+def targets_of(*bodies: dict) -> list[Endpoint]:
+    """The endpoints of these requests, as a helper's own targets: in its scope."""
+    return [item.endpoint for body in bodies for item in protocol.parse_request(body).items]
 
 
 def measure_body(host: str = "198.51.100.7", port: int = 443, *, count: int = 1,
@@ -218,15 +225,15 @@ def test_interval_nan_is_400():
 
 def test_the_new_checks_and_fields_are_accepted():
     """stun, turn, udp and quic endpoints with a function and a flow's shape: 200."""
-    with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as target, serve(
-        lambda: HelperServer(helper(routable=LOOPBACK_NET))
-    ) as server:
+    with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as target:
         body = measure_body(LOOPBACK, target.port, checks=("stun", "turn", "udp"), timeout=0.5)
         body["endpoints"][0].update(function="calls", payload="echo", datagrams=5,
                                     interval=0.02)
         body["endpoints"].append({**body["endpoints"][0], "id": "q", "checks": ["dns", "quic"],
                                   "function": "web"})
-        status, _, text = call(server.port, body)
+        with serve(lambda: HelperServer(
+                helper(routable=LOOPBACK_NET, targets=targets_of(body)))) as server:
+            status, _, text = call(server.port, body)
     assert status == 200, text
     assert sorted(json.loads(text)["endpoints"]) == ["e0", "q"]
 
@@ -264,12 +271,16 @@ def test_the_helpers_udp_budget_is_shared_by_every_request():
     not sent comes back afterwards. A request without UDP checks is never refused."""
     budget = TokenBucket(100, 0.001)  # room for one request of 7 x 8 STUN transmissions
 
-    async def scenario(helper_port: int, silent: int, stalling: int):
+    def bodies(silent: int, stalling: int) -> tuple[dict, dict]:
         stun = measure_body(LOOPBACK, silent, checks=("stun",), timeout=1.0)
         stun["endpoints"][0]["ports"] = [silent] * 8
         slow = copy.deepcopy(stun)  # the same, with a TLS handshake that stalls 1 s
         slow["endpoints"].append({**measure_body(LOOPBACK, stalling, checks=("tls",))[
             "endpoints"][0], "id": "slow"})
+        return stun, slow
+
+    async def scenario(helper_port: int, silent: int, stalling: int):
+        stun, slow = bodies(silent, stalling)
         first = asyncio.create_task(post(helper_port, slow))
         await asyncio.sleep(0.3)
         second = await post(helper_port, stun)
@@ -279,7 +290,8 @@ def test_the_helpers_udp_budget_is_shared_by_every_request():
     with serve(lambda: DatagramPeer(lambda data, addr, peer: None)) as silent, serve(
         lambda: StreamPeer(hold)) as stalling, serve(
         lambda: HelperServer(helper(routable=LOOPBACK_NET, udp_budget=budget,
-                                    budgets=MANY_IN_FLIGHT))
+                                    budgets=MANY_IN_FLIGHT,
+                                    targets=targets_of(*bodies(silent.port, stalling.port))))
     ) as server:
         first, second, tcp, third = asyncio.run(
             scenario(server.port, silent.port, stalling.port))
@@ -351,7 +363,8 @@ def test_flood_of_concurrent_measurements_is_bounded():
 
     with serve(lambda: StreamPeer(hold)) as target, serve(
         lambda: HelperServer(helper(max_concurrent=4, routable=LOOPBACK_NET,
-                                    budgets=MANY_IN_FLIGHT))
+                                    budgets=MANY_IN_FLIGHT, targets=targets_of(
+                                        measure_body(LOOPBACK, target.port, checks=("tls",)))))
     ) as server:
         results, alive = asyncio.run(flood(server.port, target.port))
     statuses = [status for status, _, _ in results]
@@ -380,7 +393,8 @@ def test_bogon_addresses_are_never_measured_on_a_requesters_behalf():
         return {"version": 1, "timeout": 1, "endpoints": endpoints}
 
     with serve(lambda: StreamPeer(hold)) as target, serve(
-        lambda: HelperServer(helper())
+        # in the helper's targets: what refuses them is the bogon rule, not the scope
+        lambda: HelperServer(helper(targets=targets_of(body(target.port))))
     ) as server:
         status, _, text = call(server.port, body(target.port))
         connections = connections_seen(target)
@@ -395,11 +409,11 @@ def test_bogon_addresses_are_never_measured_on_a_requesters_behalf():
 
 def test_allow_network_lets_a_lab_through():
     body = measure_body(LOOPBACK, 0)
-    with serve(lambda: StreamPeer(hold)) as target, serve(
-        lambda: HelperServer(helper(routable=LOOPBACK_NET))
-    ) as server:
+    with serve(lambda: StreamPeer(hold)) as target:
         body["endpoints"][0]["ports"] = [target.port]
-        status, _, _ = call(server.port, body)
+        with serve(lambda: HelperServer(
+                helper(routable=LOOPBACK_NET, targets=targets_of(body)))) as server:
+            status, _, _ = call(server.port, body)
         connections = connections_seen(target)
     assert status == 200 and connections >= 1
 

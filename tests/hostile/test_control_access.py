@@ -32,7 +32,7 @@ from probe.net.live import LiveNetwork
 from probe.report.keys import create_key, generate_ephemeral
 from probe.runner import RunOptions, run_endpoints
 from probe.serving import clients
-from probe.targets import parse_targets
+from probe.targets import Endpoint, parse_targets
 from probe.trace import RunInfo, finish_recording, start_recording
 
 from .harness import LOOPBACK_NET
@@ -46,10 +46,18 @@ STRANGER_KEY = generate_ephemeral()
 TOKEN = auth.new_token()
 
 
+# Who may ask is these tests' subject, not what (tests/hostile/test_control_scope.py):
+# their helpers' targets are every TCP check on every port of the loopback address.
+ANY_LOOPBACK_PORT = (Endpoint(id="loopback", service="s", host=LOOPBACK,
+                              ports=tuple(range(1, 65536)), sni=None, ca_pem=None,
+                              checks=("tcp", "tls", "https", "http", "mtproto")),)
+
+
 def enrolled(**more) -> ControlHelper:
     """A helper for the probes of ``PROBE_KEY`` (by key id) and of ``TOKEN``."""
     access = Access(frozenset({PROBE_KEY.key_id}),
                     {auth.token_digest(TOKEN).removeprefix("sha256:"): "volunteer-1"})
+    more.setdefault("targets", ANY_LOOPBACK_PORT)
     return ControlHelper(resolver=None, routable=LOOPBACK_NET, access=access, **more)
 
 
@@ -122,7 +130,8 @@ def test_an_enrolled_key_and_a_token_are_measured():
 
 
 def test_an_open_helper_serves_anyone_even_with_a_key_it_does_not_know():
-    helper = ControlHelper(None, routable=LOOPBACK_NET, access=Access.anyone())
+    helper = ControlHelper(None, routable=LOOPBACK_NET, access=Access.anyone(),
+                           targets=ANY_LOOPBACK_PORT)
     with serve(lambda: StreamPeer(hold)) as target, serve(lambda: HelperServer(helper)) as server:
         body = measure_body(target.port)
         assert call(server.port, body)[0] == 200
