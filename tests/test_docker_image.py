@@ -53,6 +53,8 @@ SUBNET = "198.51.100.128/28"
 POOL = "198.51.100.144/28"
 # In-container paths of the files this test mounts.
 TARGETS_IN_CONTAINER = "/etc/probe-test/targets.yaml"
+# Fixed addresses, so the targets (the helper's scope too) are written before `up`.
+ADDRESSES = {"control": "198.51.100.130", "collector": "198.51.100.131"}
 
 
 def _why_not() -> str | None:
@@ -278,7 +280,7 @@ def _absolute_source(volume: str | dict) -> str | dict:
     return volume
 
 
-def derive_compose(trusted: dict[str, Path]) -> dict:
+def derive_compose(trusted: dict[str, Path], targets: Path | None = None) -> dict:
     """docker/compose.yaml as this test runs it: the same commands, volumes and checks.
 
     What changes, and why: no published ports and an ``internal`` network in a
@@ -288,7 +290,9 @@ def derive_compose(trusted: dict[str, Path]) -> dict:
     (``--allow-network``: its targets sit in a documentation range, which a real helper
     refuses); the keys files that a command names (``--trusted-keys FILE``,
     ``--trusted-control-keys FILE``) are mounted read-only from ``trusted``, in place of
-    whatever the file mounts there.
+    whatever the file mounts there; each service gets a fixed address, and with
+    ``targets`` the helper measures those targets (``--targets``: a helper measures
+    only what its own targets list, and the bundled ones are not in this network).
     """
     spec = compose_file()
     spec.pop("name", None)  # docker-compose 1.x predates it; the project is named by -p
@@ -296,8 +300,12 @@ def derive_compose(trusted: dict[str, Path]) -> dict:
         service.pop("ports", None)
         service.pop("build", None)
         command = list(service.get("command", []))
+        if name == "control" and targets is not None:
+            command += ["--targets", TARGETS_IN_CONTAINER]
         if name == "control" and "--allow-network" not in command:
             command += ["--allow-network", SUBNET]
+        if name in ADDRESSES:
+            service["networks"] = {"default": {"ipv4_address": ADDRESSES[name]}}
         service["command"] = command
         if "healthcheck" in service:
             service["healthcheck"] = {**service["healthcheck"], "interval": "2s",
@@ -311,6 +319,8 @@ def derive_compose(trusted: dict[str, Path]) -> dict:
                        if not (isinstance(v, str) and v.split(":")[1:2] == [path])
                        and not (isinstance(v, dict) and v.get("target") == path)]
             volumes.append(f"{trusted[option]}:{path}:ro")
+        if name == "control" and targets is not None:
+            volumes.append(f"{targets}:{TARGETS_IN_CONTAINER}:ro")
         if volumes:
             service["volumes"] = volumes
     for kind in ("secrets", "configs"):  # file-based ones, relative to docker/
@@ -419,12 +429,17 @@ def test_compose_stack_end_to_end(docker: Docker, image: str, tmp_path: Path):
             path.write_text(probe_key + "\n" if option == "--trusted-keys" else "")
             path.chmod(0o644)
             trusted[option] = path
+        control, collector = ADDRESSES["control"], ADDRESSES["collector"]
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(TARGETS.format(subnet=SUBNET, control=control, collector=collector))
+        targets.chmod(0o644)
         file = tmp_path / "compose.yaml"
-        file.write_text(yaml.safe_dump(derive_compose(trusted), sort_keys=False))
+        file.write_text(yaml.safe_dump(derive_compose(trusted, targets), sort_keys=False))
         stack = Stack(docker, compose, file)
         docker.say(f"starting the stack with {' '.join(compose)}")
         stack.up_healthy(("control", "collector"))
         docker.step(f"stack up and healthy ({' '.join(Path(c).name for c in compose)})", since)
+        assert (stack.address("control"), stack.address("collector")) == (control, collector)
 
         for service in ("control", "collector"):
             uid = docker.docker("exec", stack.container(service), "id", "-u").stdout.strip()
@@ -432,12 +447,8 @@ def test_compose_stack_end_to_end(docker: Docker, image: str, tmp_path: Path):
         helper_key = public_key(docker.docker("exec", stack.container("control"), "probe",
                                               "key", "show", "--control").stdout)
 
-        # A probe container measures the stack itself, with the helper as its control,
-        # and uploads to the collector.
-        control, collector = stack.address("control"), stack.address("collector")
-        targets = tmp_path / "targets.yaml"
-        targets.write_text(TARGETS.format(subnet=SUBNET, control=control, collector=collector))
-        targets.chmod(0o644)
+        # A probe container measures the stack itself, with the helper as its control
+        # (whose scope is the same targets), and uploads to the collector.
         since = time.monotonic()
         run = docker.docker(
             "run", "--rm", "--network", f"{PROJECT}_default",
@@ -511,6 +522,10 @@ def test_derived_compose_keeps_commands_and_mounts_the_keys_they_name(monkeypatc
         assert f"{keys['--trusted-keys']}:/etc/probe/trusted-keys:ro" in services[name]["volumes"]
     assert not any(v.startswith("./") for v in services["control"]["volumes"])
     assert services["control"]["command"][-2:] == ["--allow-network", SUBNET]
+    assert services["control"]["networks"]["default"]["ipv4_address"] == ADDRESSES["control"]
+    with_targets = derive_compose(keys, tmp_path / "targets.yaml")["services"]["control"]
+    assert with_targets["command"][-4:-2] == ["--targets", TARGETS_IN_CONTAINER]
+    assert f"{tmp_path / 'targets.yaml'}:{TARGETS_IN_CONTAINER}:ro" in with_targets["volumes"]
     assert services["aggregate"]["command"] == real["services"]["aggregate"]["command"]
     assert derived["networks"]["default"]["internal"] is True
     assert "name" not in derived and derived["volumes"] == real["volumes"]
