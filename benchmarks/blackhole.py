@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--timeouts", type=float, nargs="+", default=[2.0, 5.0, 10.0])
     parser.add_argument("--rate", type=float, default=None,
                         help="--rate for probe run (default: the CLI's own)")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="also record each run's trace to PATH.TIMEOUT.jsonl (profiling)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it creates a network namespace)", file=sys.stderr)
@@ -88,7 +90,8 @@ def main() -> int:
                 ns(sys.executable, "-m", "probe", "run", "--targets", str(targets),
                    "--resolver", "127.0.0.1", "--no-system-resolver", "--ephemeral-key",
                    "--timeout", str(timeout), "--out", str(work / "reports"), "--json",
-                   *(["--rate", str(args.rate)] if args.rate is not None else [])),
+                   *(["--rate", str(args.rate)] if args.rate is not None else []),
+                   *(["--record", f"{args.record}.{timeout:g}.jsonl"] if args.record else [])),
                 capture_output=True, text=True, timeout=timeout * 20 + 60,
             )
             wall = time.monotonic() - started

@@ -176,8 +176,14 @@ async def ask_control_batch(
     config: ControlConfig,
     step_timeout: float,
     trust_pem: str | None = None,
+    unreachable: dict[str, str] | None = None,
 ) -> ControlOutcome:
-    """Ask every helper about one batch, in parallel; the first good answer wins."""
+    """Ask every helper about one batch, in parallel; the first good answer wins.
+
+    Connecting to a helper gets one ``step_timeout``, answering gets ``config.timeout``.
+    ``unreachable`` (by URL, the problem seen) is the run's memory of the helpers
+    that could not be connected to: they are not asked again, and those that fail
+    to connect now are added to it."""
     outcome = ControlOutcome()
     if not config.urls:
         outcome.problems.append("no control helper configured (--control URL)")
@@ -189,10 +195,13 @@ async def ask_control_batch(
     # parts (the helper refuses a costlier request rather than flood anyone), one
     # after the other: a helper measures one request per client at a time
     parts = protocol.split_by_cost(list(items))
+    unreachable = {} if unreachable is None else unreachable
     if len(parts) == 1:
-        return await _ask_helpers(network, parts[0], config, step_timeout, trust_pem)
+        return await _ask_helpers(network, parts[0], config, step_timeout, trust_pem,
+                                  unreachable)
     for part in parts:
-        outcome.merge(await _ask_helpers(network, part, config, step_timeout, trust_pem))
+        outcome.merge(await _ask_helpers(network, part, config, step_timeout, trust_pem,
+                                         unreachable))
     return outcome
 
 
@@ -202,17 +211,20 @@ async def _ask_helpers(
     config: ControlConfig,
     step_timeout: float,
     trust_pem: str | None,
+    unreachable: dict[str, str],
 ) -> ControlOutcome:
     """One request to every helper, in parallel; the first good answer wins."""
     outcome = ControlOutcome()
     body = protocol.build_request(list(items), step_timeout, trust_pem)
 
     async def one(url: str):
+        if url in unreachable:  # it did not take our connection earlier in this run
+            raise RuntimeError(unreachable[url])
         target = url.rstrip("/") + "/measure"
         # an answer is a few KiB per endpoint: a helper sending far more is hostile
         # (parsing 30 MiB of nested lists can take more than 600 MiB of memory)
         cap = min(32 << 20, (256 << 10) * max(1, len(items)))
-        request = ControlRequest(target, body, max_bytes=cap)
+        request = ControlRequest(target, body, max_bytes=cap, connect_timeout=step_timeout)
         for attempt in range(CONTROL_RETRIES + 1):
             result = await network.control_call(request, config.timeout)
             wait = _retry_after(result.body) if result.status == 429 else None
@@ -226,7 +238,10 @@ async def _ask_helpers(
             raise RuntimeError(f"{url}: the control helper's budget for this probe is "
                                "spent for now: run again later")
         if result.failure is not None or result.body is None:
-            raise RuntimeError(f"{url}: {result.failure or 'empty answer'}")
+            problem = f"{url}: {result.failure or 'empty answer'}"
+            if not result.connected:
+                unreachable[url] = problem
+            raise RuntimeError(problem)
         return url, protocol.parse_response(result.body)
 
     tasks = [asyncio.ensure_future(one(url)) for url in config.urls]
@@ -282,10 +297,12 @@ async def ask_control(
     if recorded is not None:
         return recorded
     outcome = ControlOutcome()
+    unreachable: dict[str, str] = {}
     for batch in plan_batches(targets.services, batch_size):
         items = _control_items(batch, observations)
         if items:
-            outcome.merge(await ask_control_batch(network, items, config, step_timeout, trust_pem))
+            outcome.merge(await ask_control_batch(network, items, config, step_timeout, trust_pem,
+                                                  unreachable))
     if not outcome.available and not outcome.problems:
         outcome.problems.append("nothing was measured")
     return outcome
@@ -405,9 +422,12 @@ class _Pipeline:
         on_endpoint: Callable[[EndpointObservation], None] | None,
         on_control: Callable[[ControlOutcome], None] | None,
         batch_size: int,
+        unreachable: dict[str, str] | None = None,
     ) -> None:
         self.network, self.targets, self.options = network, targets, options
         self.control_config = control_config
+        # helpers that did not take our connection: not waited for again this run
+        self.unreachable = {} if unreachable is None else unreachable
         self.recorded_control = _control_file(control_config)
         self.emit, self.on_control = emit, on_control
         self.batches = _Batches(targets.services, batch_size)
@@ -497,7 +517,7 @@ class _Pipeline:
             o = self.options
             control = await ask_control_batch(
                 self.network, _control_items(batch, observations), self.control_config,
-                o.timeout, o.trust_pem,
+                o.timeout, o.trust_pem, self.unreachable,
             )
         self.concluded.control.merge(dataclasses.replace(
             control, observations=None if not control.available else {}, entries=None))
@@ -613,16 +633,19 @@ REFERENCE_TIMEOUT = 2.0  # asking a helper for its UDP echo: one round trip, nev
 
 
 async def with_reference(
-    network: Network, targets: Targets, options: RunOptions, config: ControlConfig
+    network: Network, targets: Targets, options: RunOptions, config: ControlConfig,
+    unreachable: dict[str, str] | None = None,
 ) -> Targets:
     """The targets plus a reference UDP flow to the control helper's echo, when a
     helper offers one: it tells a network that drops every UDP flow (calls fail for
     every app) from one that drops a messenger's. Costs one round trip to the helper
-    before measuring (at most ``REFERENCE_TIMEOUT``); never fails the run."""
+    before measuring (at most ``REFERENCE_TIMEOUT``); never fails the run. A helper
+    that cannot be connected to is added to ``unreachable``: the run's control
+    requests then do not wait for it."""
     if not config.urls or config.file is not None or not config.reference_flow:
         return targets
     extra = await reference.reference_endpoints(
-        network, config.urls, min(REFERENCE_TIMEOUT, options.timeout))
+        network, config.urls, min(REFERENCE_TIMEOUT, options.timeout), unreachable)
     return targets.with_baseline(tuple(extra))
 
 
@@ -660,9 +683,10 @@ async def stream(
     control request).
     """
     started = time.monotonic()
-    targets = await with_reference(network, targets, options, control_config)
+    unreachable: dict[str, str] = {}
+    targets = await with_reference(network, targets, options, control_config, unreachable)
     pipeline = _Pipeline(network, targets, options, control_config, emit, on_endpoint,
-                         on_control, batch_size)
+                         on_control, batch_size, unreachable)
     complete = True
     try:
         await pipeline.run()

@@ -34,6 +34,7 @@ SERVICE = "baseline"
 MAX_INFO_BYTES = 16 * 1024  # /info is a few hundred bytes: more is not a helper's answer
 DATAGRAMS = 50  # per flow, as a messenger's `udp` endpoint (probe.targets default)
 INTERVAL = 0.1
+GRACE = 0.5  # seconds past a call's own deadline before it is abandoned unanswered
 NOTES = ("The control helper's UDP echo (probe control serve --udp-echo): a flow from an "
          "uncensored destination no censor allowlists, to tell a network that cuts every "
          "UDP flow from one that cuts a messenger's.")
@@ -79,28 +80,39 @@ def endpoints_from_info(url: str, info: Any) -> tuple[Endpoint, ...]:
     )
 
 
-async def _ask(network: Network, url: str, timeout: float) -> tuple[Endpoint, ...]:
-    request = ControlRequest(url.rstrip("/") + "/info", {}, max_bytes=MAX_INFO_BYTES)
+async def _ask(
+    network: Network, url: str, timeout: float, unreachable: dict[str, str]
+) -> tuple[Endpoint, ...]:
+    request = ControlRequest(url.rstrip("/") + "/info", {}, max_bytes=MAX_INFO_BYTES,
+                             connect_timeout=timeout)
     result = await network.control_call(request, timeout)
     if result.failure is not None or result.body is None:
+        if not result.connected:  # the same words as a refused /measure would get
+            unreachable[url] = f"{url}: {result.failure or 'empty answer'}"
         raise InfoError(result.failure or "empty answer")
     return endpoints_from_info(url, result.body)
 
 
 async def reference_endpoints(
-    network: Network, control_urls: Sequence[str], timeout: float
+    network: Network, control_urls: Sequence[str], timeout: float,
+    unreachable: dict[str, str] | None = None,
 ) -> tuple[Endpoint, ...]:
     """Baseline endpoints for the UDP echo of the first helper that offers one.
 
     Every helper is asked at once; the first answer with an echo wins, the others
-    are cancelled. Whatever happens, this returns within ``timeout`` and never
-    raises (but for cancellation of the caller): a missing reference only leaves
-    the run's UDP findings ``unknown``."""
-    tasks = [asyncio.ensure_future(_ask(network, url, timeout)) for url in control_urls]
+    are cancelled. Whatever happens, this returns within ``timeout`` (and
+    ``GRACE``) and never raises (but for cancellation of the caller): a missing
+    reference only leaves the run's UDP findings ``unknown``. The helpers that
+    could not be connected to are added to ``unreachable`` (by URL: the problem)."""
+    unreachable = {} if unreachable is None else unreachable
+    tasks = [asyncio.ensure_future(_ask(network, url, timeout, unreachable))
+             for url in control_urls]
     if not tasks:
         return ()
     try:
-        async with asyncio.timeout(timeout):
+        # each call ends by its own deadline, with its result (and whether it
+        # connected); this one only guards against a network that never returns
+        async with asyncio.timeout(timeout + GRACE):
             for next_done in asyncio.as_completed(tasks):
                 try:
                     endpoints = await next_done

@@ -219,9 +219,19 @@ async def control_call(
     authorization = auth.authorization("POST", urlsplit(req.url).path, data) if auth else None
     if authorization is not None:
         headers["Authorization"] = authorization
+    connected = False
+
+    async def on_connected(*_: object) -> None:
+        nonlocal connected
+        connected = True  # TCP (and TLS, for https) done: the helper is reachable
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_create_end.append(on_connected)
+    timeouts = aiohttp.ClientTimeout(total=None, connect=req.connect_timeout)
     try:
         async with asyncio.timeout(timeout):
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            async with aiohttp.ClientSession(timeout=timeouts,
+                                             trace_configs=[tracing]) as session:
                 async with session.post(req.url, data=data, headers=headers) as response:
                     status = response.status
                     buffer = bytearray()
@@ -236,7 +246,8 @@ async def control_call(
     except Exception as exc:
         # Caught before parsing, apart from it: aiohttp's certificate error is a
         # ValueError too, and an untrusted helper is not a JSON parse error.
-        return ControlResult(req, failures.classify_http(exc), status, None, Timing(t0, clock()))
+        return ControlResult(req, failures.classify_http(exc), status, None, Timing(t0, clock()),
+                             connected=connected)
     if status != 200:
         failure = failures.http_status_failure(status)
         if status in (401, 403, 429) and len(raw) <= MAX_CONTROL_REFUSAL:

@@ -383,6 +383,10 @@ class ControlRequest:
     url: str
     body: dict[str, Any] = field(default_factory=dict)
     max_bytes: int = 32 * 1024 * 1024  # the answer's cap; callers size it to the request
+    # Seconds allowed to connect to the helper (TCP and TLS), apart from the call's
+    # deadline: a helper the censor drops is known after one step timeout, while an
+    # answering helper may take its measurements' time. None: the deadline only.
+    connect_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -392,6 +396,10 @@ class ControlResult:
     status: int | None
     body: dict[str, Any] | None
     timing: Timing
+    # False: no connection to the helper was made (refused, unreachable, the connect
+    # timed out); asking it again in the same run would only wait again. Results
+    # recorded before this field existed read as connected, as they were treated.
+    connected: bool = True
 
 
 # --------------------------------------------------------------------------- #
