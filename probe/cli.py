@@ -146,7 +146,7 @@ def main(verbose: bool) -> None:
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM bundle to trust instead of the system store.")
 @click.option("--timeout", type=click.FloatRange(0.1, 120), default=10.0, show_default=True, help="Seconds allowed for each step.")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=256, show_default=True, help="Network operations in flight (a pending connect costs a socket, not bandwidth).")
-@click.option("--rate", type=click.FloatRange(0, 10000), default=30.0, show_default=True, help="New connections per second (0: no limit); keeps a slow link from being saturated by the probe itself.")
+@click.option("--rate", type=click.FloatRange(0, 10000), default=30.0, show_default=True, help="Handshakes and requests started per second (0: no limit; TCP connects are never paced); keeps a slow link from being saturated by the probe itself.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True, help="Folder for the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of tables.")
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Signing key file (default: your probe key, created on first use).")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from probe import mtproto, stun
 from probe.bogons import IPNetwork, is_bogon
 from probe.certificates import verify_chain
+from probe.net import pacing
 from probe.net.network import (
     DnsExchange,
     DnsQuery,
@@ -46,10 +47,11 @@ log = logging.getLogger("probe.runner")
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONCURRENCY = 256
-# New connections started per second. A TLS handshake moves ~5-10 KB, so 30/s
-# stays under ~2.5 Mbit/s: a slow home link is not saturated by the probe
-# itself (a saturated link would make the probe's own timeouts look like
-# blocking). DNS queries, tiny, are not rate-limited.
+# Handshakes (TLS, MTProto, QUIC) and HTTP requests started per second. A TLS
+# handshake moves ~5-10 KB, so 30/s stays under ~2.5 Mbit/s: a slow home link is
+# not saturated by the probe itself (a saturated link would make the probe's own
+# timeouts look like blocking). TCP connects (a SYN) and DNS queries, tiny, are not
+# paced: a TLS handshake waits for its turn after its connect succeeded.
 DEFAULT_RATE = 30.0
 USER_AGENT = "Mozilla/5.0 (probe censorship measurement; +https://github.com/)"
 
@@ -60,7 +62,7 @@ class RunOptions:
     use_system_resolver: bool = True  # also ask getaddrinfo (what ordinary apps get)
     timeout: float = DEFAULT_TIMEOUT  # per step
     concurrency: int = DEFAULT_CONCURRENCY  # operations in flight
-    rate: float | None = DEFAULT_RATE  # new connections per second (None: no limit)
+    rate: float | None = DEFAULT_RATE  # handshakes and requests per second (None: no limit)
     dns_linger: float = 1.0  # keep listening this long after a UDP reply (injection)
     max_addresses_per_family: int = 3
     trust_pem: str | None = None  # run-wide trust store (--ca-bundle); None: system
@@ -137,7 +139,7 @@ class RateLimiter:
 
 class Measurer:
     """Runs the steps of endpoints over one network, within one concurrency budget
-    and one rate of new connections."""
+    and one rate of handshakes (paced after their connect: probe.net.pacing)."""
 
     def __init__(self, network: Network, options: RunOptions) -> None:
         self.network = network
@@ -157,6 +159,16 @@ class Measurer:
             async with self._dns_slots:
                 return await operation(*args)
         async with self._slots:
+            if operation == self.network.tcp_connect:
+                return await operation(*args)  # a SYN costs no bandwidth: never paced
+            if operation in (self.network.tls_handshake, self.network.mtproto_exchange):
+                # paced after the connect, before the first payload byte
+                # (probe.net.pacing): a blackholed address waits for nobody
+                with pacing.paced(self._rate.wait):
+                    return await operation(*args)
+            # HTTP follows a handshake that worked: its bytes start at once. A QUIC
+            # Initial is a ClientHello padded to 1,200 bytes, answered by the same
+            # certificates as TLS: paced like a TLS handshake, before it is sent.
             await self._rate.wait()
             return await operation(*args)
 

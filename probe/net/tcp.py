@@ -8,7 +8,7 @@ import socket
 import struct
 
 from probe import mtproto
-from probe.net import failures, icmp
+from probe.net import failures, icmp, pacing
 from probe.net.network import ConnectResult, MtprotoRequest, MtprotoResult, Timing
 
 MAX_MTPROTO_REPLY = 64 * 1024
@@ -160,6 +160,7 @@ async def mtproto_exchange(request: MtprotoRequest, timeout: float, clock) -> Mt
     )
     if connect_result.failure is None:
         try:
+            deadline += await pacing.before_payload()
             async with asyncio.timeout_at(deadline):
                 writer.write(base64.b64decode(request.payload))
                 await writer.drain()

@@ -13,7 +13,7 @@ import base64
 import functools
 import ssl
 
-from probe.net import failures
+from probe.net import failures, pacing
 from probe.net.network import Timing, TlsRequest, TlsResult
 from probe.net.tcp import close_stream, open_stream
 
@@ -62,6 +62,8 @@ async def handshake(request: TlsRequest, timeout: float, clock) -> TlsResult:
     failure = version = cipher = protocol = None
     chain: tuple[str, ...] = ()
     try:
+        # the ClientHello starts the bytes (the server's chain): paced from here on
+        deadline += await pacing.before_payload()
         async with asyncio.timeout_at(deadline):
             await writer.start_tls(
                 unverified_context(request.alpn), server_hostname=request.sni or None
