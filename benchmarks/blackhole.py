@@ -11,7 +11,13 @@ Nothing can leave the namespace.
 For each per-step timeout it runs `probe run` and reports the wall time, the
 endpoints measured, and the probe's peak memory (max RSS).
 
+`--control-unreachable` adds a control helper at 203.0.113.250:8080, which the
+sink drops like everything else (a censor blocking the helper): the run should
+learn that after one connect timeout, not wait out `--control-timeout` (60 s).
+`--endpoints N` keeps the first N endpoints of the bundled targets.
+
     sudo .venv/bin/python benchmarks/blackhole.py [--timeouts 2 5 10] [--rate 0]
+    sudo .venv/bin/python benchmarks/blackhole.py --timeouts 2 --endpoints 30 --control-unreachable
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from _netns import in_namespace, rewrite_targets, sh  # noqa: E402
 
 NAMESPACE = f"probe-bench-{os.getpid()}"
 SINK = f"probe-sink-{os.getpid()}"
+CONTROL_URL = "http://203.0.113.250:8080"  # in the blackholed range: nothing answers
 
 
 def ns(*args: str) -> list[str]:
@@ -47,13 +54,28 @@ def main() -> int:
                         help="--rate for probe run (default: the CLI's own)")
     parser.add_argument("--record", type=Path, default=None,
                         help="also record each run's trace to PATH.TIMEOUT.jsonl (profiling)")
+    parser.add_argument("--endpoints", type=int, default=None,
+                        help="keep only the first N endpoints of the bundled targets")
+    parser.add_argument("--control-unreachable", action="store_true",
+                        help="ask a control helper whose address is blackholed too")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it creates a network namespace)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
-    targets, endpoints = rewrite_targets(work)
+    kept: list[str] = []
+
+    def keep(endpoint) -> bool:
+        if args.endpoints is not None and len(kept) >= args.endpoints:
+            return False
+        kept.append(endpoint.id)
+        return True
+
+    targets, endpoints = rewrite_targets(work, keep)
     count = len(endpoints)
+    control = ["--control", CONTROL_URL] if args.control_unreachable else []
+    runs = []
     config = {"servers": [{"kind": "dns", "listen": ["127.0.0.1:53"], "zone": {},
                            "behaviours": {"*": {"forge": ["203.0.113.77"]}}}]}
     (work / "dns.json").write_text(json.dumps(config))
@@ -81,7 +103,8 @@ def main() -> int:
                                   str(work / "dns.json"), "--duration", "600"),
                                stdout=subprocess.DEVNULL)
         time.sleep(1.0)
-        print(f"{count} endpoints (the bundled targets.yaml's shape), every address blackholed")
+        print(f"{count} endpoints (the bundled targets.yaml's shape), every address blackholed"
+              + (f", control helper {CONTROL_URL} too" if control else ""))
         print(f"{'timeout':>8} {'wall s':>8} {'wall/timeout':>13} {'rows':>6} {'max RSS MiB':>12}")
         for timeout in args.timeouts:
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -89,7 +112,7 @@ def main() -> int:
             result = subprocess.run(
                 ns(sys.executable, "-m", "probe", "run", "--targets", str(targets),
                    "--resolver", "127.0.0.1", "--no-system-resolver", "--ephemeral-key",
-                   "--timeout", str(timeout), "--out", str(work / "reports"), "--json",
+                   "--timeout", str(timeout), "--out", str(work / "reports"), "--json", *control,
                    *(["--rate", str(args.rate)] if args.rate is not None else []),
                    *(["--record", f"{args.record}.{timeout:g}.jsonl"] if args.record else [])),
                 capture_output=True, text=True, timeout=timeout * 20 + 60,
@@ -102,6 +125,9 @@ def main() -> int:
             summary = json.loads(result.stdout)
             print(f"{timeout:>8.1f} {wall:>8.2f} {wall / timeout:>13.2f} "
                   f"{len(summary['endpoints']):>6} {max(rss, before) / 1024:>12.1f}")
+            runs.append({"timeout": timeout, "wall_s": round(wall, 2),
+                         "rows": len(summary["endpoints"]),
+                         "max_rss_mib": round(max(rss, before) / 1024, 1)})
     finally:
         if dns is not None:
             dns.terminate()
@@ -109,6 +135,12 @@ def main() -> int:
         subprocess.run(["ip", "netns", "delete", NAMESPACE], check=False)
         subprocess.run(["ip", "netns", "delete", SINK], check=False)
         shutil.rmtree(work, ignore_errors=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "blackhole", "endpoints": count, "rate": args.rate,
+            "control": "unreachable" if control else None, "runs": runs,
+        }, indent=2) + "\n")
     return 0
 
 

@@ -697,6 +697,18 @@ def print_summary(rows: list[Row], largest: int) -> None:
         )
 
 
+def write_json(path: Path, rows: list[Row]) -> None:
+    """The rows as JSON, for benchmarks/speed.py and the README's figures."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": "scale", "rows": [{
+        "client": row.client, "endpoints": row.endpoints, "concurrency": row.concurrency,
+        "handshakes": row.handshakes, "wall_s": round(row.run.wall, 2),
+        "handshakes_per_s": round(row.rate, 1), "loop_wall_s": round(row.run.loop_wall, 2),
+        "cpu_s": round(row.run.cpu, 2), "max_rss_mib": round(row.run.max_rss_mib, 1),
+        "ok": row.ok, "rows": row.rows,
+    } for row in rows]}, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
@@ -720,6 +732,7 @@ def main() -> int:
         help="also run the smallest size under cProfile and print the top N",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare is not None:
@@ -765,6 +778,8 @@ def main() -> int:
         if not args.no_fd_limit_run:
             add(probe_row(workloads[0], 1024, servers, work, fd_limit=1024))
         print_summary(rows, sizes[-1])
+        if args.json is not None:
+            write_json(args.json, rows)
         print(
             f"load average {os.getloadavg()[0]:.2f} at the end (other work on the machine "
             f"skews wall times; CPU per handshake much less)"

@@ -29,7 +29,7 @@ import logging
 import platform
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -423,6 +423,7 @@ class _Pipeline:
         on_control: Callable[[ControlOutcome], None] | None,
         batch_size: int,
         unreachable: dict[str, str] | None = None,
+        reference: Callable[[], Awaitable[tuple[Endpoint, ...]]] | None = None,
     ) -> None:
         self.network, self.targets, self.options = network, targets, options
         self.control_config = control_config
@@ -430,12 +431,17 @@ class _Pipeline:
         self.unreachable = {} if unreachable is None else unreachable
         self.recorded_control = _control_file(control_config)
         self.emit, self.on_control = emit, on_control
-        self.batches = _Batches(targets.services, batch_size)
-        self.baseline = _Baseline(targets.services)
-        self.held = [s for s in targets.services if _transfers(s)]  # analysed last
-        self.held_ids = {s.id for s in self.held}
+        self.batch_size = batch_size
+        self._plan(targets, {})
         self.held_control = ControlOutcome()
-        self.evidence = _RunEvidence(targets)
+        # The reference endpoints (the helper's UDP echo) are asked for while the
+        # targets are measured, not before: an unreachable helper then costs one
+        # connect timeout in parallel with the run. Analysis, and batches after the
+        # first, wait for the answer (the batches include the reference).
+        self.reference = reference
+        self.referenced = asyncio.Event()
+        if reference is None:
+            self.referenced.set()
         self.concluded = _Conclusions()
         # One task per endpoint in flight at most ``concurrency`` (each holds at least
         # one operation).
@@ -443,6 +449,19 @@ class _Pipeline:
             Measurer(network, options), window=options.concurrency, on_result=on_endpoint,
             on_measured=self._measured,
         )
+
+    def _plan(self, targets: Targets, measured: dict[str, EndpointObservation]) -> None:
+        """Batches, baseline and run-wide evidence of ``targets``, counting what
+        is measured already (before analysis starts: nothing was handed on yet)."""
+        self.targets = targets
+        self.batches = _Batches(targets.services, self.batch_size)
+        self.baseline = _Baseline(targets.services)
+        self.held = [s for s in targets.services if _transfers(s)]  # analysed last
+        self.held_ids = {s.id for s in self.held}
+        self.evidence = _RunEvidence(targets)
+        for endpoint_id, observation in measured.items():
+            self.batches.count_measured(endpoint_id)
+            self.baseline.add(endpoint_id, observation)
 
     @property
     def results(self) -> dict[str, EndpointObservation]:
@@ -465,11 +484,32 @@ class _Pipeline:
         # the one two places before it was handed on, so at most two batches of
         # observations are in memory.
         rest = [e for e in self.targets.endpoints() if e.id not in self.baseline.ids]
-        await self.scheduler.measure_all((*self.baseline.endpoints, *rest), gate=self._turn)
+        targets = self.scheduler.measure_all((*self.baseline.endpoints, *rest), gate=self._turn)
+        if self.reference is None:
+            await targets
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(targets)
+            group.create_task(self._measure_reference(self.reference))
+
+    async def _measure_reference(
+        self, reference: Callable[[], Awaitable[tuple[Endpoint, ...]]]
+    ) -> None:
+        extended = self.targets.with_baseline(await reference())
+        added = [e for e in extended.endpoints() if e.id not in self.batches.number_of]
+        if added:
+            self._plan(extended, self.results)
+        self.referenced.set()
+        await self.scheduler.measure_all(added)
 
     async def _turn(self, endpoint: Endpoint) -> None:
+        if endpoint.id in self.baseline.ids:
+            return
+        if self.batches.number_of[endpoint.id] >= 1:
+            # the reference may move a service to a later batch: know it first
+            await self.referenced.wait()
         number = self.batches.number_of[endpoint.id]
-        if endpoint.id not in self.baseline.ids and number >= 2:
+        if number >= 2:
             await self.batches.analysed[number - 2].wait()
 
     def _measured(self, endpoint: Endpoint, observation: EndpointObservation) -> None:
@@ -487,6 +527,7 @@ class _Pipeline:
     # analysing ------------------------------------------------------------ #
 
     async def _analyse_all(self) -> None:
+        await self.referenced.wait()
         await self.baseline.measured.wait()
         for number, batch in enumerate(self.batches.plan):
             await self.batches.measured[number].wait()
@@ -684,9 +725,13 @@ async def stream(
     """
     started = time.monotonic()
     unreachable: dict[str, str] = {}
-    targets = await with_reference(network, targets, options, control_config, unreachable)
+
+    async def reference_endpoints() -> tuple[Endpoint, ...]:
+        extended = await with_reference(network, targets, options, control_config, unreachable)
+        return tuple(e for s in extended.services if s.baseline for e in s.endpoints)
+
     pipeline = _Pipeline(network, targets, options, control_config, emit, on_endpoint,
-                         on_control, batch_size, unreachable)
+                         on_control, batch_size, unreachable, reference_endpoints)
     complete = True
     try:
         await pipeline.run()
