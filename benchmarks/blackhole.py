@@ -9,7 +9,9 @@ and checks, its literal addresses moved into 203.0.113.0/24 / 2001:db8::/32.
 Nothing can leave the namespace.
 
 For each per-step timeout it runs `probe run` and reports the wall time, the
-endpoints measured, and the probe's peak memory (max RSS).
+endpoints measured, and the probe's peak memory (max RSS). It first compiles the
+probe's bytecode, as `pip install` does: a checkout run with
+PYTHONDONTWRITEBYTECODE set would otherwise compile every module on every run.
 
 `--control-unreachable` adds a control helper at 203.0.113.250:8080, which the
 sink drops like everything else (a censor blocking the helper): the run should
@@ -23,6 +25,7 @@ learn that after one connect timeout, not wait out `--control-timeout` (60 s).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -59,10 +62,13 @@ def main() -> int:
     parser.add_argument("--control-unreachable", action="store_true",
                         help="ask a control helper whose address is blackholed too")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run the probe under cProfile, stats to PATH.TIMEOUT.prof")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it creates a network namespace)", file=sys.stderr)
         return 2
+    compileall.compile_dir(ROOT / "probe", quiet=1)
     work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
     kept: list[str] = []
 
@@ -110,7 +116,10 @@ def main() -> int:
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             started = time.monotonic()
             result = subprocess.run(
-                ns(sys.executable, "-m", "probe", "run", "--targets", str(targets),
+                ns(sys.executable,
+                   *(["-m", "cProfile", "-o", f"{args.profile}.{timeout:g}.prof"]
+                     if args.profile else []),
+                   "-m", "probe", "run", "--targets", str(targets),
                    "--resolver", "127.0.0.1", "--no-system-resolver", "--ephemeral-key",
                    "--timeout", str(timeout), "--out", str(work / "reports"), "--json", *control,
                    *(["--rate", str(args.rate)] if args.rate is not None else []),
