@@ -383,6 +383,9 @@ class ControlRequest:
     url: str
     body: dict[str, Any] = field(default_factory=dict)
     max_bytes: int = 32 * 1024 * 1024  # the answer's cap; callers size it to the request
+    # False: sent without the probe's credentials (a third party's helper, e.g. OONI's,
+    # has no use for them, and a signature would link the volunteer's requests)
+    authenticate: bool = True
 
 
 @dataclass(frozen=True)
