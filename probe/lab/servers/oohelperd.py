@@ -35,10 +35,10 @@ from aiohttp import web
 from probe.analysis import page_title
 from probe.bogons import IPNetwork, is_bogon
 from probe.certificates import verify_chain
+from probe.lab.servers.stream import Endpoint
 from probe.net import failures
 from probe.net.live import LiveNetwork
 from probe.net.network import DnsQuery, HttpRequest, TlsRequest
-from probe.lab.servers.stream import Endpoint
 
 MAX_REQUEST = 64 * 1024
 MAX_ENDPOINTS = 64
