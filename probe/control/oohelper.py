@@ -142,6 +142,21 @@ def _is_address(text: str) -> bool:
     return True
 
 
+def helper_ports(url: str) -> tuple[int, ...]:
+    """The ports a helper measures for ``url``: its own, else 443 for https and
+    80 and 443 for http (the second to learn whether an address is valid for the
+    name). The probe always names the port; real answers may not have."""
+    parts = urlsplit(url)
+    if parts.port:
+        return (parts.port,)
+    return (443,) if parts.scheme == "https" else (80, 443)
+
+
+def _url_port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
 def plan(items: Sequence[ControlEndpoint]) -> Plan:
     """The questions for a batch, and what the protocol cannot cover."""
     out = Plan()
@@ -258,20 +273,23 @@ def parse_answer(question: Question, host: str, body: Any) -> Answer:
         if url_host == host:  # a URL on the endpoint's SNI says nothing of its host
             getaddrinfo = GetaddrinfoResult(host, tuple(own), failure, _NO_TIME)
     asked = {str(ipaddress.ip_address(a)) for a in question.addresses} | set(own)
-    connects: dict[str, ConnectResult] = {}
+    if _is_address(url_host):
+        asked.add(str(ipaddress.ip_address(url_host)))
+    allowed = helper_ports(question.url)
+    connects: dict[tuple[str, int], ConnectResult] = {}
     for key, entry in _map(body.get("tcp_connect"), "tcp_connect").items():
         address, port = _split_endpoint(key, "tcp_connect")
-        if address not in asked or port != question.port:
+        if address not in asked or port not in allowed:
             raise ProtocolError(f"tcp_connect: {key[:60]!r} was not asked about")
         ok, failure = _status(entry, f"tcp_connect {key[:60]!r}")
         failure = _failure(failure, f"tcp_connect {key[:60]!r}", _CONNECT_FAILURES)
         if not ok and failure is None:
             failure = "connect_error"
-        connects[address] = ConnectResult(address, port, None if ok else failure, _NO_TIME)
-    tls: dict[str, tuple[TlsResult | None, str | None]] = {}
+        connects[address, port] = ConnectResult(address, port, None if ok else failure, _NO_TIME)
+    tls: dict[tuple[str, int], tuple[TlsResult | None, str | None]] = {}
     for key, entry in _map(body.get("tls_handshake"), "tls_handshake").items():
         address, port = _split_endpoint(key, "tls_handshake")
-        if address not in connects or port != question.port:
+        if (address, port) not in connects:
             raise ProtocolError(f"tls_handshake: {key[:60]!r} was not asked about")
         ok, failure = _status(entry, f"tls_handshake {key[:60]!r}")
         failure = _failure(failure, f"tls_handshake {key[:60]!r}")
@@ -280,20 +298,21 @@ def parse_answer(question: Question, host: str, body: Any) -> Answer:
         verification = failure if failure in _VERIFICATION_FAILURES else None
         handshake_failure = None if ok or verification else failure
         result = TlsResult(
-            TlsRequest(address, port, url_host), connects[address], handshake_failure,
+            TlsRequest(address, port, url_host), connects[address, port], handshake_failure,
             None, None, None, (), _NO_TIME,
         )
         if question.tls_comparable:
-            tls[address] = (result, verification)
+            tls[address, port] = (result, verification)
     http = _http(question, body.get("http_request")) if question.http else None
     ports = []
-    for address, connect in connects.items():
-        handshake, verified = tls.get(address, (None, None))
+    for (address, port), connect in connects.items():
+        handshake, verified = tls.get((address, port), (None, None))
         # the helper fetched the URL from an address of its own resolution (any of
         # them): its page stands for those, not for addresses only the probe had
-        fetched = http is not None and (address in own or _is_address(url_host))
+        fetched = http is not None and port == _url_port(question.url) and (
+            address in own or _is_address(url_host))
         ports.append(PortObservation(
-            address, question.port, connect, handshake, verified, (),
+            address, port, connect, handshake, verified, (),
             (_for_address(http, address),) if fetched and http is not None else (),
         ))
     return Answer(getaddrinfo, tuple(ports))

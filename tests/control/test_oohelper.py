@@ -201,6 +201,14 @@ HOSTILE = {
     "not an object": b"[1, 2, 3]",
     "nested": b"[" * 100000,
 }
+WHY = {
+    "truncated": "json_parse_error", "wrong types": "tcp_connect must be an object",
+    "status not a bool": "boolean status", "10 MB": "control_response_too_large",
+    "address not asked about": "'198.51.100.99:443' was not asked about",
+    "another port": "'203.0.113.5:22' was not asked about",
+    "huge map": "more than 64 entries", "not an object": "json_parse_error",
+    "nested": "json_parse_error",
+}
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
@@ -219,6 +227,7 @@ def test_hostile_answer_is_no_control_with_one_line(name):
     (problem,) = outcome.problems
     assert "\n" not in problem and len(problem) <= 300
     assert "no usable answer from the OONI test helper" in problem
+    assert WHY[name] in problem
 
 
 def test_good_answer_from_the_same_server_is_a_control():
