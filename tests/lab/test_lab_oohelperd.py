@@ -28,13 +28,15 @@ SCENARIOS = ["dns-nxdomain", "dns-bogon-iran", "dns-injection", "ip-blackhole", 
 COVERED_CHECKS = {"dns", "tcp", "tls", "https", "http"}
 
 
-def covered(targets) -> set[tuple[str, int]]:
-    """(endpoint id, port) pairs whose every step the OONI protocol measures."""
-    out = set()
+def covered(targets) -> set[tuple[str, int | None]]:
+    """(endpoint id, port) pairs whose every step the OONI protocol measures
+    (port None: the endpoint's DNS rows)."""
+    out: set[tuple[str, int | None]] = set()
     for endpoint in targets.endpoints():
         checks = set(endpoint.checks)
         if not checks <= COVERED_CHECKS:
             continue
+        out.add((endpoint.id, None))  # the rows of a name that does not resolve
         for port in endpoint.ports:
             if checks & {"tls", "https"} and port != 443:
                 continue  # OONI's helpers handshake on 443 only
