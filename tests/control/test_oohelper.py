@@ -37,6 +37,7 @@ from probe.control.protocol import ControlEndpoint, ProtocolError
 from probe.lab.servers.oohelperd import OohelperdServer
 from probe.net import failures
 from probe.net.live import LiveNetwork
+from probe.replay import replay_trace
 from probe.session import ControlConfig, ask_control_batch, control_summary
 from probe.targets import Endpoint
 
@@ -329,8 +330,9 @@ def probe_run(world, tmp: Path, *extra: str) -> dict:
 
 
 def test_probe_run_with_an_oohelperd_control(world, tmp_path):
+    trace = tmp_path / "trace.jsonl"
     summary = probe_run(world, tmp_path, "--control-protocol", "oohelperd",
-                        "--control", world["url"])
+                        "--control", world["url"], "--record", str(trace))
     verdicts = {e["id"]: (e["verdict"], e["method"]) for e in summary["endpoints"]}
     assert summary["control"]["source"] == world["url"], summary["control"]
     assert world["helper"].requests > 0
@@ -355,6 +357,12 @@ def test_probe_run_with_an_oohelperd_control(world, tmp_path):
                and json.loads(line).get("test_name") == "web")
     control = web["test_keys"]["control"]
     assert control["protocol"] == "oohelperd" and "attestation" not in control
+    # the helper's answers went through the seam: a replay draws the same conclusions
+    replayed = replay_trace(trace)
+    assert not replayed.network.missing, replayed.network.missing[:3]
+    again = {v.endpoint_id: (v.verdict, v.method)
+             for vs in replayed.outcome.verdicts.values() for v in vs}
+    assert again == verdicts
 
 
 def test_probe_run_help_names_the_protocols():

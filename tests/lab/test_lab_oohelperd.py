@@ -24,7 +24,9 @@ from .conftest import needs_missing_netfilterqueue
 pytestmark = pytest.mark.lab
 
 SCENARIOS = ["dns-nxdomain", "dns-bogon-iran", "dns-injection", "ip-blackhole", "tcp-reset",
-             "tls-sni-reset", "tls-sni-drop", "tls-mitm", "service-down"]
+             "tls-sni-reset", "tls-sni-drop", "tls-mitm", "service-down",
+             "dns-forged-public", "dns-localhost-turkmenistan", "dns-error-codes", "dns-drop",
+             "endpoint-down", "icmp-prohibited", "tls-alert", "http-blockpage"]
 COVERED_CHECKS = {"dns", "tcp", "tls", "https", "http"}
 
 
