@@ -201,6 +201,9 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     for url in control_urls:
         if not url.startswith(("http://", "https://")):
             fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
+    if control_protocol == "oohelperd" and not control_urls:
+        fail_usage("--control-protocol oohelperd needs --control URL (an OONI test helper, "
+                   "e.g. https://0.th.ooni.org/)")
     if control_token is not None:
         from probe.control.auth import ControlCredentials
 

@@ -369,3 +369,12 @@ def test_probe_run_help_names_the_protocols():
     result = subprocess.run([*PROBE, "run", "--help"], capture_output=True, text=True,
                             timeout=30)
     assert "--control-protocol [probe|oohelperd]" in result.stdout
+
+
+def test_oohelperd_without_a_url_is_a_usage_error(tmp_path):
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    result = subprocess.run([*PROBE, "run", "--control-protocol", "oohelperd"],
+                            capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert "--control-protocol oohelperd needs --control URL" in result.stderr
+    assert "Traceback" not in result.stderr
