@@ -140,6 +140,7 @@ def main(verbose: bool) -> None:
 @click.option("--resolver", metavar="IP[:PORT]", help="DNS resolver for direct queries (default: the system's first nameserver).")
 @click.option("--no-system-resolver", is_flag=True, help="Only query --resolver directly; skip the system resolver (getaddrinfo).")
 @click.option("--control", "control_urls", multiple=True, metavar="URL", help="Control helper URL (repeatable: the first good answer wins).")
+@click.option("--control-protocol", type=click.Choice(["probe", "oohelperd"]), default="probe", show_default=True, help="What the --control URLs speak: probe's own helper (signed), or an OONI web_connectivity test helper such as https://0.th.ooni.org/ (DNS, TCP, TLS on 443 and HTTP status only; unsigned; see docs/control.md).")
 @click.option("--control-file", type=click.Path(dir_okay=False), help="A recorded control response to compare with, offline.")
 @click.option("--control-timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True)
 @click.option("--control-token", envvar="PROBE_CONTROL_TOKEN", metavar="TOKEN", help="The token your NGO gave you for its control helper (env PROBE_CONTROL_TOKEN); without it, control requests are signed with your probe key.")
@@ -155,7 +156,8 @@ def main(verbose: bool) -> None:
 @click.option("--asn-db", "asn_dbs", multiple=True, type=click.Path(dir_okay=False), help="Offline MMDB database(s) for your ASN and country (repeatable: ASN file and country file).")
 @click.option("--upload", "upload_url", metavar="URL", help="Upload the report to this collector after the run (what fails stays pending: `probe upload`).")
 @click.option("--show-ip", is_flag=True, help="Allow your public address on the terminal and in logs (never in reports).")
-def run(targets_path, services, resolver, no_system_resolver, control_urls, control_file, control_timeout,
+def run(targets_path, services, resolver, no_system_resolver, control_urls, control_protocol, control_file,
+        control_timeout,
         control_token, ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
         asn_dbs, upload_url, show_ip) -> None:
     """Measure every endpoint of the targets file and write a report."""
@@ -199,6 +201,9 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     for url in control_urls:
         if not url.startswith(("http://", "https://")):
             fail_usage(f"--control {url!r}: expected an http:// or https:// URL")
+    if control_protocol == "oohelperd" and not control_urls:
+        fail_usage("--control-protocol oohelperd needs --control URL (an OONI test helper, "
+                   "e.g. https://0.th.ooni.org/)")
     if control_token is not None:
         from probe.control.auth import ControlCredentials
 
@@ -225,7 +230,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
         targets=targets,
         options=options,
         control=ControlConfig(tuple(control_urls), Path(control_file) if control_file else None,
-                              control_timeout),
+                              control_timeout, protocol=control_protocol),
         out_dir=out_dir,
         key=key,
         scrubbing=scrubbing,

@@ -316,7 +316,7 @@ async def replay_run(
                 control_file = Path(scratch) / (control_file.name or "control.json")
                 control_file.write_text(info.control.file_content)
         config = ControlConfig(info.control.urls, control_file, info.control.timeout,
-                               info.control.reference_flow)
+                               info.control.reference_flow, protocol=info.control.protocol)
         outcome = await run(network, info.targets, info.options, config,
                             on_endpoint=on_endpoint, report_id=info.report_id or None)
     return outcome, network

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from probe import __version__, analysis
-from probe.control import auth, protocol, reference
+from probe.control import auth, oohelper, protocol, reference
 from probe.net.network import ControlRequest, Network
 from probe.observations import (
     EndpointObservation,
@@ -71,6 +71,9 @@ class ControlConfig:
     # what the probe may say of its credentials in a refusal's message (public: the
     # credentials themselves live in the live network, never in a config or trace)
     enrolment: auth.Enrolment | None = None
+    # "probe" (our helper, signed answers) or "oohelperd" (an OONI web_connectivity
+    # test helper: DNS, TCP, TLS and HTTP status only, unsigned)
+    protocol: str = "probe"
 
 
 @dataclass
@@ -87,6 +90,7 @@ class ControlOutcome:
     problems: list[str] = field(default_factory=list)
     entries: dict[str, Any] | None = None  # the helper's per-endpoint (signed) entries
     probe_address: str | None = None  # never written anywhere; used for scrubbing
+    protocol: str = "probe"  # which protocol the source speaks (ControlConfig.protocol)
 
     @property
     def available(self) -> bool:
@@ -101,7 +105,7 @@ class ControlOutcome:
             return
         if self.observations is None:
             self.observations, self.entries = {}, {}
-            self.source = other.source
+            self.source, self.protocol = other.source, other.protocol
         if self.entries is None:
             self.entries = {}
         self.probe_address = self.probe_address or other.probe_address
@@ -146,6 +150,8 @@ def control_summary(control: ControlOutcome, endpoint_ids: Sequence[str]) -> dic
     entries = control.entries or {}
     attested = [entries[i] for i in ids if i in entries and "signature" in entries[i]]
     summary: dict[str, Any] = {"source": control.source, "endpoints": ids}
+    if control.protocol == oohelper.PROTOCOL:
+        summary["protocol"], summary["helper"] = oohelper.PROTOCOL, oohelper.SOURCE_NOTE
     if attested:
         summary["attestation"] = attested  # the helper's own signed words, untouched
     return summary
@@ -191,6 +197,9 @@ async def ask_control_batch(
     if not items:
         outcome.problems.append("nothing was measured")
         return outcome
+    if config.protocol == oohelper.PROTOCOL:
+        return await _ask_oohelpers(network, items, config, step_timeout,
+                                    {} if unreachable is None else unreachable)
     # a batch whose UDP flows cost more datagrams than one request may is asked in
     # parts (the helper refuses a costlier request rather than flood anyone), one
     # after the other: a helper measures one request per client at a time
@@ -262,7 +271,45 @@ async def _ask_helpers(
     return outcome
 
 
-def _refusals(url: str, refused: dict[str, str]) -> list[str]:
+async def _ask_oohelpers(
+    network: Network, items: Sequence[protocol.ControlEndpoint], config: ControlConfig,
+    step_timeout: float, unreachable: dict[str, str],
+) -> ControlOutcome:
+    """The same batch asked of OONI test helpers, in parallel; the first good answer
+    wins. Endpoints the protocol cannot cover are refused, as our helper refuses
+    endpoints out of its scope."""
+    outcome = ControlOutcome(protocol=oohelper.PROTOCOL)
+
+    async def one(url: str):
+        if url in unreachable:  # it did not take our connections earlier in this run
+            raise RuntimeError(unreachable[url])
+        try:
+            return url, await oohelper.ask(network, url, items, config.timeout, step_timeout)
+        except oohelper.HelperUnreachable as exc:
+            unreachable[url] = str(exc)
+            raise
+
+    tasks = [asyncio.ensure_future(one(url)) for url in config.urls]
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                url, answers = await next_done
+            except RuntimeError as exc:
+                outcome.problems.append(str(exc)[:300])
+                continue
+            outcome.observations, outcome.entries, outcome.source = answers.observations, {}, url
+            outcome.problems.extend(_refusals(url, answers.refused))
+            outcome.problems.extend(_refusals(url, {
+                k: f"the OONI test helper does not measure {v}" for k, v in answers.partial.items()
+            }, what="no control for some steps of"))
+            return outcome
+    finally:
+        for task in tasks:
+            task.cancel()
+    return outcome
+
+
+def _refusals(url: str, refused: dict[str, str], what: str = "no control for") -> list[str]:
     """Why the helper measured no control for some endpoints, one line per reason
     (analysis then has no control for them, as for a helper that did not answer)."""
     by_reason: dict[str, list[str]] = {}
@@ -271,7 +318,7 @@ def _refusals(url: str, refused: dict[str, str]) -> list[str]:
     lines = []
     for reason, ids in by_reason.items():
         more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
-        lines.append(f"{url}: no control for {', '.join(ids[:5])}{more}: {reason}"[:300])
+        lines.append(f"{url}: {what} {', '.join(ids[:5])}{more}: {reason}"[:300])
     return lines
 
 
@@ -683,7 +730,8 @@ async def with_reference(
     before measuring (at most ``REFERENCE_TIMEOUT``); never fails the run. A helper
     that cannot be connected to is added to ``unreachable``: the run's control
     requests then do not wait for it."""
-    if not config.urls or config.file is not None or not config.reference_flow:
+    if (not config.urls or config.file is not None or not config.reference_flow
+            or config.protocol != "probe"):  # OONI's helpers have no UDP echo
         return targets
     extra = await reference.reference_endpoints(
         network, config.urls, min(REFERENCE_TIMEOUT, options.timeout), unreachable)

@@ -106,6 +106,7 @@ class ControlSettings:
     # whether the run asked the helpers for a reference UDP flow to their echo; traces
     # recorded before probes did lack it, and replay as they were recorded
     reference_flow: bool = False
+    protocol: str = "probe"  # what the helpers speak: "probe" or "oohelperd"
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class RunInfo:
             content,
             float(getattr(control_config, "timeout", 60.0)),
             bool(getattr(control_config, "reference_flow", False)),
+            str(getattr(control_config, "protocol", "probe")),
         )
         return cls(targets, options, control, report_id or "")
 

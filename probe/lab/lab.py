@@ -32,6 +32,7 @@ TARGETS_TEMPLATE = Path(__file__).with_name("targets.yaml")
 SERVICE_PREFIX = "service-"
 SCENARIO_PREFIX = "scenario-"
 CONTROL_HELPER = "control-helper"
+OOHELPERD = "oohelperd"
 LAB_NETWORKS = ("198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
 
 
@@ -127,6 +128,7 @@ class Lab(Runtime):
             self._wait_fleet("dns-isp")
             if control if control is not None else control_helper_available():
                 self.start_control_helper()
+                self.start_oohelperd()
         except BaseException:
             self.down()
             raise
@@ -210,6 +212,21 @@ class Lab(Runtime):
         processes.start(CONTROL_HELPER, plan.CONTROL, argv, self.state)
         processes.wait_for_listeners(plan.CONTROL, {(plan.CONTROL_V4, plan.CONTROL_PORT)}, echo,
                                      timeout=20, name=CONTROL_HELPER, state=self.state)
+
+    def start_oohelperd(self) -> None:
+        """An OONI-protocol test helper in the control namespace, on the honest
+        resolver and trusting the lab's root, as a self-hosted oohelperd would."""
+        self._start_fleet(OOHELPERD, plan.CONTROL, {"servers": [{
+            "kind": "oohelperd", "listen": [f"{plan.CONTROL_V4}:{plan.OOHELPERD_PORT}"],
+            "resolver": f"{plan.HONEST_RESOLVER}:53",
+            "trust": str(self.state / "ca" / "lab-root.pem"), "routable": list(LAB_NETWORKS),
+        }]})
+        self._wait_fleet(OOHELPERD)
+
+    def oohelperd_url(self) -> str | None:
+        if processes.is_running(OOHELPERD, self.state):
+            return plan.OOHELPERD_URL
+        return None
 
     def control_url(self) -> str | None:
         if processes.is_running(CONTROL_HELPER, self.state):

@@ -67,6 +67,10 @@ ISP_BLOCKPAGE_HOST = "blocked.isp.lab.test"  # the ISP's own blockpage server (I
 CONTROL_V4 = "198.51.100.14"
 CONTROL_PORT = 8080
 CONTROL_URL = f"http://{CONTROL_V4}:{CONTROL_PORT}"
+# An OONI-protocol test helper (probe.lab.servers.oohelperd) next to ours, so the
+# lab can compare `probe run --control-protocol oohelperd` with our own control.
+OOHELPERD_PORT = 8081
+OOHELPERD_URL = f"http://{CONTROL_V4}:{OOHELPERD_PORT}/"
 CONTROL_UDP_ECHO_PORTS = (443, 596, 1400, 3478)  # `probe control serve --udp-echo`
 SERVICES_DEV = "lo"  # the Internet namespace holds every service address on its loopback
 

@@ -216,7 +216,8 @@ async def control_call(
     failure = None
     data = json.dumps(req.body).encode()
     headers = {"Content-Type": "application/json"}
-    authorization = auth.authorization("POST", urlsplit(req.url).path, data) if auth else None
+    authorization = (auth.authorization("POST", urlsplit(req.url).path, data)
+                     if auth and req.authenticate else None)
     if authorization is not None:
         headers["Authorization"] = authorization
     connected = False

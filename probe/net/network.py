@@ -387,6 +387,9 @@ class ControlRequest:
     # deadline: a helper the censor drops is known after one step timeout, while an
     # answering helper may take its measurements' time. None: the deadline only.
     connect_timeout: float | None = None
+    # False: sent without the probe's credentials (a third party's helper, e.g. OONI's,
+    # has no use for them, and a signature would link the volunteer's requests)
+    authenticate: bool = True
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,22 @@ def _quic(
     )
 
 
+def _oohelperd(
+    spec: dict[str, Any], listen: list[Any], limits: Limits, where: str, base: Path
+) -> Server:
+    from probe.bogons import parse_networks
+    from probe.lab.servers.oohelperd import OohelperdServer
+
+    _check_keys(spec, {"resolver", "trust", "routable", "tls_ports"}, where)
+    resolver = parse_endpoint(require(spec, "resolver", str, where), f"{where}.resolver")
+    trust = optional(spec, "trust", str, where)
+    return OohelperdServer(
+        listen, resolver, (base / trust).read_text() if trust else None,
+        parse_networks(optional(spec, "routable", list, where, [])),
+        optional(spec, "tls_ports", list, where, [443]),
+    )
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Limits, str, Path], Server]] = {
     "dns": _dns,
     "https": _https,
@@ -206,6 +222,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Limits, str, Path], Ser
     "mitm": _mitm,
     "stun": _stun,
     "quic": _quic,
+    "oohelperd": _oohelperd,
 }
 
 
