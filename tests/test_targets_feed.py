@@ -519,3 +519,32 @@ def test_kill_9_at_each_step_of_the_write_leaves_a_usable_copy(tmp_path, ngo, wh
         finished = probe(tmp_path, "targets", "update")
         assert finished.returncode == 0, finished.stderr
     assert "feed version 6" in listed_version(tmp_path)
+
+
+def test_the_collector_serves_the_current_feed(tmp_path, ngo):
+    feed_file = ngo.dir / "feed.json"
+    feed_file.write_bytes(ngo.sign(TARGETS.format(port=1), 3))
+    collector = subprocess.Popen(
+        [*PROBE, "collector", "serve", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "store"),
+         "--check-workers", "0", "--duration", "60", "--targets-feed", str(feed_file)],
+        env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 30
+        while url is None and time.monotonic() < deadline:
+            line = collector.stderr.readline()
+            if "collector listening on" in line:
+                url = line.rsplit(" ", 1)[1].strip()
+        assert url, "the collector did not start"
+        first = probe(tmp_path, "targets", "update", "--from", f"{url}/targets",
+                      "--feed-key", ngo.key.public_key_b64)
+        assert first.returncode == 0 and "to feed version 3" in first.stdout, first.stderr
+        # the NGO signs a new version into the same file: the collector serves it at once
+        feed_file.write_bytes(ngo.sign(TARGETS_V2.format(port=1), 4))
+        second = probe(tmp_path, "targets", "update")
+        assert second.returncode == 0, second.stderr
+        assert "to feed version 4" in second.stdout and "+ service beta" in second.stdout
+    finally:
+        collector.terminate()
+        collector.wait(15)
+    assert "feed version 4" in listed_version(tmp_path)
