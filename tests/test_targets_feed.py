@@ -548,3 +548,18 @@ def test_the_collector_serves_the_current_feed(tmp_path, ngo):
         collector.terminate()
         collector.wait(15)
     assert "feed version 4" in listed_version(tmp_path)
+
+
+def test_https_is_verified(lab_pki):
+    from servers import start_https
+
+    with start_https(lab_pki, names=("127.0.0.1",)) as server:
+        url = f"https://127.0.0.1:{server.port}/"
+
+        async def fetch(trust_pem):
+            return await LiveNetwork().fetch(FetchRequest(url, trust_pem=trust_pem), 5)
+
+        trusted = asyncio.run(fetch(lab_pki.lab_root.cert.read_text()))
+        untrusted = asyncio.run(fetch(None))  # the system's store knows no lab root
+    assert trusted.failure is None and trusted.status == 200 and trusted.body_length > 0
+    assert untrusted.failure == "ssl_unknown_authority" and untrusted.body == ""
