@@ -486,17 +486,32 @@ async def update(store: FeedStore, network: Network, pin: FeedPin, timeout: floa
     """
     raw = await download(network, pin.url, timeout, trust_pem)
     new = check_feed(raw, pin.public_key, source=f"the feed at {pin.url}")
-    current = None
-    try:
-        current = store.load(pin)
-    except FeedError:
-        current = None  # an unusable copy (another key, damaged): the new feed replaces it
+    current = held_feed(store, pin)
     replaced = check_upgrade(current, new)
     store.save_pin(pin)
     if replaced:
         store.install(raw)
     changes = describe_changes(current.targets if current else bundled, new.targets)
     return Update(current, new, replaced, changes if replaced else [])
+
+
+def held_feed(store: FeedStore, pin: FeedPin) -> Feed | None:
+    """The copy a new feed must not go back from: the current one, else the previous
+    one (a damaged current copy must not open the door to a downgrade), each checked
+    with the key that was pinned when it was installed (versions go on growing
+    across a change of feed key)."""
+    try:
+        stored = store.pin()
+    except FeedError:
+        stored = None
+    for which in ("current", "previous"):
+        try:
+            feed = store.load(stored or pin, which)
+        except FeedError:
+            continue
+        if feed is not None:
+            return feed
+    return None
 
 
 @dataclass(frozen=True)

@@ -563,3 +563,31 @@ def test_https_is_verified(lab_pki):
         untrusted = asyncio.run(fetch(None))  # the system's store knows no lab root
     assert trusted.failure is None and trusted.status == 200 and trusted.body_length > 0
     assert untrusted.failure == "ssl_unknown_authority" and untrusted.body == ""
+
+
+def test_a_new_feed_key_does_not_reset_the_version(ngo, store):
+    new_key = keys.generate_ephemeral()
+    with feed_server() as server:
+        installed(ngo, store, server, version=5)
+        text = TARGETS_V2.format(port=443)
+        pin = resolve_pin(store, None, new_key.public_key_b64, replace_key=True)
+        server.answers["/feed"] = Answer(ngo.sign(text, 2, key=new_key))
+        with pytest.raises(FeedError, match="older than your version 5"):
+            do_update(store, pin)
+        server.answers["/feed"] = Answer(ngo.sign(text, 6, key=new_key))
+        assert do_update(store, pin).current.version == 6
+    assert store.pin().public_key == new_key.public_key_b64
+    assert active_feed(store).feed.key_id == new_key.key_id
+
+
+def test_a_damaged_copy_falls_back_to_the_previous_one_and_still_refuses_downgrades(ngo, store):
+    with feed_server() as server:
+        pin = installed(ngo, store, server, version=5)
+        server.answers["/feed"] = Answer(ngo.sign(TARGETS_V2.format(port=443), 6))
+        do_update(store, pin)
+        store.current_path.write_bytes(store.current_path.read_bytes()[:100])  # a bad disk
+        active = active_feed(store)
+        assert active.feed.version == 5 and "using the previous copy" in active.warning
+        server.answers["/feed"] = Answer(ngo.sign(TARGETS.format(port=443), 4))
+        with pytest.raises(FeedError, match="older than your version 5"):
+            do_update(store, pin)
