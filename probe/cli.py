@@ -75,6 +75,32 @@ def load_targets_or_exit(path: str | None):
         fail_usage(str(exc))
 
 
+def active_targets_or_exit(path: str | None, max_age_days: float | None = None):
+    """An explicit file; else the copy `probe targets update` keeps (its age said on
+    stderr, a warning past ``max_age_days``); else the bundled targets."""
+    if path:
+        return load_targets_or_exit(path)
+    from probe.targets_feed import FeedError, FeedStore, active_feed
+
+    try:
+        active = active_feed(FeedStore.default())
+    except FeedError as exc:
+        _say(f"probe: warning: the updated targets cannot be used ({exc}); using the bundled ones")
+        active = None
+    if active is None:
+        return load_targets_or_exit(None)
+    if active.warning:
+        _say(f"probe: warning: {active.warning}")
+    now = datetime.datetime.now(datetime.UTC)
+    age = active.feed.age_days(now)
+    _say(f"targets: feed version {active.feed.version} from {active.pin.url}, signed "
+         f"{active.feed.signed_at:%Y-%m-%d} ({age:.0f} days ago)")
+    if max_age_days is not None and age > max_age_days:
+        _say(f"probe: warning: the targets are {age:.0f} days old (over --max-targets-age "
+             f"{max_age_days:g}); run `probe targets update`")
+    return active.feed.targets
+
+
 class _ProbeGroup(click.Group):
     """``probe``'s root group: ``probe lab`` is loaded by name when it is asked for.
 
@@ -156,10 +182,11 @@ def main(verbose: bool) -> None:
 @click.option("--asn-db", "asn_dbs", multiple=True, type=click.Path(dir_okay=False), help="Offline MMDB database(s) for your ASN and country (repeatable: ASN file and country file).")
 @click.option("--upload", "upload_url", metavar="URL", help="Upload the report to this collector after the run (what fails stays pending: `probe upload`).")
 @click.option("--show-ip", is_flag=True, help="Allow your public address on the terminal and in logs (never in reports).")
+@click.option("--max-targets-age", type=click.FloatRange(min=0), default=30, show_default=True, metavar="DAYS", help="Warn when the updated targets were signed longer ago than this.")
 def run(targets_path, services, resolver, no_system_resolver, control_urls, control_protocol, control_file,
         control_timeout,
         control_token, ca_bundle, timeout, concurrency, rate, out_dir, as_json, key_path, ephemeral_key, record_path,
-        asn_dbs, upload_url, show_ip) -> None:
+        asn_dbs, upload_url, show_ip, max_targets_age) -> None:
     """Measure every endpoint of the targets file and write a report."""
     from probe.app import (
         RunConfig,
@@ -179,7 +206,7 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     geo = open_geo_or_exit(asn_dbs)
     if upload_url and not upload_url.startswith(("http://", "https://")):
         fail_usage(f"--upload {upload_url!r}: expected an http:// or https:// URL")
-    targets = load_targets_or_exit(targets_path)
+    targets = active_targets_or_exit(targets_path, max_targets_age)
     if key_path and ephemeral_key:
         fail_usage("--key and --ephemeral-key exclude each other")
     key = signing_key_or_exit(key_path, ephemeral_key)
@@ -294,8 +321,8 @@ def targets() -> None:
 @targets.command("check")
 @click.argument("file", required=False)
 def targets_check(file: str | None) -> None:
-    """Validate a targets file (default: the bundled one)."""
-    loaded = load_targets_or_exit(file)
+    """Validate a targets file (default: the updated copy, else the bundled one)."""
+    loaded = active_targets_or_exit(file)
     count = len(loaded.endpoints())
     click.echo(f"{loaded.source}: ok, {len(loaded.services)} services, {count} endpoints")
 
@@ -304,10 +331,105 @@ def targets_check(file: str | None) -> None:
 @click.argument("file", required=False)
 def targets_list(file: str | None) -> None:
     """Show the services of a targets file and their endpoint counts."""
-    loaded = load_targets_or_exit(file)
+    loaded = active_targets_or_exit(file)
     for service in loaded.services:
         flag = " (baseline)" if service.baseline else ""
         click.echo(f"{service.id:<22} {len(service.endpoints):>4} endpoints  {service.name}{flag}")
+
+
+@targets.command("sign")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="The NGO's feed signing key (an Ed25519 PEM, as `probe keygen --key` makes).")
+@click.option("--version", "version", type=int, metavar="N", help="The feed's version, higher than every earlier one (default: seconds since 1970, or one more than --out's).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Where to write the signed feed (default: FILE with .feed.json).")
+def targets_sign(file, key_path, version, out_path) -> None:
+    """Sign a targets file into a feed that volunteers' `probe targets update` accepts."""
+    from probe.report import keys
+    from probe.targets import _base_dir
+    from probe.targets_feed import FeedError, sign_feed, write_atomic
+
+    try:
+        key = keys.load_key(key_path)
+    except keys.KeyFileError as exc:
+        fail_usage(str(exc))
+    try:
+        text = Path(file).read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        fail_usage(f"{file}: cannot read it ({exc.strerror})")
+    except UnicodeDecodeError:
+        fail_usage(f"{file}: is not UTF-8 text; save it as UTF-8")
+    out = Path(out_path) if out_path else Path(file).with_suffix(".feed.json")
+    previous = _previous_feed_version(out, key.public_key_b64)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    if version is None:
+        version = max(int(now.timestamp()), (previous or 0) + 1)
+    elif previous is not None and version <= previous:
+        fail_usage(f"--version {version}: {out} already holds version {previous}; volunteers "
+                   "refuse a version that is not higher")
+    try:
+        raw = sign_feed(text, file, _base_dir(Path(file)), key, version, now)
+        write_atomic(out, raw, mode=0o644)  # served by a web server: others read it
+    except FeedError as exc:
+        fail_usage(str(exc))
+    click.echo(f"{out}: feed version {version}, signed by {key.key_id}")
+    click.echo(f"volunteers pin this key: probe targets update --from URL --feed-key {key.public_key_b64}")
+
+
+def _previous_feed_version(path: Path, public_key: str) -> int | None:
+    from probe.targets_feed import FeedError, check_feed
+
+    try:
+        return check_feed(path.read_bytes(), public_key, str(path)).version
+    except (OSError, FeedError):
+        return None
+
+
+@targets.command("update")
+@click.option("--from", "url", metavar="URL", help="The feed's URL (remembered; default: the one used last).")
+@click.option("--feed-key", metavar="KEY", help="The NGO's feed key, base64 (pinned on first use).")
+@click.option("--replace-feed-key", is_flag=True, help="Accept a --feed-key other than the pinned one (your NGO changed keys).")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM bundle to trust for the feed's HTTPS instead of the system store.")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=60.0, show_default=True, help="Seconds for the whole download.")
+def targets_update(url, feed_key, replace_feed_key, ca_bundle, timeout) -> None:
+    """Fetch the NGO's signed targets feed, check it, and keep it for `probe run`."""
+    from probe.net.live import LiveNetwork
+    from probe.targets_feed import FeedError, FeedStore, resolve_pin, update
+
+    store = FeedStore.default()
+    trust_pem = None
+    if ca_bundle:
+        try:
+            trust_pem = Path(ca_bundle).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail_usage(f"--ca-bundle {ca_bundle}: cannot read ({getattr(exc, 'strerror', None) or exc})")
+    try:
+        pin = resolve_pin(store, url, feed_key, replace_feed_key)
+    except FeedError as exc:
+        fail_usage(str(exc))
+    bundled = load_targets_or_exit(None)
+
+    async def go():
+        network = LiveNetwork()
+        try:
+            return await update(store, network, pin, timeout, trust_pem, bundled)
+        finally:
+            await network.aclose()
+
+    try:
+        done = asyncio.run(go())
+    except FeedError as exc:
+        click.echo(f"probe: targets not updated: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    feed = done.current
+    if not done.replaced:
+        click.echo(f"targets: up to date (feed version {feed.version}, signed {feed.signed_at:%Y-%m-%d})")
+        return
+    before = f"version {done.previous.version}" if done.previous else "the bundled targets"
+    click.echo(f"targets: updated from {before} to feed version {feed.version} "
+               f"(signed {feed.signed_at:%Y-%m-%d}, {len(feed.targets.services)} services, "
+               f"{len(feed.targets.endpoints())} endpoints)")
+    for line in done.changes or ["no service or endpoint changed"]:
+        click.echo(f"  {line}")
 
 
 # --------------------------------------------------------------------------- #

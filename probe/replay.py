@@ -39,6 +39,8 @@ from probe.net.network import (
     ControlResult,
     DnsExchange,
     DnsQuery,
+    FetchRequest,
+    FetchResult,
     GetaddrinfoResult,
     HttpRequest,
     HttpResult,
@@ -91,6 +93,8 @@ def operation_key(op: str, request: dict[str, Any]) -> tuple:
         return (op, request["url"], request["address"], request["port"], request.get("sni"),
                 tuple(request.get("alpn", ("h3",))))
     if op == "control_call":  # the body lists the addresses this run resolved
+        return (op, request["url"])
+    if op == "fetch":
         return (op, request["url"])
     raise KeyError(op)
 
@@ -280,6 +284,12 @@ class ReplayNetwork:
         result = await self._take("control_call", to_json(request))
         if result is None:
             return ControlResult(request, REPLAY_MISSING_OPERATION, None, None, self._timing())
+        return result
+
+    async def fetch(self, request: FetchRequest, timeout: float) -> FetchResult:
+        result = await self._take("fetch", to_json(request))
+        if result is None:
+            return FetchResult(request, REPLAY_MISSING_OPERATION, None, "", 0, self._timing())
         return result
 
     async def aclose(self) -> None:

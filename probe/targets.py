@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -243,20 +243,23 @@ def load_targets(path: str | os.PathLike) -> Targets:
 
 
 def parse_targets(
-    text: str, source: str = "<string>", base_dir: Path | None = None
+    text: str, source: str = "<string>", base_dir: Path | None = None,
+    ca_files: Mapping[str, bytes] | None = None,
 ) -> Targets:
     """Validate targets given as YAML text.
 
     `source` names the text in error messages; relative CA paths are resolved against
-    `base_dir` (the current directory when None).
+    `base_dir` (the current directory when None). With `ca_files`, CA paths are
+    looked up there, by the path as written, and never on disk: a signed targets
+    feed carries its CA files, and must not make probe read the volunteer's files.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    streamed = _parse_streaming(text, _Parser(source, base))
+    streamed = _parse_streaming(text, _Parser(source, base, ca_files))
     if streamed is not None:
         return streamed
     root = _compose_fast(text)
     if root is not _FAST_FAILED and root is not None:
-        return _Parser(source, base).targets(root)
+        return _Parser(source, base, ca_files).targets(root)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
@@ -280,7 +283,7 @@ def parse_targets(
             source, 1, None,
             "the file is empty; it needs 'version: 1' and a 'services' list",
         )
-    return _Parser(source, base_dir if base_dir is not None else Path.cwd()).targets(root)
+    return _Parser(source, base, ca_files).targets(root)
 
 
 _FAST_FAILED = targets_fast.FAST_FAILED
@@ -339,9 +342,12 @@ def _describe(value: object) -> str:
 class _Parser:
     """Walks the composed YAML node tree, so every value keeps its line number."""
 
-    def __init__(self, source: str, base_dir: Path) -> None:
+    def __init__(
+        self, source: str, base_dir: Path, ca_files: Mapping[str, bytes] | None = None
+    ) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.ca_files = ca_files
         self.constructor = yaml.constructor.SafeConstructor()
         self.ca_cache: dict[Path, str] = {}
 
@@ -816,6 +822,13 @@ class _Parser:
         value = self.text(node, field)
         if "-----BEGIN" in value:
             return self.certificates(value.encode("utf-8", "replace"), node, field, "inline PEM")
+        if self.ca_files is not None:
+            carried = self.ca_files.get(value)
+            if carried is None:
+                raise self.error(node, field, f"CA file {value} is not among the feed's CA files")
+            if len(carried) > _MAX_CA_BYTES:
+                raise self.error(node, field, f"CA file {value} is too large to be a PEM file")
+            return self.certificates(carried, node, field, f"CA file {value}")
         path = Path(value)
         if not path.is_absolute():
             path = self.base_dir / path

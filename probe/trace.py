@@ -34,6 +34,8 @@ from probe.net.network import (
     ControlResult,
     DnsExchange,
     DnsQuery,
+    FetchRequest,
+    FetchResult,
     GetaddrinfoResult,
     HttpRequest,
     HttpResult,
@@ -70,6 +72,7 @@ RESULT_TYPES: dict[str, type] = {
     "udp_exchange": UdpResult,
     "quic_exchange": QuicResult,
     "control_call": ControlResult,
+    "fetch": FetchResult,
 }
 REQUEST_TYPES: dict[str, type | None] = {
     "getaddrinfo": None,  # request is {"host": ...}
@@ -81,6 +84,7 @@ REQUEST_TYPES: dict[str, type | None] = {
     "udp_exchange": UdpRequest,
     "quic_exchange": QuicRequest,
     "control_call": ControlRequest,
+    "fetch": FetchRequest,
 }
 
 
@@ -431,6 +435,12 @@ class RecordingNetwork:
         t0 = self.inner.clock()
         result = await self.inner.control_call(request, timeout)
         self._record("control_call", t0, {"timeout": timeout}, to_json(request), result)
+        return result
+
+    async def fetch(self, request: FetchRequest, timeout: float) -> FetchResult:
+        t0 = self.inner.clock()
+        result = await self.inner.fetch(request, timeout)
+        self._record("fetch", t0, {"timeout": timeout}, to_json(request), result)
         return result
 
     async def aclose(self) -> None:

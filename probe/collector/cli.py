@@ -224,6 +224,7 @@ def collector() -> None:
     default=0,
     help="Stop after this many seconds (0: never).",
 )
+@click.option("--targets-feed", type=click.Path(dir_okay=False), help="Also serve this signed targets feed (probe targets sign) at GET /targets.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems, not every upload.")
 def serve(
     listen,
@@ -252,6 +253,7 @@ def serve(
     header_timeout,
     check_workers,
     duration,
+    targets_feed,
     quiet,
 ) -> None:
     """Serve POST /v1/measurements and GET /health (see docs/upload-protocol.md)."""
@@ -317,6 +319,7 @@ def serve(
             "warning: no --trusted-keys: any probe key may upload (within the quotas)", err=True
         )
     app = Collector(store, policy, limits, check_workers=check_workers, proxies=trusted_proxies)
+    app.targets_feed = targets_feed
 
     async def go() -> None:
         stop = asyncio.Event()

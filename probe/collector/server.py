@@ -232,11 +232,34 @@ class Collector:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
+    # `--targets-feed FILE`: the NGO's signed targets feed, served at GET /targets
+    # (docs/targets.md); the file is re-read when it changes, cached otherwise.
+    targets_feed: str | None = None
+    _targets_feed_cache: tuple[tuple[int, int, int], bytes] | None = None
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_body_bytes)
         app.router.add_get("/health", self.health)
         app.router.add_post(UPLOAD_PATH, self.upload)
+        if self.targets_feed is not None:
+            app.router.add_get("/targets", self.serve_targets_feed)
         return app
+
+    async def serve_targets_feed(self, request: web.Request) -> web.Response:
+        max_bytes = 4 * 1024 * 1024  # probes refuse a larger feed anyway
+        path = str(self.targets_feed)  # the route exists only when it is set
+        try:
+            info = os.stat(path)
+            version = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if self._targets_feed_cache is None or self._targets_feed_cache[0] != version:
+                with open(path, "rb") as stream:
+                    self._targets_feed_cache = (version, stream.read(max_bytes + 1))
+        except OSError:
+            raise web.HTTPServiceUnavailable(text="no targets feed now") from None
+        body = self._targets_feed_cache[1]
+        if len(body) > max_bytes:
+            raise web.HTTPServiceUnavailable(text="the targets feed is too large")
+        return web.Response(body=body, content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -80,6 +80,7 @@ JSON_PARSE_ERROR = "json_parse_error"
 # ours: a control helper's answer beyond MAX_CONTROL_RESPONSE (a hostile or broken
 # helper). Test: tests/hostile/test_control.py (huge).
 CONTROL_RESPONSE_TOO_LARGE = "control_response_too_large"
+FETCH_TOO_LARGE = "fetch_too_large"  # ours: a downloaded file past its cap (targets feed)
 DNS_BOGON = "dns_bogon_error"  # OONI's: an answer no public host can have
 REPLAY_MISSING_OPERATION = "replay_missing_operation"  # ours: a trace lacks this operation
 INTERRUPTED = "interrupted"  # the run was cancelled (Ctrl-C) during the operation

@@ -27,7 +27,15 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from probe.net import failures
-from probe.net.network import ControlRequest, ControlResult, HttpRequest, HttpResult, Timing
+from probe.net.network import (
+    ControlRequest,
+    ControlResult,
+    FetchRequest,
+    FetchResult,
+    HttpRequest,
+    HttpResult,
+    Timing,
+)
 
 if TYPE_CHECKING:  # the seam does not import the control package at run time
     from probe.control.auth import ControlCredentials
@@ -265,6 +273,62 @@ async def control_call(
         else:
             failure = failures.JSON_PARSE_ERROR  # not JSON, or JSON but not an object
     return ControlResult(req, failure, status, body, Timing(t0, clock()))
+
+
+MAX_FETCH_REDIRECTS = 3
+
+
+async def fetch(req: FetchRequest, timeout: float, clock) -> FetchResult:
+    """GET ``req.url`` with certificate verification; the whole body or a failure.
+
+    Redirects are followed (at most :data:`MAX_FETCH_REDIRECTS`), never from
+    https to http: a box on the path must not be able to turn the download into
+    plaintext. A body past ``max_bytes`` is refused as soon as its length says
+    so or its bytes pass the cap, without reading the rest.
+    """
+    t0 = clock()
+    status = None
+    if req.trust_pem:
+        context = ssl.create_default_context(cadata=req.trust_pem)
+    else:
+        context = ssl.create_default_context()
+    url = req.url
+    try:
+        async with asyncio.timeout(timeout):
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context, force_close=True, limit=1),
+                max_field_size=MAX_HEADER_BYTES, max_line_size=MAX_HEADER_BYTES,
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as session:
+                for _ in range(MAX_FETCH_REDIRECTS + 1):
+                    async with session.get(url, allow_redirects=False) as response:
+                        status = response.status
+                        location = response.headers.get("Location")
+                        if status in (301, 302, 303, 307, 308) and location:
+                            target = urljoin(url, location)
+                            downgrade = urlsplit(target).scheme != "https"
+                            if urlsplit(url).scheme == "https" and downgrade:
+                                return FetchResult(req, failures.http_status_failure(status),
+                                                   status, "", 0, Timing(t0, clock()))
+                            url = target
+                            continue
+                        if status != 200:
+                            return FetchResult(req, failures.http_status_failure(status), status,
+                                               "", 0, Timing(t0, clock()))
+                        if (response.content_length or 0) > req.max_bytes:
+                            return FetchResult(req, failures.FETCH_TOO_LARGE, status, "",
+                                               response.content_length or 0, Timing(t0, clock()))
+                        body = bytearray()
+                        while chunk := await response.content.read(65536):
+                            body += chunk
+                            if len(body) > req.max_bytes:
+                                return FetchResult(req, failures.FETCH_TOO_LARGE, status, "",
+                                                   len(body), Timing(t0, clock()))
+                        return FetchResult(req, None, status, base64.b64encode(body).decode(),
+                                           len(body), Timing(t0, clock()))
+                raise aiohttp.TooManyRedirects(response.request_info, response.history)
+    except Exception as exc:
+        return FetchResult(req, failures.classify_http(exc), status, "", 0, Timing(t0, clock()))
 
 
 def _json_object(raw: bytes) -> dict | None:

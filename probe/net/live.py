@@ -16,6 +16,8 @@ from probe.net.network import (
     ControlResult,
     DnsExchange,
     DnsQuery,
+    FetchRequest,
+    FetchResult,
     GetaddrinfoResult,
     HttpRequest,
     HttpResult,
@@ -71,6 +73,9 @@ class LiveNetwork:
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult:
         return await http.control_call(request, timeout, self.clock, self.control_auth)
+
+    async def fetch(self, request: FetchRequest, timeout: float) -> FetchResult:
+        return await http.fetch(request, timeout, self.clock)
 
     async def aclose(self) -> None:
         return None

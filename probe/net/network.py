@@ -379,6 +379,35 @@ class QuicResult:
 
 
 @dataclass(frozen=True)
+class FetchRequest:
+    """A GET of ``url`` as any client would make it: the name is resolved by the
+    system, the certificate verified (against ``trust_pem`` when given, else the
+    system's store), redirects followed to https only. Used for files probe needs,
+    not to measure (the signed targets feed): a failure is the download's, and the
+    body is refused as a whole past ``max_bytes``."""
+
+    url: str
+    max_bytes: int = 4 * 1024 * 1024
+    trust_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The downloaded body (base64), complete, or a failure and no body.
+
+    ``failure`` is ``fetch_too_large`` past the request's cap, ``http_status_<n>``
+    for any answer but 200, else the failure vocabulary of the transport.
+    """
+
+    request: FetchRequest
+    failure: str | None
+    status: int | None
+    body: str
+    body_length: int
+    timing: Timing
+
+
+@dataclass(frozen=True)
 class ControlRequest:
     url: str
     body: dict[str, Any] = field(default_factory=dict)
@@ -443,5 +472,9 @@ class Network(Protocol):
         ...
 
     async def control_call(self, request: ControlRequest, timeout: float) -> ControlResult: ...
+
+    async def fetch(self, request: FetchRequest, timeout: float) -> FetchResult:
+        """Download a file probe needs (not a measurement) within ``timeout``."""
+        ...
 
     async def aclose(self) -> None: ...
