@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -33,6 +35,46 @@ def test_partitioned_by_day_and_country(parquet, loaded):
     assert set(dataset.schema.names) >= {"day", "probe_cc", "endpoint_id", "verdict", "method"}
     rows = loaded.execute("SELECT count(*) FROM endpoints WHERE probe_cc = 'RU'").fetchall()[0][0]
     assert table.num_rows == rows
+
+
+def test_the_export_holds_every_row_and_column_sorted_in_each_file(parquet, loaded):
+    def rows(table):
+        return sorted(tuple(sorted((k, str(v)) for k, v in row.items())) for row in table.to_pylist())
+
+    for table in export.TABLES:
+        dataset = ds.dataset(parquet / table, format="parquet", partitioning=export_layout())
+        stored = loaded.sql(f"SELECT * FROM {table}").to_arrow_table()
+        assert sorted(dataset.schema.names) == sorted(stored.schema.names)
+        assert rows(dataset.to_table()) == rows(stored), table
+        for path in (parquet / table).glob("*/*/*.parquet"):
+            uids = pq.read_table(path).column("measurement_uid").to_pylist()
+            assert uids == sorted(uids), path
+
+
+def export_layout():
+    return ds.partitioning(
+        pa.schema([("day", pa.date32()), ("probe_cc", pa.string())]), flavor="hive"
+    )
+
+
+def test_a_second_export_replaces_its_partitions_and_big_ones_roll_over(
+    loaded, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(export, "MAX_ROWS_PER_FILE", 5)
+    monkeypatch.setattr(export, "ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr(export, "BATCH_ROWS", 7)  # partitions cut across batches
+    first = export.export_parquet(loaded, tmp_path, memory_limit="64MB")
+    second = export.export_parquet(loaded, tmp_path, memory_limit="64MB")
+    assert first == second == {"measurements": 168, "endpoints": 392}
+    dataset = ds.dataset(tmp_path / "endpoints", format="parquet", partitioning="hive")
+    assert dataset.count_rows() == 392
+    files = list((tmp_path / "endpoints").glob("*/*/*.parquet"))
+    assert {p.name for p in files} >= {"part-0.parquet", "part-1.parquet"}
+    assert all(pq.ParquetFile(p).metadata.num_rows <= 5 for p in files)
+    assert max(pq.ParquetFile(p).metadata.num_row_groups for p in files) >= 2
+    assert not list(tmp_path.glob(".export-spill-*"))
+    # The connection's own settings are given back.
+    assert loaded.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] != "64.0 MiB"
 
 
 def _spark_or_skip():
