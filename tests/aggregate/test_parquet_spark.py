@@ -39,7 +39,9 @@ def test_partitioned_by_day_and_country(parquet, loaded):
 
 def test_the_export_holds_every_row_and_column_sorted_in_each_file(parquet, loaded):
     def rows(table):
-        return sorted(tuple(sorted((k, str(v)) for k, v in row.items())) for row in table.to_pylist())
+        return sorted(
+            tuple(sorted((k, str(v)) for k, v in row.items())) for row in table.to_pylist()
+        )
 
     for table in export.TABLES:
         dataset = ds.dataset(parquet / table, format="parquet", partitioning=export_layout())
