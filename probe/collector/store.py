@@ -135,22 +135,34 @@ class Store:
         recovery = Recovery()
         sizes: dict[str, int] = {}  # run file (key_id/run.jsonl) -> its size now
         for key_dir in sorted(os.scandir(self.root), key=lambda entry: entry.name):
-            if not (_KEY_DIR.match(key_dir.name) and key_dir.is_dir(follow_symlinks=False)):
+            if not (_KEY_DIR.match(key_dir.name) and key_dir.is_dir()):
                 continue
             self._keys.add(key_dir.name)
             for entry in os.scandir(key_dir.path):
-                if _RUN_FILE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                if _RUN_FILE.match(entry.name) and entry.is_file():
                     sizes[f"{key_dir.name}/{entry.name}"] = entry.stat().st_size
-        index, covered = Index.open(self.root / INDEX_NAME, sizes, recovery)
-        self._index = index
-        for name in sorted(sizes):
-            length, lines, unreadable = covered.get(name, (0, 0, 0))
-            if sizes[name] > length:
-                lines, unreadable = self._recover_tail(name, length, lines, unreadable, recovery)
-            recovery.files += 1
-            recovery.lines += lines
-            recovery.unreadable_lines += unreadable
-        index.flush()
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        index_path = self.root / INDEX_NAME
+        try:
+            self._index, covered = Index.open(index_path, sizes, recovery)
+            for name in sorted(sizes):
+                length, lines, unreadable = covered.get(name, (0, 0, 0))
+                if sizes[name] > length:
+                    lines, unreadable = self._recover_tail(
+                        name, length, lines, unreadable, recovery
+                    )
+                recovery.files += 1
+                recovery.lines += lines
+                recovery.unreadable_lines += unreadable
+            self._index.flush()
+        except sqlite3.Error as error:  # a read-only folder, a full disk
+            raise OSError(f"cannot write the index {index_path}: {error}") from None
+        except OSError as error:
+            if self._index is None:  # the index's own file, not a run file
+                raise OSError(f"cannot write the index {index_path}: {error}") from None
+            raise
         if recovery.torn_files or recovery.reindexed_lines:
             for key_id in {name.split("/", 1)[0] for name in sizes}:
                 self._sync_dir(self.root / key_id)

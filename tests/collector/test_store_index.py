@@ -186,3 +186,14 @@ def test_an_index_write_that_fails_stores_nothing(tmp_path, monkeypatch):
     assert statuses(store, items + more) == [DUPLICATE] * 4 + [STORED] * 4
     store.close()
     assert Store(tmp_path).open().lines == 8
+
+
+def test_an_index_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    stored_store(tmp_path, runs=1)
+    remove_index(tmp_path)
+    (tmp_path / INDEX_NAME).mkdir()  # root may write anywhere: a folder stands in the way
+    with pytest.raises(OSError) as raised:
+        Store(tmp_path).open()
+    message = raised.value.strerror or str(raised.value)
+    assert message.startswith(f"cannot write the index {tmp_path / INDEX_NAME}: ")
+    assert "\n" not in message
