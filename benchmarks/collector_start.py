@@ -89,6 +89,11 @@ def fill_through_store(root: Path, total: int, per_run: int, keys: int) -> float
     return elapsed
 
 
+def remove_index(root: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{root / INDEX_NAME}{suffix}").unlink(missing_ok=True)
+
+
 def timed_open(root: Path):
     store = Store(root)
     started = time.perf_counter()
@@ -108,35 +113,42 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="starts timed on the indexed folder")
     parser.add_argument("--tail", type=int, default=1000, help="lines beyond the index")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --keep: reuse the run files in DIR"
+    )
     args = parser.parse_args()
+    if args.reuse and not args.keep:
+        parser.error("--reuse needs --keep DIR")
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="collector-start-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        if args.writer == "store":
+        if args.reuse and any(root.glob("*/*.jsonl")):
+            remove_index(root)
+        elif args.writer == "store":
             elapsed = fill_through_store(root, args.lines, args.lines_per_run, args.keys)
             print(
                 f"stored {args.lines} lines through Store.commit in {elapsed:.1f} s "
                 f"({args.lines / elapsed:,.0f} lines/s, no fsync)",
                 flush=True,
             )
-            for suffix in ("", "-wal", "-shm"):  # start as the code before the index left it
-                Path(f"{root / INDEX_NAME}{suffix}").unlink(missing_ok=True)
+            remove_index(root)  # start as the code before the index left it
         else:
             fill_synthetic(root, args.lines, args.lines_per_run, args.keys)
         files = list(root.glob("*/*.jsonl"))
         size = sum(p.stat().st_size for p in files)
         print(
-            f"store: {args.lines} lines, {len(files)} run files, {args.keys} keys, "
+            f"store: {len(files)} run files, {len({p.parent for p in files})} keys, "
             f"{size / 1e6:.0f} MB (filled in {time.perf_counter() - started:.1f} s)",
             flush=True,
         )
 
         elapsed, recovery, count = timed_open(root)
+        lines = recovery.lines
         index_mb = (root / INDEX_NAME).stat().st_size / 1e6
         print(
-            f"first start, no index: {elapsed:.2f} s (read {recovery.reindexed_lines} lines, "
+            f"first start, no index: {elapsed:.2f} s (read {lines} lines, "
             f"{count} keys; index {index_mb:.0f} MB)",
             flush=True,
         )
@@ -144,7 +156,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeat):
             elapsed, recovery, count = timed_open(root)
-            assert recovery.reindexed_lines == 0 and recovery.lines == args.lines, recovery
+            assert recovery.reindexed_lines == 0 and recovery.lines == lines, recovery
             times.append(elapsed)
         print(
             f"start with the index: median {statistics.median(times):.3f} s, max "
