@@ -6,12 +6,13 @@ read, and the input of ``probe aggregate --engine spark``. Each file holds its
 partition's rows sorted by ``measurement_uid``; the partition columns are in
 the folder names only, as hive readers expect.
 
-Memory stays bounded whatever the size: DuckDB sorts under a memory limit and
-spills to disk beyond it, the sorted rows stream out in record batches, and one
-partition's file is open at a time (a partition's rows arrive together), its
-rows buffered up to one row group. Holding every partition's rows open until
-the end, as a generic dataset writer does with rows in no particular order,
-cost 1.77 GB for a million measurements.
+Memory stays bounded whatever the size: rows are exported a few days at a
+time (about SORT_ROWS rows), each slice sorted by DuckDB under a memory limit
+(it spills to its temp_directory beyond), the sorted rows stream out in record
+batches, and one partition's file is open at a time (a partition's rows arrive
+together), its rows buffered up to one row group. Holding every partition's
+rows open until the end, as a generic dataset writer does with rows in no
+particular order, cost 1.77 GB for a million measurements.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 
 PARTITION_COLUMNS = ("day", "probe_cc")
 TABLES = ("measurements", "endpoints")
-MEMORY_LIMIT = "128MB"  # DuckDB's share; beyond it the sort spills to disk
+MEMORY_LIMIT = "64MB"  # DuckDB's share; beyond it the sort spills to disk
+SORT_ROWS = 50_000  # rows sorted at a time (whole days; a bigger day alone)
 BATCH_ROWS = 50_000
 ROW_GROUP_ROWS = 100_000
 MAX_ROWS_PER_FILE = 1_000_000
@@ -45,49 +46,73 @@ def export_parquet(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    with _bounded_memory(con, out, memory_limit):
+    with _bounded_memory(con, memory_limit):
         for table in TABLES:
             written[table] = _export_table(con, table, out / table)
     return written
 
 
 @contextmanager
-def _bounded_memory(con, out: Path, memory_limit: str) -> Iterator[None]:
-    """DuckDB under ``memory_limit``, spilling next to the output; settings restored after."""
-    names = ("memory_limit", "temp_directory")
-    before = {
-        name: con.execute(f"SELECT current_setting('{name}')").fetchall()[0][0] for name in names
-    }
-    # Next to the output, not in /tmp, which may be memory itself; a leading dot
-    # hides it from dataset readers should a crash leave it behind.
-    spill = tempfile.mkdtemp(prefix=".export-spill-", dir=out)
+def _bounded_memory(con, memory_limit: str) -> Iterator[None]:
+    """DuckDB under ``memory_limit`` (it spills to its temp_directory beyond); restored after."""
+    (before,) = con.execute("SELECT current_setting('memory_limit')").fetchall()[0]
     try:
         con.execute("SET memory_limit = ?", [memory_limit])
-        con.execute("SET temp_directory = ?", [spill])
         yield
     finally:
-        for name, value in before.items():
-            con.execute(f"SET {name} = ?", [value])
-        shutil.rmtree(spill, ignore_errors=True)
+        con.execute("SET memory_limit = ?", [before])
+
+
+def _day_ranges(con, table: str) -> list[tuple]:
+    """(first day, last day) ranges of about SORT_ROWS rows each, in order; (None, None) last."""
+    counts = con.execute(
+        f"SELECT day, count(*) FROM {table} GROUP BY day ORDER BY day NULLS LAST"
+    ).fetchall()
+    ranges: list[tuple] = []
+    first = last = None
+    rows = 0
+    for day, count in counts:
+        if day is None:
+            continue
+        if first is not None and rows + count > SORT_ROWS:
+            ranges.append((first, last))
+            first, rows = None, 0
+        first = day if first is None else first
+        last = day
+        rows += count
+    if first is not None:
+        ranges.append((first, last))
+    if counts and counts[-1][0] is None:
+        ranges.append((None, None))
+    return ranges
 
 
 def _export_table(con, table: str, target: Path) -> int:
-    cursor = con.cursor()  # a result being streamed needs a connection of its own
+    # A few days at a time: each sort holds about SORT_ROWS rows, not the table.
+    names = [n for n in con.table(table).columns if n not in PARTITION_COLUMNS]
+    writer: _PartitionWriter | None = None
     try:
-        reader = cursor.sql(
-            f"SELECT * FROM {table} ORDER BY day, probe_cc, measurement_uid"
-        ).to_arrow_reader(BATCH_ROWS)
-        names = [n for n in reader.schema.names if n not in PARTITION_COLUMNS]
-        writer = _PartitionWriter(target, pa.schema([reader.schema.field(n) for n in names]))
-        try:
-            for batch in reader:
-                for key, rows in _partition_runs(batch):
-                    writer.write(key, rows.select(names))
-        finally:
-            writer.close()
-        return writer.rows
+        for first, last in _day_ranges(con, table):
+            cursor = con.cursor()  # a result being streamed needs a connection of its own
+            try:
+                condition = "day IS NULL" if first is None else "day BETWEEN ? AND ?"
+                reader = cursor.sql(
+                    f"SELECT * FROM {table} WHERE {condition}"
+                    " ORDER BY day, probe_cc, measurement_uid",
+                    params=None if first is None else [first, last],
+                ).to_arrow_reader(BATCH_ROWS)
+                if writer is None:
+                    schema = pa.schema([reader.schema.field(n) for n in names])
+                    writer = _PartitionWriter(target, schema)
+                for batch in reader:
+                    for key, rows in _partition_runs(batch):
+                        writer.write(key, rows.select(names))
+            finally:
+                cursor.close()
     finally:
-        cursor.close()
+        if writer is not None:
+            writer.close()
+    return writer.rows if writer is not None else 0
 
 
 def _partition_runs(batch: pa.RecordBatch) -> Iterator[tuple[tuple, pa.RecordBatch]]:
