@@ -180,14 +180,17 @@ def _read(db: sqlite3.Connection, sizes: Mapping[str, int]) -> tuple[str | None,
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version != SCHEMA_VERSION:
         return f"has schema version {version}, not {SCHEMA_VERSION}", {}, 0
-    covered: Covered = {}
-    for name, length, lines, unreadable in db.execute("SELECT * FROM files"):
-        size = sizes.get(name)
-        if size is None:
-            return f"names the run file {name}, which this folder does not hold", {}, 0
-        if size < length:
-            return f"covers {length} bytes of {name}, which holds {size}", {}, 0
-        covered[name] = (length, lines, unreadable)
+    covered: Covered = {
+        name: (length, lines, unreadable)
+        for name, length, lines, unreadable in db.execute("SELECT * FROM files").fetchall()
+    }
+    gone = covered.keys() - sizes.keys()
+    if gone:
+        return f"names the run file {min(gone)}, which this folder does not hold", {}, 0
+    shorter = [name for name, (length, _, _) in covered.items() if sizes[name] < length]
+    if shorter:
+        name = min(shorter)
+        return f"covers {covered[name][0]} bytes of {name}, which holds {sizes[name]}", {}, 0
     row = db.execute("SELECT value FROM meta WHERE name = 'keys'").fetchone()
     if row is None:
         return "has no key count", {}, 0

@@ -134,28 +134,32 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         recovery = Recovery()
         sizes: dict[str, int] = {}  # run file (key_id/run.jsonl) -> its size now
-        for key_dir in sorted(os.scandir(self.root), key=lambda entry: entry.name):
+        for key_dir in os.scandir(self.root):
             if not (_KEY_DIR.match(key_dir.name) and key_dir.is_dir()):
                 continue
             self._keys.add(key_dir.name)
+            prefix = key_dir.name + "/"
             for entry in os.scandir(key_dir.path):
                 if _RUN_FILE.match(entry.name) and entry.is_file():
-                    sizes[f"{key_dir.name}/{entry.name}"] = entry.stat().st_size
+                    sizes[prefix + entry.name] = entry.stat().st_size
         if self._index is not None:
             self._index.close()
             self._index = None
         index_path = self.root / INDEX_NAME
         try:
             self._index, covered = Index.open(index_path, sizes, recovery)
-            for name in sorted(sizes):
-                length, lines, unreadable = covered.get(name, (0, 0, 0))
-                if sizes[name] > length:
-                    lines, unreadable = self._recover_tail(
-                        name, length, lines, unreadable, recovery
-                    )
-                recovery.files += 1
-                recovery.lines += lines
-                recovery.unreadable_lines += unreadable
+            recovery.files = len(sizes)
+            recovery.lines = sum(lines for _, lines, _ in covered.values())
+            recovery.unreadable_lines = sum(bad for _, _, bad in covered.values())
+            nothing = (0, 0, 0)
+            tails = [name for name, size in sizes.items() if size > covered.get(name, nothing)[0]]
+            for name in sorted(tails):
+                length, lines, unreadable = covered.get(name, nothing)
+                now_lines, now_unreadable = self._recover_tail(
+                    name, length, lines, unreadable, recovery
+                )
+                recovery.lines += now_lines - lines
+                recovery.unreadable_lines += now_unreadable - unreadable
             self._index.flush()
         except sqlite3.Error as error:  # a read-only folder, a full disk
             raise OSError(f"cannot write the index {index_path}: {error}") from None
