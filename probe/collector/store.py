@@ -139,8 +139,8 @@ class Store:
                 continue
             self._keys.add(key_dir.name)
             prefix = key_dir.name + "/"
-            for entry in os.scandir(key_dir.path):
-                if _RUN_FILE.match(entry.name) and entry.is_file():
+            for entry in os.scandir(key_dir.path):  # names checked below, once
+                if entry.name.endswith(".jsonl") and entry.is_file():
                     sizes[prefix + entry.name] = entry.stat().st_size
         if self._index is not None:
             self._index.close()
@@ -148,6 +148,10 @@ class Store:
         index_path = self.root / INDEX_NAME
         try:
             self._index, covered = Index.open(index_path, sizes, recovery)
+            # An indexed name was a run file's; only the others need the pattern.
+            for name in sizes.keys() - covered.keys():
+                if not _RUN_FILE.match(name[len("0123456789abcdef/") :]):
+                    del sizes[name]
             recovery.files = len(sizes)
             recovery.lines = sum(lines for _, lines, _ in covered.values())
             recovery.unreadable_lines = sum(bad for _, _, bad in covered.values())

@@ -197,3 +197,12 @@ def test_an_index_that_cannot_be_written_is_a_one_line_error(tmp_path):
     message = raised.value.strerror or str(raised.value)
     assert message.startswith(f"cannot write the index {tmp_path / INDEX_NAME}: ")
     assert "\n" not in message
+
+
+def test_other_files_in_a_key_folder_are_left_alone(tmp_path):
+    items = stored_store(tmp_path, runs=1)
+    (tmp_path / items[0].key_id / "notes.jsonl").write_bytes(b"not a run\n")
+    (tmp_path / "notes.jsonl").write_bytes(b"not a key folder\n")
+    recovery = Store(tmp_path).open()
+    assert (recovery.files, recovery.lines, recovery.reindexed_lines) == (1, 4, 0)
+    assert recovery.index_rebuilt is None
