@@ -7,12 +7,14 @@ partition's rows sorted by ``measurement_uid``; the partition columns are in
 the folder names only, as hive readers expect.
 
 Memory stays bounded whatever the size: rows are exported a few days at a
-time (about SORT_ROWS rows), each slice sorted by DuckDB under a memory limit
-(it spills to its temp_directory beyond), the sorted rows stream out in record
-batches, and one partition's file is open at a time (a partition's rows arrive
-together), its rows buffered up to one row group. Holding every partition's
-rows open until the end, as a generic dataset writer does with rows in no
-particular order, cost 1.77 GB for a million measurements.
+time (about SORT_ROWS rows; a bigger day country by country), each slice
+sorted by DuckDB under a memory limit (it spills to its temp_directory beyond),
+the sorted rows stream out in record batches, and one partition's file is open
+at a time (a partition's rows arrive together), its rows buffered up to one row
+group. Holding every partition's rows open until the end, as a generic dataset
+writer does with rows in no particular order, cost 1.77 GB for a million
+measurements. One country's day bigger than the memory limit can hold is the
+limit of this design (DuckDB 2.0's sort of wide rows does not spill far enough).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pyarrow.parquet as pq
 PARTITION_COLUMNS = ("day", "probe_cc")
 TABLES = ("measurements", "endpoints")
 MEMORY_LIMIT = "64MB"  # DuckDB's share; beyond it the sort spills to disk
-SORT_ROWS = 50_000  # rows sorted at a time (whole days; a bigger day alone)
+SORT_ROWS = 50_000  # rows sorted at a time (whole days; a bigger day by country)
 BATCH_ROWS = 50_000
 ROW_GROUP_ROWS = 100_000
 MAX_ROWS_PER_FILE = 1_000_000
@@ -63,43 +65,79 @@ def _bounded_memory(con, memory_limit: str) -> Iterator[None]:
         con.execute("SET memory_limit = ?", [before])
 
 
-def _day_ranges(con, table: str) -> list[tuple]:
-    """(first day, last day) ranges of about SORT_ROWS rows each, in order; (None, None) last."""
+def _slices(con, table: str) -> list[tuple[str, list]]:
+    """(SQL condition, its parameters) for slices of about SORT_ROWS rows, in export order.
+
+    Whole days where they fit; a day bigger than that alone is cut by country.
+    """
     counts = con.execute(
-        f"SELECT day, count(*) FROM {table} GROUP BY day ORDER BY day NULLS LAST"
+        f"SELECT day, probe_cc, count(*) FROM {table} GROUP BY day, probe_cc"
+        " ORDER BY day NULLS LAST, probe_cc NULLS LAST"
     ).fetchall()
-    ranges: list[tuple] = []
+    by_day: dict = {}
+    for day, country, count in counts:
+        by_day.setdefault(day, []).append((country, count))
+    slices: list[tuple[str, list]] = []
     first = last = None
     rows = 0
-    for day, count in counts:
+
+    def flush_days() -> None:
+        nonlocal first, rows
+        if first is not None:
+            slices.append(("day BETWEEN ? AND ?", [first, last]))
+        first, rows = None, 0
+
+    for day, countries in by_day.items():
+        total = sum(count for _, count in countries)
         if day is None:
+            flush_days()
+            slices.append(("day IS NULL", []))
+        elif total > SORT_ROWS:
+            flush_days()
+            slices += _country_slices(day, countries)
+        else:
+            if rows + total > SORT_ROWS:
+                flush_days()
+            first = day if first is None else first
+            last = day
+            rows += total
+    flush_days()
+    return slices
+
+
+def _country_slices(day, countries: list) -> list[tuple[str, list]]:
+    """One big day's rows cut by country (a single country stays whole)."""
+    slices: list[tuple[str, list]] = []
+    low = high = None
+    rows = 0
+    for country, count in countries:
+        if country is None:
             continue
-        if first is not None and rows + count > SORT_ROWS:
-            ranges.append((first, last))
-            first, rows = None, 0
-        first = day if first is None else first
-        last = day
+        if low is not None and rows + count > SORT_ROWS:
+            slices.append(("day = ? AND probe_cc BETWEEN ? AND ?", [day, low, high]))
+            low, rows = None, 0
+        low = country if low is None else low
+        high = country
         rows += count
-    if first is not None:
-        ranges.append((first, last))
-    if counts and counts[-1][0] is None:
-        ranges.append((None, None))
-    return ranges
+    if low is not None:
+        slices.append(("day = ? AND probe_cc BETWEEN ? AND ?", [day, low, high]))
+    if any(country is None for country, _ in countries):
+        slices.append(("day = ? AND probe_cc IS NULL", [day]))
+    return slices
 
 
 def _export_table(con, table: str, target: Path) -> int:
-    # A few days at a time: each sort holds about SORT_ROWS rows, not the table.
+    # A slice at a time: each sort holds about SORT_ROWS rows, not the table.
     names = [n for n in con.table(table).columns if n not in PARTITION_COLUMNS]
     writer: _PartitionWriter | None = None
     try:
-        for first, last in _day_ranges(con, table):
+        for condition, parameters in _slices(con, table):
             cursor = con.cursor()  # a result being streamed needs a connection of its own
             try:
-                condition = "day IS NULL" if first is None else "day BETWEEN ? AND ?"
                 reader = cursor.sql(
                     f"SELECT * FROM {table} WHERE {condition}"
                     " ORDER BY day, probe_cc, measurement_uid",
-                    params=None if first is None else [first, last],
+                    params=parameters or None,
                 ).to_arrow_reader(BATCH_ROWS)
                 if writer is None:
                     schema = pa.schema([reader.schema.field(n) for n in names])

@@ -65,6 +65,7 @@ def test_a_second_export_replaces_its_partitions_and_big_ones_roll_over(
     monkeypatch.setattr(export, "MAX_ROWS_PER_FILE", 5)
     monkeypatch.setattr(export, "ROW_GROUP_ROWS", 2)
     monkeypatch.setattr(export, "BATCH_ROWS", 7)  # partitions cut across batches
+    monkeypatch.setattr(export, "SORT_ROWS", 20)  # days cut by country, several a slice
     first = export.export_parquet(loaded, tmp_path, memory_limit="64MB")
     second = export.export_parquet(loaded, tmp_path, memory_limit="64MB")
     assert first == second == {"measurements": 168, "endpoints": 392}
@@ -117,3 +118,35 @@ def test_cli_engine_spark(spark, parquet, loaded, tmp_path):
     assert sparked.output == duck.output
     missing = runner.invoke(aggregate_command, ["--engine", "spark", "timeline"])
     assert missing.exit_code == 2 and "give --parquet DIR" in missing.output
+
+
+def test_rows_without_a_day_or_country_are_exported_too(tmp_path, monkeypatch):
+    import duckdb
+
+    monkeypatch.setattr(export, "SORT_ROWS", 3)
+    con = duckdb.connect()
+    for table in export.TABLES:
+        con.execute(
+            f"CREATE TABLE {table} AS SELECT * FROM (VALUES"
+            " ('u1', DATE '2026-03-01', 'IR'), ('u2', DATE '2026-03-01', 'IR'),"
+            " ('u3', DATE '2026-03-01', 'RU'), ('u4', DATE '2026-03-01', NULL),"
+            " ('u5', DATE '2026-03-01', 'CN'), ('u6', NULL, 'IR'), ('u7', DATE '2026-03-02', 'IR'))"
+            " t(measurement_uid, day, probe_cc)"
+        )
+    assert export.export_parquet(con, tmp_path) == {"measurements": 7, "endpoints": 7}
+    folders = sorted(
+        p.relative_to(tmp_path / "endpoints").as_posix()
+        for p in (tmp_path / "endpoints").glob("*/*")
+    )
+    assert folders == [
+        "day=2026-03-01/probe_cc=CN",
+        "day=2026-03-01/probe_cc=IR",
+        "day=2026-03-01/probe_cc=RU",
+        "day=2026-03-01/probe_cc=__HIVE_DEFAULT_PARTITION__",
+        "day=2026-03-02/probe_cc=IR",
+        "day=__HIVE_DEFAULT_PARTITION__/probe_cc=IR",
+    ]
+    uids = ds.dataset(tmp_path / "endpoints", format="parquet").to_table().column(
+        "measurement_uid"
+    )
+    assert sorted(uids.to_pylist()) == [f"u{i}" for i in range(1, 8)]
