@@ -8,10 +8,7 @@ not be ``seq`` order: a spool may upload a run in pieces.
 Durability: :meth:`Store.commit` writes a group of accepted lines, fsyncs every
 file it wrote (and every directory it created) and only then returns; the
 collector acknowledges a line only after that. A crash (kill -9, power loss)
-can therefore leave at most an unacknowledged, possibly torn, tail. On start,
-:meth:`Store.open` cuts a torn last line off, fsyncs what remains (a retried
-upload of those lines is then answered "duplicate", which must be true after a
-power loss too) and rebuilds the deduplication index from the files.
+can therefore leave at most an unacknowledged, possibly torn, tail.
 
 Deduplication: a measurement is the same upload as a stored one when its
 probe key and ``measurement_uid`` are; an end-of-run record when its probe
@@ -19,10 +16,24 @@ key, run and seq are. A uid is scoped by the key that signed it: a uid is only
 unique among one probe's measurements, and anyone can copy another probe's uid
 into a line of their own, which must not lock the real probe out. The index
 maps that key to the line's SHA-256: the same key with other bytes is refused,
-never stored next to the first. The index lives in memory
-(about 150 bytes a line) and is rebuilt from the files at start, at roughly
-10 seconds per million stored lines. Only the writer thread touches the files and the
-index; :meth:`Store.known` and :meth:`Store.known_key` may be read from elsewhere.
+never stored next to the first.
+
+The index is an SQLite database in the data folder (``index.sqlite3``, WAL),
+a cache of the run files, which stay the truth. It records, per run file, how
+many bytes its rows cover, and is written after the lines' fsync, in the same
+order: a crash between the two leaves lines beyond what the index covers. On
+start, :meth:`Store.open` compares each file's size with that length and reads
+only what lies beyond: it cuts a torn last line off, fsyncs what remains (a
+retried upload of those lines is then answered "duplicate", which must be true
+after a power loss too) and indexes the rest. A start therefore costs one stat
+per run file, not a read of every line (a million lines: well under a second;
+the old rebuild took about 10 s). An index that is missing (a folder written
+before it existed), unreadable, of another schema, or that does not match the
+files (it names a file that is gone or longer than it is: another folder's
+index, a restored backup) is rebuilt from the files, with one log line. The
+index's own commits need no fsync: one lost to a power cut is a tail read again.
+Only the writer thread writes the files and the index; :meth:`Store.known` and
+:meth:`Store.known_key` may be read from elsewhere.
 
 Quotas are not the store's business (:mod:`probe.collector.server` charges
 them); the store only says which probe keys it already holds (a new key is a new
@@ -35,12 +46,15 @@ import json
 import logging
 import os
 import re
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from probe.collector.index import INDEX_NAME, Index
 
 if TYPE_CHECKING:
     from probe.collector.lines import CheckedLine
@@ -100,13 +114,15 @@ class Recovery:
     torn_bytes: int = 0
     torn_files: list[str] = field(default_factory=list)
     unreadable_lines: int = 0
+    reindexed_lines: int = 0  # read from the files at this start (beyond what the index held)
+    index_rebuilt: str | None = None  # why the index was built from scratch, if it was
 
 
 class Store:
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync  # False only for tests that measure something else
-        self._index: dict[str, str] = {}
+        self._index: Index | None = None
         self._keys: set[str] = set()  # key ids that have a folder
         self._files: OrderedDict[Path, int] = OrderedDict()  # open descriptors, LRU
         self._opened = False
@@ -114,49 +130,90 @@ class Store:
     # ----------------------------------------------------------------- start #
 
     def open(self) -> Recovery:
-        """Create the folder if needed, repair torn tails, build the index."""
+        """Create the folder if needed, open the index, repair and index what it lacks."""
         self.root.mkdir(parents=True, exist_ok=True)
         recovery = Recovery()
-        for key_dir in sorted(self.root.iterdir()):
-            if not (key_dir.is_dir() and _KEY_DIR.match(key_dir.name)):
+        sizes: dict[str, int] = {}  # run file (key_id/run.jsonl) -> its size now
+        for key_dir in os.scandir(self.root):
+            if not (_KEY_DIR.match(key_dir.name) and key_dir.is_dir()):
                 continue
             self._keys.add(key_dir.name)
-            for path in sorted(key_dir.iterdir()):
-                if _RUN_FILE.match(path.name) and path.is_file():
-                    self._recover_file(path, recovery)
-            self._sync_dir(key_dir)
+            prefix = key_dir.name + "/"
+            for entry in os.scandir(key_dir.path):  # names checked below, once
+                if entry.name.endswith(".jsonl") and entry.is_file():
+                    sizes[prefix + entry.name] = entry.stat().st_size
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        index_path = self.root / INDEX_NAME
+        try:
+            self._index, covered = Index.open(index_path, sizes, recovery)
+            # An indexed name was a run file's; only the others need the pattern.
+            for name in sizes.keys() - covered.keys():
+                if not _RUN_FILE.match(name[len("0123456789abcdef/") :]):
+                    del sizes[name]
+            recovery.files = len(sizes)
+            recovery.lines = sum(lines for _, lines, _ in covered.values())
+            recovery.unreadable_lines = sum(bad for _, _, bad in covered.values())
+            nothing = (0, 0, 0)
+            tails = [name for name, size in sizes.items() if size > covered.get(name, nothing)[0]]
+            for name in sorted(tails):
+                length, lines, unreadable = covered.get(name, nothing)
+                now_lines, now_unreadable = self._recover_tail(
+                    name, length, lines, unreadable, recovery
+                )
+                recovery.lines += now_lines - lines
+                recovery.unreadable_lines += now_unreadable - unreadable
+            self._index.flush()
+        except sqlite3.Error as error:  # a read-only folder, a full disk
+            raise OSError(f"cannot write the index {index_path}: {error}") from None
+        except OSError as error:
+            if self._index is None:  # the index's own file, not a run file
+                raise OSError(f"cannot write the index {index_path}: {error}") from None
+            raise
+        if recovery.torn_files or recovery.reindexed_lines:
+            for key_id in {name.split("/", 1)[0] for name in sizes}:
+                self._sync_dir(self.root / key_id)
         self._sync_dir(self.root)
         self._opened = True
         return recovery
 
-    def _recover_file(self, path: Path, recovery: Recovery) -> None:
-        run = path.name[: -len(".jsonl")]
-        key_id = path.parent.name
+    def _recover_tail(
+        self, name: str, covered: int, lines: int, unreadable: int, recovery: Recovery
+    ) -> tuple[int, int]:
+        """Index a run file's bytes beyond ``covered``: (lines, unreadable lines) now in it."""
+        assert self._index is not None
+        path = self.root / name
+        key_id, run = name[: -len(".jsonl")].split("/")
         with open(path, "r+b") as stream:
+            stream.seek(covered)
             data = stream.read()
             end = data.rfind(b"\n") + 1
             if end < len(data):
                 # Written but never acknowledged: the crash came before the fsync
                 # returned. Cut it so the next append starts on a fresh line.
                 recovery.torn_bytes += len(data) - end
-                recovery.torn_files.append(str(path.relative_to(self.root)))
-                stream.truncate(end)
+                recovery.torn_files.append(name)
+                stream.truncate(covered + end)
                 data = data[:end]
             if self.fsync:
                 os.fsync(stream.fileno())
-        recovery.files += 1
+        rows = []
         for line in data.split(b"\n")[:-1]:
             key = _dedupe_key(line, key_id, run)
             if key is None:
-                recovery.unreadable_lines += 1
+                unreadable += 1
                 continue
-            self._index.setdefault(key, sha256(line).hexdigest())
-            recovery.lines += 1
+            rows.append((key, sha256(line).digest()))
+            lines += 1
+        recovery.reindexed_lines += len(rows)
+        self._index.add(name, covered + end, lines, unreadable, rows)
+        return lines, unreadable
 
     # ---------------------------------------------------------------- writes #
 
     def known(self, dedupe_key: str) -> bool:
-        return dedupe_key in self._index
+        return self._index is not None and self._index.digest(dedupe_key) is not None
 
     def known_key(self, key_id: str) -> bool:
         """Does the store hold lines of this probe key (a folder of its own)?"""
@@ -172,27 +229,33 @@ class Store:
         return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
 
     def __len__(self) -> int:
-        return len(self._index)
+        return self._index.key_count if self._index is not None else 0
 
     def commit(self, groups: Sequence[Sequence[Accepted]]) -> list[list[Outcome]]:
         """Store the lines of several uploads at once; their outcomes, in order.
 
-        Returns after every stored line is on disk (fsync). Raises StoreError,
-        with every file cut back to its previous length, when anything fails.
+        Returns after every stored line is on disk (fsync) and in the index.
+        Raises StoreError, with every file cut back to its previous length,
+        when anything fails.
         """
-        if not self._opened:
+        index = self._index
+        if not self._opened or index is None:
             raise StoreError("the store was not opened")
         pending: dict[str, str] = {}
         by_path: dict[Path, list[bytes]] = {}
+        new_rows: dict[Path, list[tuple[str, bytes]]] = {}
         outcomes: list[list[Outcome]] = []
         for group in groups:
             results = []
             for item in group:
-                known = self._index.get(item.dedupe_key) or pending.get(item.dedupe_key)
+                known = pending.get(item.dedupe_key) or index.digest(item.dedupe_key, writer=True)
                 if known is None:
                     pending[item.dedupe_key] = item.digest
                     path = self.root / item.key_id / f"{item.run}.jsonl"
                     by_path.setdefault(path, []).append(item.line + b"\n")
+                    new_rows.setdefault(path, []).append(
+                        (item.dedupe_key, bytes.fromhex(item.digest))
+                    )
                     results.append(Outcome(STORED))
                 elif known == item.digest:
                     results.append(Outcome(DUPLICATE))
@@ -200,12 +263,23 @@ class Store:
                     results.append(Outcome(REJECTED, _conflict_reason(item.dedupe_key)))
             outcomes.append(results)
         if by_path:
-            self._write(by_path)
-            self._index.update(pending)
+            lengths = self._write(by_path)
+            try:
+                # After the fsync, never before: the index never covers a byte
+                # that a crash could still take away.
+                for path, rows in new_rows.items():
+                    name = f"{path.parent.name}/{path.name}"
+                    index.append(name, lengths[path] + sum(map(len, by_path[path])), rows)
+                index.flush()
+            except sqlite3.Error as error:
+                index.rollback()
+                self._undo(lengths)
+                raise StoreError(f"cannot write the index {index.path}: {error}") from None
             self._keys.update(path.parent.name for path in by_path)
         return outcomes
 
-    def _write(self, by_path: dict[Path, list[bytes]]) -> None:
+    def _write(self, by_path: dict[Path, list[bytes]]) -> dict[Path, int]:
+        """Append and fsync; every file's length before, to cut back to."""
         lengths: dict[Path, int] = {}
         descriptors: dict[Path, int] = {}  # this group's files stay open until fsynced
         new_dirs: set[Path] = set()
@@ -233,6 +307,7 @@ class Store:
         finally:
             while len(self._files) > MAX_OPEN_FILES:
                 self._close(next(iter(self._files)))
+        return lengths
 
     def _undo(self, lengths: dict[Path, int]) -> None:
         for path, length in lengths.items():
@@ -262,6 +337,10 @@ class Store:
     def close(self) -> None:
         for path in list(self._files):
             self._close(path)
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self._opened = False
 
     def _sync_dir(self, directory: Path) -> None:
         if not self.fsync or os.name != "posix":
