@@ -16,9 +16,10 @@ sealed measurement, the last line of its run: its run, seq and whether the run
 was interrupted; the same line is also in ``measurements``) and ``rejected``.
 The line rules are those of :mod:`probe.report.rules`, the ones ``probe
 verify`` applies; of the run rules, "nothing after the run's sealed line" is
-applied once all files are in (such lines move to ``rejected``). :func:`integrity` reports gaps and broken
-links in each run's chain: lines of a run may arrive in any order and in
-several files, so the chain is checked here, by ``seq``, not in file order.
+applied once all files are in (such lines move to ``rejected``).
+:func:`integrity` reports gaps, broken links and missing seals in each run's
+chain: lines of a run may arrive in any order and in several files, so the
+chain is checked here, by ``seq``, not in file order.
 """
 
 from __future__ import annotations
