@@ -91,7 +91,8 @@ def make_report(count: int = 6, key: SigningKey = PROBE_KEY, *, end: bool = True
     """``count`` measurements, the last one sealed if ``end``."""
     signer = ReportSigner(key)
     if end:
-        return b"".join(signed.line for signed in signer.sign_run(measurement(i) for i in range(count)))
+        signed = signer.sign_run(measurement(i) for i in range(count))
+        return b"".join(line.line for line in signed)
     return b"".join(signer.sign(measurement(i)).line for i in range(count))
 
 
