@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=600)
     args = parser.parse_args()
 
-    print(f"signing {args.runs} runs ({args.runs * 4} lines)...", flush=True)
+    print(f"signing {args.runs} runs ({args.runs * 3} lines)...", flush=True)
     runs = make_runs(args.runs)
     size = sum(len(line) + 1 for run in runs for line in run)
     with tempfile.TemporaryDirectory(prefix="collector-load-") as folder:
