@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/aggregate_million.py [--measurements 1000000] [--workers 2]
 
 Signs ``--measurements`` synthetic measurements (``probe.aggregate.synthetic``:
-8 countries x 3 networks x 3 services x ``--days`` days, 4 lines per run) into
+8 countries x 3 networks x 3 services x ``--days`` days, 3 lines per run, the last sealed) into
 report files, in worker processes. Then, timing each step and the peak memory
 (maximum resident set size) of this process and of the checking workers:
 

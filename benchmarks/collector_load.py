@@ -4,8 +4,8 @@
 
 Starts ``python -m probe.collector serve`` on 127.0.0.1 (a free port), then
 ``--uploaders`` concurrent clients (one asyncio process, aiohttp) each upload
-their share of ``--runs`` signed runs (4 lines each: three measurements and the
-end-of-run record) in batches of ``--batch`` lines, retrying a batch until it is
+their share of ``--runs`` signed runs (3 lines each: three measurements, the
+last one sealed) in batches of ``--batch`` lines, retrying a batch until it is
 acknowledged, as the probe's spool does. Halfway through, the collector is
 killed with SIGKILL and started again on the same folder. Reports sustained
 lines per second, request latency percentiles, and checks that every line
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=600)
     args = parser.parse_args()
 
-    print(f"signing {args.runs} runs ({args.runs * 4} lines)...", flush=True)
+    print(f"signing {args.runs} runs ({args.runs * 3} lines)...", flush=True)
     runs = make_runs(args.runs)
     size = sum(len(line) + 1 for run in runs for line in run)
     with tempfile.TemporaryDirectory(prefix="collector-load-") as folder:

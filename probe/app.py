@@ -129,7 +129,7 @@ class RunResult:
     """What a run produced, for the caller to print."""
 
     outcome: RunOutcome
-    report_path: Path
+    report_path: Path | None  # None: no measurement, so no report was written
     interrupted: bool  # Ctrl-C reached the run (the report is marked incomplete)
 
     @property

@@ -282,7 +282,10 @@ def run(targets_path, services, resolver, no_system_resolver, control_urls, cont
     else:
         display.print_summary(result.outcome, result.report_path)
     if not result.complete:
-        click.echo(f"probe: interrupted; the partial report is marked incomplete: {result.report_path}", err=True)
+        if result.report_path is None:
+            click.echo("probe: interrupted before any measurement was complete; no report written", err=True)
+        else:
+            click.echo(f"probe: interrupted; the partial report is marked incomplete: {result.report_path}", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -563,7 +566,7 @@ def key_show(key_path, control) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--trusted-keys", type=click.Path(dir_okay=False), help="Only accept reports signed by these keys (one per line).")
 @click.option("--trusted-control-keys", type=click.Path(dir_okay=False), help="Control helpers whose attestations you trust.")
-@click.option("--require-complete", is_flag=True, help="Fail runs that lack their end-of-run record (tail cut off).")
+@click.option("--require-complete", is_flag=True, help="Fail runs whose last line is not sealed (tail cut off).")
 def verify(files, trusted_keys, trusted_control_keys, require_complete) -> None:
     """Check every line's signature and the chain of each run; exit 1 if any fails."""
     from probe.report.verify import verify_command

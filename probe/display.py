@@ -32,6 +32,8 @@ STATUS_STYLE = {
     "down": "blue", "inconclusive": "magenta",
 }
 FUNCTION_SEPARATOR = " · "
+#: A run with no measurement writes no report (every report line is a measurement).
+NO_REPORT = "Report: none (nothing was measured, so no report was written)"
 # What a network-wide UDP finding means for a volunteer, before the evidence.
 UDP_NETWORK_HEADLINE: dict[str, str] = {
     UdpNetwork.ALL_UDP_DROPPED: "This network drops all UDP: calls fail for every app",
@@ -101,7 +103,7 @@ class Display:
         if self.progress is not None and self.task is not None:
             self.progress.advance(self.task)
 
-    def print_summary(self, outcome, path: Path) -> None:
+    def print_summary(self, outcome, path: Path | None) -> None:
         out = self.out
         if outcome.network_down:
             out.print(
@@ -139,7 +141,7 @@ class Display:
         for service, functions in outcome.functions.items():
             if functions:
                 out.print(_styled_function_line(service, functions))
-        out.print(f"Report: {path}")
+        out.print(f"Report: {path}" if path is not None else NO_REPORT)
 
 
 def _styled_function_line(service: str, functions: Iterable[FunctionVerdict]) -> str:
@@ -152,7 +154,7 @@ def _styled_function_line(service: str, functions: Iterable[FunctionVerdict]) ->
     return f"{escape(service)}: " + FUNCTION_SEPARATOR.join(parts)
 
 
-def iter_summary_json(outcome, path: Path) -> Iterator[str]:
+def iter_summary_json(outcome, path: Path | None) -> Iterator[str]:
     """``json.dumps(summary_json(outcome, path), indent=1)``, a few lines at a time."""
     summary = summary_json(outcome, path, endpoints=False)
     head = json.dumps(summary, indent=1)
@@ -177,10 +179,10 @@ def _endpoint_rows(outcome) -> Iterator[dict]:
             }
 
 
-def summary_json(outcome, path: Path, endpoints: bool = True) -> dict:
+def summary_json(outcome, path: Path | None, endpoints: bool = True) -> dict:
     return {
         "complete": outcome.complete,
-        "report": str(path),
+        "report": None if path is None else str(path),
         "network_down": outcome.network_down,
         "control": {"source": outcome.control.source, "problems": outcome.control.problems},
         "network": {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from ooni_loadable import assert_ooni_loadable
 from servers import start_tcp
 
 from probe.app import RunConfig, RunUsageError, run_probe, scrub_streams
@@ -50,12 +51,33 @@ def test_run_probe_writes_the_report_and_the_trace(tmp_path):
     assert {s: v.status for s, v in result.outcome.services.items()} == {
         "baseline": "ok", "chat": "ok"}
     lines = [json.loads(line) for line in result.report_path.read_text().splitlines()]
-    assert lines[-1]["end_of_run"]["interrupted"] is False
-    assert len(lines) == 3  # one measurement a service, then the end-of-run record
+    assert len(lines) == 2  # one measurement a service, the last one sealed
+    assert "seal" not in lines[0]["signature"]
+    assert lines[-1]["signature"]["seal"] == {"measurements": 2, "interrupted": False}
+    assert assert_ooni_loadable(result.report_path) == 2
     assert load_trace(trace).run.report_id == lines[0]["report_id"]
     # the host's loopback address counts as public here (routable 127.0.0.0/8), so
     # the report could be checked for it: the only line said is where the trace is
     assert said == [f"trace: {trace}"]
+
+
+def test_a_run_without_measurements_writes_no_report(tmp_path, capsys):
+    # Every report line is a measurement: with none, there is no line to seal, so
+    # no file (an empty one would not verify), and the summary says so.
+    from probe.display import NO_REPORT, Display, summary_json
+    from probe.report.measurements import write_run_report
+
+    with start_tcp("echo") as echo:
+        config = config_for(echo.port, str(tmp_path / "reports"))
+        result = run_probe(config, say=lambda _: None)
+    empty = tmp_path / "empty"
+    path, dropped = write_run_report(
+        result.outcome, config.targets, empty, config.key, results=[])
+    assert (path, dropped) == (None, [])
+    assert not empty.exists() or not list(empty.iterdir())
+    assert summary_json(result.outcome, None)["report"] is None
+    Display(config.targets, enabled=False).print_summary(result.outcome, None)
+    assert NO_REPORT in capsys.readouterr().out
 
 
 def test_an_unusable_report_folder_is_a_usage_error(tmp_path):

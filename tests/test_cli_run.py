@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ooni_loadable import assert_ooni_loadable
 from servers import make_pki, start_dns, start_https, start_mtproto, start_tcp
 
 PROBE = [sys.executable, "-m", "probe"]
@@ -97,8 +98,10 @@ def test_run_without_control(world, tmp_path):
     report = Path(summary["report"])
     assert report.parent == tmp_path / "reports"
     lines = [json.loads(line) for line in report.read_text().splitlines()]
-    measurements = [line for line in lines if "end_of_run" not in line]
+    measurements = lines  # every line is a measurement, the last one sealed
     assert [m["test_name"] for m in measurements] == ["baseline", "telegram", "web"]
+    assert [m["signature"].get("seal") for m in measurements] == [
+        None, None, {"measurements": 3, "interrupted": False}]
     assert all(m["probe_ip"] == "127.0.0.1" for m in measurements)
     assert measurements[1]["annotations"]["analysis"] == "local-only"
     verify = subprocess.run([*PROBE, "verify", str(report)], capture_output=True, text=True,
@@ -106,17 +109,9 @@ def test_run_without_control(world, tmp_path):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_report_lines_load_with_oonis_models(world, tmp_path):
-    from oonidata.models.nettests import NETTEST_MODELS, BaseMeasurement
-
+def test_every_report_line_loads_with_oonis_models(world, tmp_path):
     summary = json.loads(probe_run(world, tmp_path).stdout)
-    for line in Path(summary["report"]).read_text().splitlines():
-        data = json.loads(line)
-        if "end_of_run" in data:
-            continue
-        model = NETTEST_MODELS.get(data["test_name"], BaseMeasurement)
-        loaded = model.from_dict(data)
-        assert loaded.measurement_uid == data["measurement_uid"]
+    assert assert_ooni_loadable(summary["report"]) == 3  # all of them, none skipped
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +238,9 @@ def test_ctrl_c_writes_a_partial_report_marked_incomplete(world, tmp_path):
     assert verdicts["tg-dead"][0] == "inconclusive"
     report = Path(summary["report"])
     lines = [json.loads(x) for x in report.read_text().splitlines()]
-    assert lines[-1]["end_of_run"]["interrupted"] is True
-    assert all(x["annotations"]["complete"] == "false" for x in lines[:-1])
+    assert lines[-1]["signature"]["seal"] == {"measurements": len(lines), "interrupted": True}
+    assert all(x["annotations"]["complete"] == "false" for x in lines)
+    assert assert_ooni_loadable(report) == len(lines)
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temp file
     verify = subprocess.run([*PROBE, "verify", str(report)], capture_output=True, text=True,
                             env=env(tmp_path))

@@ -88,9 +88,6 @@ class TestCollector:
     def key_of(record: dict) -> str | None:
         if isinstance(record.get("measurement_uid"), str):
             return "uid:" + record["measurement_uid"]
-        signature = record.get("signature")
-        if "end_of_run" in record and isinstance(signature, dict):
-            return f"end:{signature.get('run')}:{signature.get('seq')}"
         return None
 
     def stored_lines(self) -> list[bytes]:
@@ -228,15 +225,15 @@ KEY = generate_ephemeral()
 
 def write_report(folder: Path, name: str, count: int, pad: int = 10, extra: dict | None = None,
                  raw_lines: list[bytes] = ()) -> list[bytes]:
-    signer = ReportSigner(KEY)
-    lines = []
+    """A report of ``count`` measurements (lines), the last one sealed, then ``raw_lines``."""
+    measurements = []
     for number in range(count):
         measurement = {"measurement_uid": f"{name}-{number}-{os.urandom(4).hex()}",
                        "test_name": "telegram", "pad": "x" * pad}
         if extra and number in extra:
             measurement.update(extra[number])
-        lines.append(signer.sign(measurement).line)
-    lines.append(signer.finish().line)
+        measurements.append(measurement)
+    lines = [signed.line for signed in ReportSigner(KEY).sign_run(measurements)]
     lines += [line + b"\n" for line in raw_lines]
     write_report_atomic(folder / f"{name}.jsonl", lines)
     return [line.rstrip(b"\n") for line in lines]
@@ -266,7 +263,7 @@ def test_upload_drains_and_a_second_upload_sends_nothing(tmp_path, collector):
     reports = tmp_path / "reports"
     lines = write_report(reports, "a", 5) + write_report(reports, "b", 3)
     summary = upload(reports, collector.url)
-    assert (summary.stored, summary.duplicate, summary.pending) == (10, 0, 0)
+    assert (summary.stored, summary.duplicate, summary.pending) == (8, 0, 0)
     assert summary.drained and summary.problem is None
     assert sorted(collector.stored_lines()) == sorted(lines)  # byte for byte
     assert all(r["encoding"] == "gzip" and r["type"] == "application/x-ndjson"
@@ -292,8 +289,8 @@ def test_lost_acknowledgement_means_a_duplicate_not_a_second_copy(tmp_path, coll
     upload(reports, collector.url)
     (reports / ".spool" / "a.jsonl.acks").unlink()  # as if killed before the ack was written
     summary = upload(reports, collector.url)
-    assert (summary.stored, summary.duplicate, summary.pending) == (0, 5, 0)
-    assert len(collector.stored_lines()) == 5
+    assert (summary.stored, summary.duplicate, summary.pending) == (0, 4, 0)
+    assert len(collector.stored_lines()) == 4
 
 
 def test_batches_respect_line_and_size_limits_uncompressed(tmp_path, collector):
@@ -301,9 +298,9 @@ def test_batches_respect_line_and_size_limits_uncompressed(tmp_path, collector):
     write_report(reports, "a", 20, pad=300)
     limits = Limits(max_body=2000, max_lines=4)
     summary = upload(reports, collector.url, limits=limits, compress=False)
-    assert summary.drained and summary.stored == 21
+    assert summary.drained and summary.stored == 20
     assert all(r["encoding"] is None for r in collector.requests)
-    assert len(collector.requests) >= 21 * 300 // 2000
+    assert len(collector.requests) >= 20 * 300 // 2000
 
 
 def test_too_many_lines_for_the_collector_are_split(tmp_path):
@@ -313,8 +310,8 @@ def test_too_many_lines_for_the_collector_are_split(tmp_path):
         reports = tmp_path / "reports"
         write_report(reports, "a", 10)
         summary = upload(reports, server.url)
-        assert summary.drained and summary.stored == 11
-        assert len(server.stored_lines()) == 11
+        assert summary.drained and summary.stored == 10
+        assert len(server.stored_lines()) == 10
     finally:
         server.stop()
 
@@ -348,7 +345,7 @@ def test_rejected_lines_are_quarantined_and_never_sent_again(tmp_path, collector
     reports = tmp_path / "reports"
     write_report(reports, "a", 3, extra={1: {"poison": True}})
     summary = upload(reports, collector.url)
-    assert (summary.stored, summary.rejected, summary.pending) == (3, 1, 0)
+    assert (summary.stored, summary.rejected, summary.pending) == (2, 1, 0)
     state = pending_status(reports)
     assert state.pending == 0 and len(state.quarantined) == 1
     quarantined = state.quarantined[0]
@@ -361,16 +358,16 @@ def test_a_line_that_breaks_the_whole_request_is_found_and_quarantined(tmp_path,
     reports = tmp_path / "reports"
     write_report(reports, "a", 6, raw_lines=[b'{"measurement_uid": "bad \xff"}'])
     summary = upload(reports, collector.url, compress=False)
-    assert summary.drained and summary.stored == 7 and summary.rejected == 1
+    assert summary.drained and summary.stored == 6 and summary.rejected == 1
     (quarantined,) = pending_status(reports).quarantined
-    assert quarantined.number == 8 and "not UTF-8" in quarantined.reason
+    assert quarantined.number == 7 and "not UTF-8" in quarantined.reason
 
 
 def test_lines_over_the_collector_limit_are_quarantined_locally(tmp_path, collector):
     reports = tmp_path / "reports"
     write_report(reports, "a", 2, extra={0: {"pad": "y" * 5000}})
     summary = upload(reports, collector.url, limits=Limits(max_line=4096))
-    assert (summary.stored, summary.rejected) == (2, 1)
+    assert (summary.stored, summary.rejected) == (1, 1)
     assert "1 MiB" in pending_status(reports).quarantined[0].reason
 
 
@@ -379,7 +376,7 @@ def test_confirmation_for_another_measurement_is_not_trusted(tmp_path, collector
     write_report(reports, "a", 2)
     collector.faults.append(("lie",))
     summary = upload(reports, collector.url)
-    assert summary.pending == 2 and not summary.drained  # only the end-of-run (uid null) acked
+    assert summary.pending == 2 and not summary.drained  # every ack named another uid
     assert upload(reports, collector.url).drained
 
 
@@ -388,7 +385,7 @@ def test_collector_down_then_back(tmp_path, collector):
     write_report(reports, "a", 3)
     collector.stop()
     summary = upload(reports, collector.url)
-    assert not summary.drained and summary.pending == 4
+    assert not summary.drained and summary.pending == 3
     assert "cannot reach the collector" in summary.problem
     collector.start()
     assert upload(reports, collector.url).drained
@@ -399,21 +396,21 @@ def test_deadline_stops_retrying_without_losing_anything(tmp_path, collector):
     write_report(reports, "a", 1)
     collector.faults.append(("status", 429, 3600))
     summary = upload(reports, collector.url, policy=RetryPolicy(deadline=60))
-    assert summary.pending == 2 and "out of time" in summary.problem
+    assert summary.pending == 1 and "out of time" in summary.problem
 
 
 def test_wrong_url_stops_at_once(tmp_path, collector):
     reports = tmp_path / "reports"
     write_report(reports, "a", 1)
     summary = upload(reports, collector.url + "/wrong")
-    assert summary.requests == 1 and summary.pending == 2
+    assert summary.requests == 1 and summary.pending == 1
     assert "404" in summary.problem and "check the upload URL" in summary.problem
     assert pending_status(reports).quarantined == ()
 
 
 def test_a_torn_ack_record_is_ignored_then_cut_off(tmp_path, collector):
     reports = tmp_path / "reports"
-    lines = write_report(reports, "a", 2)
+    lines = write_report(reports, "a", 3)
     acks = reports / ".spool" / "a.jsonl.acks"
     acks.parent.mkdir(parents=True)
     first = json.dumps({"line": 1, "sha256": line_hash(lines[0]), "status": "stored"})
@@ -466,12 +463,12 @@ def test_upload_command_exit_codes_and_config_file(tmp_path, collector):
     config.write_text(f'[upload]\nurl = "{collector.url}"\n')
     result = runner.invoke(upload_command, ["--reports", str(reports), "--config", str(config)])
     assert result.exit_code == 0, result.output
-    assert "3 stored" in result.output and "0 pending" in result.output
+    assert "2 stored" in result.output and "0 pending" in result.output
     collector.stop()
     write_report(reports, "b", 1)
     result = runner.invoke(upload_command, ["--reports", str(reports), "--url", collector.url,
                                             "--max-time", "1"])
-    assert result.exit_code == 1 and "2 pending" in result.output
+    assert result.exit_code == 1 and "1 pending" in result.output
 
 
 def test_upload_command_rejects_a_bad_url(tmp_path):
@@ -486,11 +483,11 @@ def test_status_command_shows_pending_and_quarantined(tmp_path, collector):
     write_report(reports, "b", 4)
     result = CliRunner().invoke(status_command, ["--reports", str(reports)])
     assert result.exit_code == 0
-    assert "a.jsonl" in result.output and "b.jsonl      5 of 5 lines pending" in result.output
+    assert "a.jsonl" in result.output and "b.jsonl      4 of 4 lines pending" in result.output
     assert "a.jsonl line 1" in result.output and "signature does not match" in result.output
     as_json = json.loads(CliRunner().invoke(status_command, ["--reports", str(reports),
                                                               "--json"]).output)
-    assert as_json["pending"] == 5 and len(as_json["quarantined"]) == 1
+    assert as_json["pending"] == 4 and len(as_json["quarantined"]) == 1
 
 
 # --------------------------------------------------------------------------- #
@@ -512,11 +509,9 @@ policy = RetryPolicy(base_delay=0.005, max_delay=0.03, max_attempts=10**6, deadl
 
 async def main():
     for number in range(200):  # until killed
-        signer = ReportSigner(key)
-        lines = [signer.sign({"measurement_uid": f"{iteration}-{number}-{n}", "test_name": "t",
-                              "pad": "x" * rng.randint(0, 20000)}).line
-                 for n in range(rng.randint(1, 6))]
-        lines.append(signer.finish().line)
+        lines = [signed.line for signed in ReportSigner(key).sign_run(
+            {"measurement_uid": f"{iteration}-{number}-{n}", "test_name": "t",
+             "pad": "x" * rng.randint(0, 20000)} for n in range(rng.randint(1, 6)))]
         write_report_atomic(reports / f"{iteration:03d}-{number}.jsonl", lines)
         await upload_pending(reports, url, policy=policy, limits=Limits(max_lines=2))
 
@@ -617,7 +612,7 @@ def test_a_collector_that_refuses_everything_gets_nothing_quarantined(tmp_path, 
     write_report(reports, "a", 3)
     collector.faults.extend([("status", 400, None)] * 20)
     summary = upload(reports, collector.url)
-    assert summary.pending == 4 and summary.rejected == 0
+    assert summary.pending == 3 and summary.rejected == 0
     assert "refuses every request" in summary.problem
     assert pending_status(reports).quarantined == ()
     collector.faults.clear()

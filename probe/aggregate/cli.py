@@ -177,8 +177,8 @@ def ingest(ctx, paths, trusted_keys, trusted_control_keys, workers) -> None:
         click.echo(f"warning: {finding}")
     click.echo(
         f"{result.files} file(s), {result.lines} line(s): {result.measurements} new "
-        f"measurement(s), {result.duplicates} already known, {result.run_ends} end-of-run "
-        f"record(s), {result.rejected} rejected"
+        f"measurement(s), {result.duplicates} already known, {result.run_ends} sealed "
+        f"run(s), {result.rejected} rejected"
     )
 
 

@@ -11,13 +11,15 @@ and reason, in the ``rejected`` table. Measurements are deduplicated on
 Tables: ``measurements`` (one row per measurement: where, when, which service,
 its service status, which key and run signed it, and where its line is),
 ``endpoints`` (one row per endpoint verdict of a measurement, with the
-measurement's country, network, service and day), ``run_ends`` (the
-end-of-run records) and ``rejected``. The line rules are those of
-:mod:`probe.report.rules`, the ones ``probe verify`` applies; of the run rules,
-"nothing after the end-of-run record" is applied once all files are in (such
-lines move to ``rejected``). :func:`integrity` reports gaps and broken
-links in each run's chain: lines of a run may arrive in any order and in
-several files, so the chain is checked here, by ``seq``, not in file order.
+measurement's country, network, service and day), ``run_ends`` (one row per
+sealed measurement, the last line of its run: its run, seq and whether the run
+was interrupted; the same line is also in ``measurements``) and ``rejected``.
+The line rules are those of :mod:`probe.report.rules`, the ones ``probe
+verify`` applies; of the run rules, "nothing after the run's sealed line" is
+applied once all files are in (such lines move to ``rejected``).
+:func:`integrity` reports gaps, broken links and missing seals in each run's
+chain: lines of a run may arrive in any order and in several files, so the
+chain is checked here, by ``seq``, not in file order.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class IngestResult:
     lines: int = 0
     measurements: int = 0  # new measurements stored
     duplicates: int = 0  # measurements already in the database (or twice in the input)
-    run_ends: int = 0
+    run_ends: int = 0  # new sealed lines: runs whose end arrived
     rejected: int = 0
     rejections: list[tuple[str, int, str]] = field(default_factory=list)  # first ones
 
@@ -170,23 +172,22 @@ def _rows_of_chunk(
         if record is None:
             rows.rejected.append((source, number, checked.measurement_uid, checked.reason))
             continue
-        if checked.end_of_run:
+        problem = _measurement_rows(record, checked, source, number, rows)
+        if problem:
+            rows.rejected.append((source, number, checked.measurement_uid, problem))
+        elif checked.sealed:
             rows.run_ends.append(
                 (
                     checked.run,
                     checked.key_id,
                     checked.seq,
-                    record["end_of_run"]["interrupted"],
+                    checked.interrupted,
                     checked.digest,
                     checked.prev,
                     source,
                     number,
                 )
             )
-            continue
-        problem = _measurement_rows(record, checked, source, number, rows)
-        if problem:
-            rows.rejected.append((source, number, checked.measurement_uid, problem))
     return rows
 
 
@@ -342,17 +343,15 @@ def ingest(
 
 AFTER_END_SQL = """
 WITH ends AS (SELECT run, key_id, min(seq) AS end_seq FROM run_ends GROUP BY run, key_id)
-SELECT m.source, m.line, m.measurement_uid, m.run, m.seq, e.end_seq, TRUE AS measurement
+SELECT m.source, m.line, m.measurement_uid, m.run, m.seq, e.end_seq,
+       EXISTS (SELECT 1 FROM run_ends r WHERE r.source = m.source AND r.line = m.line) AS sealed
 FROM measurements m JOIN ends e ON e.run = m.run AND e.key_id = m.key_id AND m.seq > e.end_seq
-UNION ALL
-SELECT r.source, r.line, NULL, r.run, r.seq, e.end_seq, FALSE
-FROM run_ends r JOIN ends e ON e.run = r.run AND e.key_id = r.key_id AND r.seq > e.end_seq
 ORDER BY 1, 2
 """
 
 
 def _reject_after_end(con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
-    """Move the lines that follow their run's end-of-run record into ``rejected``.
+    """Move the lines that follow their run's sealed line into ``rejected``.
 
     A run's key holder could append correctly chained records after sealing it;
     the rule set forbids any (:func:`probe.report.rules.check_runs`). Each line
@@ -362,7 +361,7 @@ def _reject_after_end(con: duckdb.DuckDBPyConnection, result: IngestResult) -> N
     if not found:
         return
     rows = [
-        (source, line, uid, after_end_reason(seq, run, end_seq, "an end-of-run record"))
+        (source, line, uid, after_end_reason(seq, run, end_seq, "a sealed line"))
         for source, line, uid, run, seq, end_seq, _ in found
     ]
     con.register("after_end", _arrow(rows, REJECTED_COLUMNS))
@@ -379,9 +378,8 @@ def _reject_after_end(con: duckdb.DuckDBPyConnection, result: IngestResult) -> N
         """)
     finally:
         con.unregister("after_end")
-    removed = sum(1 for *_, measurement in found if measurement)
-    result.measurements -= removed
-    result.run_ends -= len(found) - removed
+    result.measurements -= len(found)
+    result.run_ends -= sum(1 for *_, sealed in found if sealed)
     result.rejected += len(found)
     result.rejections += [(source, line, reason) for source, line, _, reason in rows]
 
@@ -452,11 +450,14 @@ def _flush(
         conflict_lines = {(source, line) for source, line, _, _ in conflicts}
         result.duplicates += tables["measurements"].num_rows - added - len(conflict_lines)
         before_ends = _count(con, "run_ends")
+        # A seal counts only with its measurement: a sealed line refused as a
+        # conflict, or already ingested, adds no run end.
         con.execute("""
             INSERT INTO run_ends
-            SELECT * FROM staged_run_ends s
+            SELECT s.* FROM staged_run_ends s
+            JOIN chosen c ON c.source = s.source AND c.line = s.line
             WHERE NOT EXISTS (SELECT 1 FROM run_ends r WHERE r.run = s.run AND r.seq = s.seq)
-            QUALIFY row_number() OVER (PARTITION BY run, seq ORDER BY source, line) = 1
+            QUALIFY row_number() OVER (PARTITION BY s.run, s.seq ORDER BY s.source, s.line) = 1
         """)
         result.run_ends += _count(con, "run_ends") - before_ends
         if conflicts:
@@ -487,10 +488,7 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
 
 
 INTEGRITY_SQL = """
-WITH lines AS (
-    SELECT run, key_id, seq, line_hash, prev FROM measurements
-    UNION ALL SELECT run, key_id, seq, line_hash, prev FROM run_ends
-),
+WITH lines AS (SELECT run, key_id, seq, line_hash, prev FROM measurements),
 runs AS (
     SELECT l.run, min(l.key_id) AS key_id, count(*) AS present, max(l.seq) AS highest,
            max(e.seq) AS sealed_at
@@ -525,7 +523,7 @@ def integrity(con: duckdb.DuckDBPyConnection) -> list[str]:
             findings.append(f"{where}: {expected - present} of {expected} line(s) never received")
         if not sealed:
             findings.append(
-                f"{where}: no end-of-run record (the probe was interrupted, or the "
-                "end of the run was not uploaded)"
+                f"{where}: not sealed, no line says it is the run's last (the probe "
+                "was killed, or the end of the run was not uploaded)"
             )
     return findings

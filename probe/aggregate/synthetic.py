@@ -24,9 +24,9 @@ from typing import Any
 from probe.report.keys import SigningKey, b64encode
 from probe.report.signing import (
     ALGORITHM,
-    END_OF_RUN_FIELD,
     FORMAT_VERSION,
     REPORT_LINE_CONTEXT,
+    SEAL_FIELD,
     new_run_id,
 )
 
@@ -153,15 +153,15 @@ def sign_run(
     finish: bool = True,
     interrupted: bool = False,
 ) -> list[bytes]:
-    """A run's report lines (each ending with a newline), as ReportSigner writes them."""
+    """A run's report lines (each ending with a newline), as ReportSigner writes them.
+
+    ``finish``: seal the last measurement, as the probe does at the end of a run
+    (False: a run whose end is missing, as after a kill or a cut-off upload).
+    """
     run = run_id or new_run_id()
     previous: str | None = None
     lines = []
     records = [dict(m) for m in measurements]
-    if finish:
-        records.append(
-            {END_OF_RUN_FIELD: {"measurements": len(records), "interrupted": interrupted}}
-        )
     for seq, record in enumerate(records):
         signature = {
             "version": FORMAT_VERSION,
@@ -172,6 +172,8 @@ def sign_run(
             "seq": seq,
             "prev": previous,
         }
+        if finish and seq == len(records) - 1:
+            signature[SEAL_FIELD] = {"measurements": len(records), "interrupted": interrupted}
         record["signature"] = signature
         signature["value"] = b64encode(
             key.sign(

@@ -5,7 +5,7 @@ The rules themselves live in :mod:`probe.report.rules`, the one rule set that
 :class:`CheckedLine`, :func:`check_line` and :func:`check_and_parse` under the
 names the collector's server, its store and the aggregation's ingest import,
 and adds :func:`split_lines` for request bodies. Rules that need a line's
-neighbours (the chain, nothing after the end-of-run record) cannot be checked
+neighbours (the chain, nothing after a run's sealed last line) cannot be checked
 on one line: :mod:`probe.aggregate.database` checks them across files.
 """
 

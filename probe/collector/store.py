@@ -10,9 +10,9 @@ file it wrote (and every directory it created) and only then returns; the
 collector acknowledges a line only after that. A crash (kill -9, power loss)
 can therefore leave at most an unacknowledged, possibly torn, tail.
 
-Deduplication: a measurement is the same upload as a stored one when its
-probe key and ``measurement_uid`` are; an end-of-run record when its probe
-key, run and seq are. A uid is scoped by the key that signed it: a uid is only
+Deduplication: a line is the same upload as a stored one when its probe key
+and ``measurement_uid`` are (every line is a measurement; a run's sealed last
+line is deduplicated like any other). A uid is scoped by the key that signed it: a uid is only
 unique among one probe's measurements, and anyone can copy another probe's uid
 into a line of their own, which must not lock the real probe out. The index
 maps that key to the line's SHA-256: the same key with other bytes is refused,
@@ -87,11 +87,7 @@ class Accepted:
         digest, key_id, run = checked.digest, checked.key_id, checked.run
         if not checked.ok or digest is None or key_id is None or run is None:
             raise ValueError(f"line not accepted, or accepted without its facts: {checked}")
-        if checked.end_of_run:
-            key = end_of_run_key(key_id, run, checked.seq)
-        else:
-            key = measurement_key(key_id, checked.measurement_uid)
-        return cls(key, digest, key_id, run, line)
+        return cls(measurement_key(key_id, checked.measurement_uid), digest, key_id, run, line)
 
     @property
     def size(self) -> int:
@@ -373,11 +369,6 @@ def measurement_key(key_id: str, measurement_uid: str | None) -> str:
     return f"m:{key_id}:{measurement_uid}"
 
 
-def end_of_run_key(key_id: str, run: str, seq: int | None) -> str:
-    """The deduplication key of an end-of-run record: its run and seq, within its probe key."""
-    return f"e:{key_id}:{run}:{seq}"
-
-
 def _dedupe_key(line: bytes, key_id: str, run: str) -> str | None:
     """A stored line's deduplication key; its key id is its folder's name."""
     try:
@@ -386,19 +377,11 @@ def _dedupe_key(line: bytes, key_id: str, run: str) -> str | None:
         return None
     if not isinstance(record, dict):
         return None
-    if "end_of_run" in record:
-        signature = record.get("signature")
-        if isinstance(signature, dict) and isinstance(signature.get("seq"), int):
-            return end_of_run_key(key_id, run, signature["seq"])
-        return None
     uid = record.get("measurement_uid")
     return measurement_key(key_id, uid) if isinstance(uid, str) else None
 
 
 def _conflict_reason(dedupe_key: str) -> str:
-    if dedupe_key.startswith("e:"):
-        _, _key_id, run, seq = dedupe_key.split(":", 3)
-        return f"run {run[:8]} already has a different end-of-run record with seq {seq}"
     _, key_id, uid = dedupe_key.split(":", 2)
     return (
         f"measurement_uid {uid} of key {key_id} is already stored with different content "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,9 @@ def build_lines(
 
 
 def sign_lines(lines: Iterable[dict[str, Any]], key, complete: bool) -> Iterator[bytes]:
-    """Each measurement signed and chained, then the end-of-run record."""
-    signer = ReportSigner(key)
-    for line in lines:
-        yield signer.sign(line).line
-    yield signer.finish(interrupted=not complete).line
+    """Each measurement signed and chained; the last one carries the run's seal."""
+    for signed in ReportSigner(key).sign_run(lines, interrupted=not complete):
+        yield signed.line
 
 
 def write_run_report(
@@ -115,10 +114,14 @@ def write_run_report(
     key,
     context: RunContext | None = None,
     results: Iterable[ServiceResult] | None = None,
-) -> tuple[Path, list[tuple[str, str]]]:
+) -> tuple[Path | None, list[tuple[str, str]]]:
     """Build, scrub, sign and write each line in turn. Returns the path and the
     measurements not written because the volunteer's address could not be removed
-    from them (each reason says which service; none contains the address)."""
+    from them (each reason says which service; none contains the address).
+
+    A run with no measurement to write has no report: every line of a report is
+    a measurement, the last one sealed. The path is then None and no file is made.
+    """
     context = context or RunContext()
     dropped: list[tuple[str, str]] = []
 
@@ -129,4 +132,8 @@ def write_run_report(
             yield from clean
 
     path = report_path(out_dir, outcome.started_at, outcome.report_id)
-    return write_report_atomic(path, sign_lines(scrubbed(), key, outcome.complete)), dropped
+    signed = sign_lines(scrubbed(), key, outcome.complete)
+    first = next(signed, None)
+    if first is None:
+        return None, dropped
+    return write_report_atomic(path, chain([first], signed)), dropped

@@ -13,9 +13,14 @@ A line is checked in this order, cheapest and most decisive first: size, then
 the parsed signature object *before* anything is canonicalised or any
 signature verified, so junk from an untrusted key costs almost nothing; then
 strict JSON, the signature object's form, RFC 8785 form, the Ed25519
-signature, and last what the record says (end-of-run record, or measurement
-with its ``measurement_uid`` and control attestations). The first failure is
-the reason. :func:`check_runs` holds the rules that need a run's other lines.
+signature, and last what the record says (its ``measurement_uid``, the seal
+of a run's last line, control attestations). The first failure is the reason.
+:func:`check_runs` holds the rules that need a run's other lines.
+
+Every line is an OONI measurement. A run's last line says so inside its signed
+``signature`` object: ``"seal": {"measurements": N, "interrupted": false}``,
+with N its ``seq`` + 1. A verifier thereby tells a complete run from one whose
+tail was cut off, with no line that is not a measurement.
 
 The RFC 8785 form is computed by ``json.dumps`` when that is provably the same
 bytes (no float whose shortest form differs between Python and ECMAScript, no
@@ -49,6 +54,10 @@ from probe.report.keys import (
 )
 
 SIGNATURE_FIELD = "signature"
+#: The member of a line's signature object that makes it its run's last line.
+SEAL_FIELD = "seal"
+#: The record of the format before the seal: a run ended with a line that was
+#: not a measurement. Such lines are refused with a reason that says so.
 END_OF_RUN_FIELD = "end_of_run"
 FORMAT_VERSION = 1
 ALGORITHM = "ed25519"
@@ -60,14 +69,15 @@ REPORT_LINE_CONTEXT = b"probe/report-line/v1\n"
 CONTROL_RESPONSE_CONTEXT = b"probe/control-response/v1\n"
 
 LINE_SIGNATURE_FIELDS = frozenset(
-    {"version", "alg", "key_id", "public_key", "run", "seq", "prev", "value"}
+    {"version", "alg", "key_id", "public_key", "run", "seq", "prev", "value", SEAL_FIELD}
 )
+#: Members a signature object may lack: only the last line of a run is sealed.
+OPTIONAL_SIGNATURE_FIELDS = frozenset({SEAL_FIELD})
 OBJECT_SIGNATURE_FIELDS = frozenset({"version", "alg", "key_id", "public_key", "value"})
 #: An attestation is exactly the helper's answer and the helper's signature:
 #: anything else would be signed data no consumer knows to read.
 ATTESTATION_FIELDS = frozenset({"response", SIGNATURE_FIELD})
-END_OF_RUN_RECORD_FIELDS = frozenset({END_OF_RUN_FIELD, SIGNATURE_FIELD})
-END_OF_RUN_FIELDS = frozenset({"measurements", "interrupted"})
+SEAL_FIELDS = frozenset({"measurements", "interrupted"})
 
 #: Where a measurement carries its control helper's signed response(s).
 CONTROL_ATTESTATION_PATH = ("test_keys", "control", "attestation")
@@ -110,9 +120,11 @@ class LinePolicy:
 class CheckedLine:
     """The outcome for one line. ``reason`` is None when the line is accepted.
 
-    ``dedupe_key`` says what makes two uploads the same line: ``m:<uid>`` for a
-    measurement, ``e:<run>:<seq>`` for an end-of-run record. ``digest`` is the
-    SHA-256 of the line (without its newline), the chain's line hash.
+    ``dedupe_key`` says what makes two uploads the same line: ``m:<uid>``, for
+    every line (a sealed line is a measurement like any other). ``digest`` is the
+    SHA-256 of the line (without its newline), the chain's line hash. ``sealed``:
+    the line is its run's last (its signature has a seal); ``interrupted`` is
+    then the seal's.
     """
 
     reason: str | None
@@ -121,7 +133,7 @@ class CheckedLine:
     run: str | None = None
     seq: int | None = None
     prev: str | None = None
-    end_of_run: bool = False
+    sealed: bool = False
     digest: str | None = None
     public_key: str | None = None
     interrupted: bool = False
@@ -135,8 +147,6 @@ class CheckedLine:
     def dedupe_key(self) -> str | None:
         if self.reason is not None:
             return None
-        if self.end_of_run:
-            return f"e:{self.run}:{self.seq}"
         return f"m:{self.measurement_uid}"
 
 
@@ -241,11 +251,11 @@ def _check(line: bytes, policy: LinePolicy) -> tuple[CheckedLine, dict[str, Any]
         "digest": hashlib.sha256(line).hexdigest(),
     }
     if END_OF_RUN_FIELD in record:
-        problem = end_of_run_problem(record)
-        if problem:
-            return refuse(problem)
-        interrupted = record[END_OF_RUN_FIELD]["interrupted"]
-        return CheckedLine(None, end_of_run=True, interrupted=interrupted, **facts), record
+        return refuse(OLD_END_OF_RUN_REASON)
+    seal = signature.get(SEAL_FIELD)
+    if seal is not None:
+        facts["sealed"] = True
+        facts["interrupted"] = seal["interrupted"]
     if not is_measurement_uid(uid):
         return refuse(
             f"measurement_uid must be a string of 1-{MAX_UID_CHARS} visible ASCII characters"
@@ -268,20 +278,31 @@ def is_measurement_uid(uid: Any) -> bool:
     )
 
 
-def end_of_run_problem(record: dict[str, Any]) -> str:
-    """Exactly ``end_of_run`` and ``signature``; ``end_of_run`` exactly ``measurements``
-    (equal to the record's own seq) and ``interrupted`` (a boolean)."""
-    seal = record[END_OF_RUN_FIELD]
-    if set(record) != END_OF_RUN_RECORD_FIELDS:
-        return "end-of-run record has fields other than end_of_run, signature"
+OLD_END_OF_RUN_REASON = (
+    "an end-of-run record, which is not a measurement: this is the report format "
+    "before the seal (a run now ends with a sealed measurement); verify the file "
+    "with the probe version that wrote it"
+)
+
+
+def seal_problem(signature: dict[str, Any]) -> str:
+    """A seal is exactly ``measurements`` (the line's seq + 1: the run's size) and
+    ``interrupted`` (a boolean); "" if well formed or absent."""
+    if SEAL_FIELD not in signature:
+        return ""
+    seal = signature[SEAL_FIELD]
     if (
         not isinstance(seal, dict)
-        or set(seal) != END_OF_RUN_FIELDS
+        or set(seal) != SEAL_FIELDS
         or not isinstance(seal["interrupted"], bool)
+        or not isinstance(seal["measurements"], int)
         or isinstance(seal["measurements"], bool)
-        or seal["measurements"] != record[SIGNATURE_FIELD]["seq"]
+        or seal["measurements"] != signature["seq"] + 1
     ):
-        return "malformed end-of-run record (measurements must equal its seq)"
+        return (
+            "malformed seal: it must be exactly measurements (the line's seq + 1) and "
+            "interrupted (true or false)"
+        )
     return ""
 
 
@@ -365,7 +386,7 @@ def signature_fields_problem(signature: Any, fields: frozenset[str]) -> str:
         return "no signature"
     if not isinstance(signature, dict):
         return "'signature' is not an object"
-    missing = sorted(fields - signature.keys())
+    missing = sorted(fields - OPTIONAL_SIGNATURE_FIELDS - signature.keys())
     if missing:
         return f"signature lacks field(s) {', '.join(missing)}"
     extra = sorted(signature.keys() - fields)
@@ -397,6 +418,7 @@ def signature_fields_problem(signature: Any, fields: frozenset[str]) -> str:
             return "seq is 0 but prev is not null"
         if seq > 0 and not (isinstance(prev, str) and _is_hex(prev, 64)):
             return "prev is not 64 lowercase hex characters"
+        return seal_problem(signature)
     return ""
 
 
@@ -516,7 +538,7 @@ class ChainLink:
     hash: str
     key_id: str
     public_key: str
-    end_of_run: bool = False
+    sealed: bool = False
     interrupted: bool = False
     measurement_uid: str | None = None
 
@@ -532,7 +554,7 @@ class ChainLink:
             hash=checked.digest or "",
             key_id=checked.key_id or "",
             public_key=checked.public_key or "",
-            end_of_run=checked.end_of_run,
+            sealed=checked.sealed,
             interrupted=checked.interrupted,
             measurement_uid=checked.measurement_uid,
         )
@@ -562,9 +584,9 @@ class RunFinding:
 
 
 def after_end_reason(seq: int, run: str, end_seq: int, end_where: str) -> str:
-    """The one wording of "a record follows its run's end-of-run record"."""
+    """The one wording of "a record follows its run's sealed last line"."""
     return (
-        f"record after the end-of-run record: seq {seq} of run {run[:8]}, which ended at "
+        f"record after the end of the run: seq {seq} of run {run[:8]}, which was sealed at "
         f"seq {end_seq} ({end_where}): lines were added to a finished run"
     )
 
@@ -577,7 +599,7 @@ def check_runs(
     No line twice, no two measurements with one ``measurement_uid`` (collectors
     and aggregations keep only the first); per run: seq strictly increasing, starting at 0, each seq
     n > 0 right after seq n - 1 with ``prev`` its line hash, one key, and no
-    record after the end-of-run record. A run without an end-of-run record is
+    record after the sealed line (the run's last). A run without a sealed line is
     a warning, a finding if ``require_end``. ``invalid_lines`` (refused by the
     line rules, already reported) excuse the gap they leave in a chain.
     """
@@ -622,7 +644,7 @@ def _check_run(
         by_seq[link.seq].append(link)
     first = links[0]
     highest: ChainLink | None = None  # the link with the highest seq seen so far
-    end: ChainLink | None = None  # the run's first end-of-run record in file order
+    end: ChainLink | None = None  # the run's first sealed line in file order
     for link in links:
         if link.public_key != first.public_key:
             findings.append(RunFinding(
@@ -645,7 +667,7 @@ def _check_run(
                 ))
             continue
         if end is not None:
-            # Correctly chained or not, nothing may follow the end-of-run record.
+            # Correctly chained or not, nothing may follow the sealed line.
             findings.append(RunFinding(
                 link.lineno, after_end_reason(link.seq, run, end.seq, f"line {end.lineno}")
             ))
@@ -654,14 +676,14 @@ def _check_run(
         if link.seq > 0:
             _check_link(link, highest, by_seq, invalid_lines, findings, short)
         highest = link
-        if link.end_of_run:
+        if link.sealed:
             end = link
     last = links[-1]
     if end is None:
         reason = (
-            f"run {short} (lines {first.lineno}-{last.lineno}) has no end-of-run record: the "
-            "probe was interrupted, or lines were cut from the end of the file, which "
-            "cannot be detected without that record"
+            f"run {short} (lines {first.lineno}-{last.lineno}) is not sealed (no line says "
+            "it is the run's last): the probe was killed, or lines were cut from the end "
+            "of the file, which cannot be detected without the seal"
         )
         findings.append(RunFinding(last.lineno, reason, warning=not require_end))
     elif end.interrupted:

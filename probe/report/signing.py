@@ -3,10 +3,13 @@
 :class:`ReportSigner` turns each measurement of a run, in order, into one signed
 report line: the measurement plus a ``"signature"`` object that names the key,
 the run, the line's position (``seq``) and the hash of the previous line, and
-carries an Ed25519 signature over the RFC 8785 form of all of that. ``finish()``
-adds a signed end-of-run record so a verifier can tell a complete run from one
-whose tail was cut off. :func:`sign_object` / :func:`verify_object` do the same
-for a single object (the control helper's attested responses).
+carries an Ed25519 signature over the RFC 8785 form of all of that. The run's
+last measurement is signed with a *seal* in its signature object (the run's
+size, and whether it was interrupted), so a verifier can tell a complete run
+from one whose tail was cut off while every line stays an OONI measurement:
+:meth:`ReportSigner.sign_run` looks one measurement ahead to know which is last.
+:func:`sign_object` / :func:`verify_object` do the same for a single object
+(the control helper's attested responses).
 
 This module is pure: it returns bytes and dicts and never writes files. The
 format is specified in docs/signing.md; :mod:`probe.report.verify` checks it.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ from probe.report.rules import (
     LINE_SIGNATURE_FIELDS,
     OBJECT_SIGNATURE_FIELDS,
     REPORT_LINE_CONTEXT,
+    SEAL_FIELD,
     SIGNATURE_FIELD,
     _is_hex,
     attestation_problem,
@@ -48,6 +52,7 @@ __all__ = [
     "LINE_SIGNATURE_FIELDS",
     "OBJECT_SIGNATURE_FIELDS",
     "REPORT_LINE_CONTEXT",
+    "SEAL_FIELD",
     "SIGNATURE_FIELD",
     "ReportSigner",
     "SignatureError",
@@ -66,7 +71,7 @@ __all__ = [
 
 
 class SigningError(Exception):
-    """A measurement cannot be signed (reserved field present, run already finished)."""
+    """A measurement cannot be signed (reserved field present, run already sealed)."""
 
 
 class SignatureError(ValueError):
@@ -99,10 +104,11 @@ def new_run_id() -> str:
 class ReportSigner:
     """Signs the lines of one run in order. Not thread-safe: one writer per run.
 
-    Per measurement call :meth:`sign` and append ``.line`` to the report file;
-    after the last one call :meth:`finish` and append its ``.line`` too. A signed
-    line that never reaches the file shows as a missing line to the verifier,
-    which is the truth; do not retry by signing the same measurement again.
+    :meth:`sign_run` signs a whole run, sealing its last measurement; or call
+    :meth:`sign` per measurement and :meth:`sign_last` for the last one. Append
+    each ``.line`` to the report file. A signed line that never reaches the file
+    shows as a missing line to the verifier, which is the truth; do not retry by
+    signing the same measurement again. A run of no measurement has no line.
     """
 
     def __init__(self, key: SigningKey, run_id: str | None = None) -> None:
@@ -115,32 +121,54 @@ class ReportSigner:
         self.finished = False
 
     def sign(self, measurement: Mapping[str, Any]) -> SignedLine:
-        """Sign the next measurement of the run.
+        """Sign the next measurement of the run, not its last.
 
         Raises :class:`SigningError` if the measurement already has a
-        ``signature`` or ``end_of_run`` field or the run is finished, and
+        ``signature`` or ``end_of_run`` field or the run is sealed, and
         :class:`~probe.report.canonical.CanonicalizationError` (naming the
         field) if it holds a value JSON cannot carry exactly; in both cases the
         chain is unchanged, so the caller may skip that measurement and go on.
         """
-        for reserved in (SIGNATURE_FIELD, END_OF_RUN_FIELD):
-            if reserved in measurement:
-                raise SigningError(f"measurement already has a {reserved!r} field")
-        return self._sign_record(dict(measurement))
+        return self._sign_record(measurement, None)
 
-    def finish(self, *, interrupted: bool = False) -> SignedLine:
-        """The end-of-run record; ``interrupted`` says the run was cut short (Ctrl-C).
+    def sign_last(self, measurement: Mapping[str, Any], *, interrupted: bool = False) -> SignedLine:
+        """Sign the run's last measurement with the seal; ``interrupted`` says the run
+        was cut short (Ctrl-C). Errors as :meth:`sign`; once this succeeds the run
+        is sealed and takes no more lines.
 
-        Without it a verifier cannot exclude that lines were cut from the end.
+        Without the seal a verifier cannot exclude that lines were cut from the end.
         """
-        record = {END_OF_RUN_FIELD: {"measurements": self.seq, "interrupted": interrupted}}
-        signed = self._sign_record(record)
+        signed = self._sign_record(
+            measurement, {"measurements": self.seq + 1, "interrupted": interrupted}
+        )
         self.finished = True
         return signed
 
-    def _sign_record(self, record: dict[str, Any]) -> SignedLine:
+    def sign_run(
+        self, measurements: Iterable[Mapping[str, Any]], *, interrupted: bool = False
+    ) -> Iterator[SignedLine]:
+        """Sign measurements as they come, holding one back to know which is last.
+
+        A measurement that cannot be signed (see :meth:`sign`) raises, as there;
+        nothing is yielded for an empty ``measurements``.
+        """
+        pending: Mapping[str, Any] | None = None
+        for measurement in measurements:
+            if pending is not None:
+                yield self.sign(pending)
+            pending = measurement
+        if pending is not None:
+            yield self.sign_last(pending, interrupted=interrupted)
+
+    def _sign_record(
+        self, measurement: Mapping[str, Any], seal: dict[str, Any] | None
+    ) -> SignedLine:
         if self.finished:
-            raise SigningError("the run is finished; start a new ReportSigner for a new run")
+            raise SigningError("the run is sealed; start a new ReportSigner for a new run")
+        for reserved in (SIGNATURE_FIELD, END_OF_RUN_FIELD):
+            if reserved in measurement:
+                raise SigningError(f"measurement already has a {reserved!r} field")
+        record = dict(measurement)
         signature: dict[str, Any] = {
             "version": FORMAT_VERSION,
             "alg": ALGORITHM,
@@ -150,6 +178,8 @@ class ReportSigner:
             "seq": self.seq,
             "prev": self.previous_hash,
         }
+        if seal is not None:
+            signature[SEAL_FIELD] = seal
         record[SIGNATURE_FIELD] = signature
         message = REPORT_LINE_CONTEXT + canonical_bytes(record)
         signature["value"] = b64encode(self.key.sign(message))
@@ -160,12 +190,13 @@ class ReportSigner:
         return signed
 
 
-def sign_lines(key: SigningKey, measurements: Iterable[Mapping[str, Any]]) -> bytes:
+def sign_lines(
+    key: SigningKey, measurements: Iterable[Mapping[str, Any]], *, interrupted: bool = False
+) -> bytes:
     """Sign a whole run at once and return the report file's bytes (tests, tools)."""
-    signer = ReportSigner(key)
-    lines = [signer.sign(m).line for m in measurements]
-    lines.append(signer.finish().line)
-    return b"".join(lines)
+    return b"".join(signed.line for signed in ReportSigner(key).sign_run(
+        measurements, interrupted=interrupted
+    ))
 
 
 # --------------------------------------------------------------------------- #

@@ -97,8 +97,8 @@ def verify_bytes(
 
     ``trusted_keys`` / ``trusted_control_keys`` hold base64 public keys and/or key
     ids; None means "any key", and the result then proves only that each run is
-    intact since its key signed it. ``require_end`` turns a run without an
-    end-of-run record from a warning into a problem. Each line gets the first
+    intact since its key signed it. ``require_end`` turns a run without a
+    sealed last line from a warning into a problem. Each line gets the first
     line rule it breaks; the run rules then see the lines that passed them all.
     """
     problems: list[Problem] = []
@@ -276,7 +276,7 @@ def _summary(result: VerifyResult, keys_trusted: bool, control_trusted: bool) ->
     status = "OK" if result.ok else f"FAILED ({len(result.bad_lines)} bad line(s))"
     runs = ", ".join(
         f"run {run.run[:8]} by key {run.key_id} ({run.lines} line(s)"
-        + ("" if run.sealed else ", no end-of-run record")
+        + ("" if run.sealed else ", not sealed: its end may be missing")
         + ")"
         for run in result.runs
     )

@@ -20,7 +20,7 @@ def test_the_commands_end_to_end(report_file, tmp_path):
 
     output = run("ingest", str(report_file), str(bad))
     assert f"rejected {bad}:1: no signature" in output
-    assert "168 new measurement(s), 0 already known, 56 end-of-run record(s), 1 rejected" in output
+    assert "168 new measurement(s), 0 already known, 56 sealed run(s), 1 rejected" in output
     assert "0 new measurement(s), 168 already known" in run("ingest", str(report_file))
     summary = run("summary", "--country", "ir", "--service", "telegram").splitlines()
     assert summary[0].split() == [

@@ -21,14 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def signed_run(
     key=None,
-    services=("telegram", "whatsapp", "signal"),
+    services=("telegram", "whatsapp", "signal", "telegram"),
     cc="IR",
     asn="AS197207",
     verdicts=None,
     day=0,
     finish=True,
 ):
-    """One run's signed lines (bytes ending with newline), and its key."""
+    """One run's signed lines (bytes ending with newline), and its key: by default
+    four measurements, the last one sealed (``finish=False``: none sealed)."""
     import datetime
     import secrets
 

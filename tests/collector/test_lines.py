@@ -26,7 +26,9 @@ def test_a_signed_run_passes_every_check():
     checked = [check_line(line.rstrip(b"\n")) for line in lines]
     assert [c.reason for c in checked] == [None] * 4
     assert [c.seq for c in checked] == [0, 1, 2, 3]
-    assert checked[-1].end_of_run and checked[-1].dedupe_key == f"e:{checked[-1].run}:3"
+    assert [c.sealed for c in checked] == [False, False, False, True]
+    # The sealed line is a measurement like the others, deduplicated by its uid.
+    assert checked[-1].dedupe_key == "m:" + json.loads(lines[-1])["measurement_uid"]
     assert checked[0].dedupe_key == "m:" + json.loads(lines[0])["measurement_uid"]
     assert {c.key_id for c in checked} == {key.key_id}
 
@@ -92,18 +94,27 @@ def test_control_attestations():
     assert "not attested" in refused.reason
 
 
-def test_malformed_end_of_run_is_refused():
+def test_malformed_seal_and_earlier_end_of_run_record_are_refused():
+    from probe.report.signing import ReportSigner
+
     key, lines = signed_run()
     record = json.loads(lines[-1])
     del record["signature"]
-    record["end_of_run"]["measurements"] = 7
-    forged = lines_of(sign_lines(key, []))  # a valid empty run, to reuse the key
-    assert check_line(forged[0]).ok
-    from probe.report.signing import ReportSigner
-
     signer = ReportSigner(key)
-    bad = signer._sign_record(dict(record)).line.rstrip(b"\n")
-    assert check_line(bad).reason == "malformed end-of-run record (measurements must equal its seq)"
+    # the key holder signs what it likes: a seal that miscounts the run
+    signer.seq, signer.previous_hash = 3, json.loads(lines[-1])["signature"]["prev"]
+    bad = signer._sign_record(record, {"measurements": 7, "interrupted": False})
+    assert check_line(bad.line.rstrip(b"\n")).reason.startswith("malformed seal")
+    # The earlier format's end-of-run record, signed as its signers did.
+    from probe.report.keys import b64encode
+    from probe.report.rules import REPORT_LINE_CONTEXT
+
+    signature = {k: v for k, v in json.loads(lines[-1])["signature"].items()
+                 if k not in ("value", "seal")}
+    old = {"end_of_run": {"measurements": 3, "interrupted": False}, "signature": signature}
+    signature["value"] = b64encode(key.sign(REPORT_LINE_CONTEXT + canonical_bytes(old)))
+    old_line = canonical_bytes(old)
+    assert "report format before the seal" in check_line(old_line).reason
 
 
 def test_agrees_with_probe_verify_line_by_line():

@@ -29,7 +29,8 @@ def test_upload_store_duplicate_and_tampered(start_collector, tmp_path):
     assert status == 200 and statuses(payload) == ["stored"] * 4
     assert [r["line"] for r in payload["results"]] == [1, 2, 3, 4]
     assert payload["results"][0]["measurement_uid"] == json.loads(lines[0])["measurement_uid"]
-    assert payload["results"][3]["measurement_uid"] is None  # the end-of-run record
+    # The sealed last line is a measurement too: every result names its uid.
+    assert payload["results"][3]["measurement_uid"] == json.loads(lines[3])["measurement_uid"]
     (stored,) = (tmp_path / "data" / key.key_id).glob("*.jsonl")
     assert stored.read_bytes() == b"".join(lines)
     assert verify_file(stored, require_end=True).ok
@@ -88,12 +89,16 @@ def test_whole_request_errors(start_collector):
 
 
 def test_line_too_long_is_a_rejected_line(start_collector):
-    collector = start_collector(Limits(max_line_bytes=1000))
     _, lines = signed_run()
+    sizes = [len(line.rstrip(b"\n")) for line in lines]
+    limit = max(sizes) - 1  # the longest line is over it, shorter ones (two endpoints) not
+    collector = start_collector(Limits(max_line_bytes=limit))
     status, _, payload = upload(collector.url, lines)
     assert status == 200
-    assert statuses(payload) == ["rejected", "rejected", "rejected", "stored"]
-    assert "over the limit of 1000" in payload["results"][0]["reason"]
+    expected = ["rejected" if size > limit else "stored" for size in sizes]
+    assert statuses(payload) == expected and "stored" in expected
+    longest = sizes.index(max(sizes))
+    assert f"over the limit of {limit}" in payload["results"][longest]["reason"]
 
 
 def test_trusted_keys_only(start_collector):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ooni_loadable import assert_ooni_loadable
 
 from probe.lab import plan
 from probe.lab.demo import run_probe
@@ -113,6 +114,7 @@ def test_lab_run_uploads_and_aggregates_to_the_ground_truth(clean_lab, collector
     helper_keys = {attested[0]["public_key"]}
     second = independent_verifier.verify(report.read_bytes(), None, helper_keys)
     assert second.ok, second.problems
+    assert assert_ooni_loadable(report) == len(sent)  # the sealed last line included
 
     # a duplicate upload is acknowledged, not stored again
     again = post(sent[0] + b"\n")

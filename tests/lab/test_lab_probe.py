@@ -16,6 +16,7 @@ import json
 import re
 
 import pytest
+from ooni_loadable import assert_ooni_loadable
 
 from probe.lab import plan
 from probe.lab.demo import ProbeUnavailable, evaluate, run_probe, unreported
@@ -55,6 +56,7 @@ def test_probe_reaches_the_ground_truth(clean_lab, tmp_path, name):
     except ProbeUnavailable as exc:
         pytest.skip(str(exc))
     assert result["report"], "the probe wrote no report"
+    assert_ooni_loadable(result["report"])  # every line an OONI measurement, none skipped
     PAIRS.extend(verdict_pairs(scenario.truth, result["endpoints"]))
     mismatches = evaluate(scenario, result)
     # Until `probe run --json` reports functions and network findings at all, their

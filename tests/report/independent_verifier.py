@@ -267,7 +267,10 @@ def verify(
             record = parse_line(line)
             if not isinstance(record, dict):
                 raise Invalid("not an object")
-            signature = _check_signature(record, LINE_MEMBERS, LINE_PREFIX)
+            claimed = record.get("signature")
+            sealed = isinstance(claimed, dict) and "seal" in claimed
+            members = LINE_MEMBERS | {"seal"} if sealed else LINE_MEMBERS
+            signature = _check_signature(record, members, LINE_PREFIX)
             if jcs(record) != line:
                 raise Invalid("line is not the JCS form of its record")
             if not (_hex(signature["run"], 32) and isinstance(signature["seq"], int)):
@@ -281,22 +284,22 @@ def verify(
             if not _trusted(signature, trusted_keys):
                 raise Invalid("key not trusted")
             if "end_of_run" in record:
-                seal = record["end_of_run"]
+                raise Invalid("end-of-run record: the earlier format, not a measurement")
+            if sealed:
+                seal = signature["seal"]
                 if (
-                    set(record) != {"end_of_run", "signature"}
-                    or not isinstance(seal, dict)
+                    not isinstance(seal, dict)
                     or set(seal) != {"measurements", "interrupted"}
                     or not isinstance(seal["interrupted"], bool)
-                    or isinstance(seal["measurements"], bool)
-                    or seal["measurements"] != signature["seq"]
+                    or type(seal["measurements"]) is not int
+                    or seal["measurements"] != signature["seq"] + 1
                 ):
-                    raise Invalid("bad end-of-run record")
-            else:
-                uid = record.get("measurement_uid")
-                if not (isinstance(uid, str) and 0 < len(uid) <= 200
-                        and all(0x21 <= ord(c) <= 0x7E for c in uid)):
-                    raise Invalid("measurement_uid is not 1-200 visible ASCII characters")
-                _check_attestations(record, trusted_control_keys)
+                    raise Invalid("bad seal")
+            uid = record.get("measurement_uid")
+            if not (isinstance(uid, str) and 0 < len(uid) <= 200
+                    and all(0x21 <= ord(c) <= 0x7E for c in uid)):
+                raise Invalid("measurement_uid is not 1-200 visible ASCII characters")
+            _check_attestations(record, trusted_control_keys)
         except Invalid as error:
             result.problems.append((number, str(error)))
             continue
@@ -304,8 +307,7 @@ def verify(
             result.problems.append((number, f"same as line {seen_lines[line]}"))
             continue
         seen_lines[line] = number
-        uid = record.get("measurement_uid") if "end_of_run" not in record else None
-        if uid is not None and seen_uids.setdefault(uid, number) != number:
+        if seen_uids.setdefault(uid, number) != number:
             result.problems.append((number, f"measurement_uid also at line {seen_uids[uid]}"))
         runs.setdefault(signature["run"], []).append(
             (number, record, hashlib.sha256(line).hexdigest())
@@ -343,9 +345,9 @@ def _check_chain(records: list[tuple[int, dict, str]], result: Result) -> None:
     previous: tuple[int, dict, str] | None = None
     for number, record, line_hash in records:
         signature = record["signature"]
-        if previous is not None and "end_of_run" in previous[1]:
-            result.problems.append((number, "record after the end-of-run record"))
-            continue  # the end-of-run record stays the run's last
+        if previous is not None and "seal" in previous[1]["signature"]:
+            result.problems.append((number, "record after the sealed record"))
+            continue  # the sealed record stays the run's last
         if previous is None:
             if signature["seq"] != 0:
                 result.problems.append((number, "run does not start at seq 0: head missing"))
@@ -361,5 +363,5 @@ def _check_chain(records: list[tuple[int, dict, str]], result: Result) -> None:
             elif signature["prev"] != previous[2]:
                 result.problems.append((number, "prev is not the hash of the previous line"))
         previous = (number, record, line_hash)
-    if "end_of_run" not in previous[1]:
-        result.warnings.append((previous[0], "run has no end-of-run record"))
+    if "seal" not in previous[1]["signature"]:
+        result.warnings.append((previous[0], "run has no sealed record"))

@@ -14,12 +14,11 @@ import datetime
 import ipaddress
 import json
 import re
-import types
-import typing
 
 import dns.message
 import dns.rrset
 import pytest
+from ooni_loadable import check_fields  # tests/: OONI's models, with their exact types
 
 from probe import analysis
 from probe.net import failures
@@ -283,70 +282,6 @@ def measure(service: Service, observations, control=None, **meta_changes):
 # --------------------------------------------------------------------------- #
 # OONI compatibility: load with oonidata, with the types its models declare    #
 # --------------------------------------------------------------------------- #
-
-
-def _matches(value, hint, path: str) -> None:
-    origin = typing.get_origin(hint)
-    if hint is typing.Any:
-        return
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(hint):
-            try:
-                _matches(value, arg, path)
-                return
-            except AssertionError as error:
-                errors.append(str(error))
-        raise AssertionError(f"{path}: {value!r:.60} fits none of {hint}: {errors}")
-    if hint is type(None):
-        assert value is None, f"{path}: expected null, got {value!r:.60}"
-        return
-    if origin is list or hint is list:
-        assert isinstance(value, list), f"{path}: expected a list, got {value!r:.60}"
-        (arg,) = typing.get_args(hint) or (typing.Any,)
-        for index, item in enumerate(value):
-            _matches(item, arg, f"{path}[{index}]")
-        return
-    if origin is dict or hint is dict:
-        assert isinstance(value, dict), f"{path}: expected an object, got {value!r:.60}"
-        args = typing.get_args(hint)
-        for key, item in value.items():
-            assert isinstance(key, str), f"{path}: key {key!r} is not a string"
-            if args:
-                _matches(item, args[1], f"{path}.{key}")
-        return
-    if dataclasses.is_dataclass(hint):
-        check_fields(hint, value, path)
-        return
-    if hint is bool:
-        assert isinstance(value, bool), f"{path}: expected a bool, got {value!r:.60}"
-    elif hint is int:
-        assert isinstance(value, int) and not isinstance(value, bool), f"{path}: not an int"
-    elif hint is float:
-        assert isinstance(value, (int, float)) and not isinstance(value, bool), (
-            f"{path}: not a number"
-        )
-    elif hint is str:
-        assert isinstance(value, str), f"{path}: expected a string, got {value!r:.60}"
-    else:
-        raise AssertionError(f"{path}: no rule for {hint}")
-
-
-def check_fields(model: type, data, path: str = "") -> None:
-    """``data`` has every required field of ``model``, each of its declared type
-    (mashumaro would silently coerce "yes" to True: this does not)."""
-    assert isinstance(data, dict), f"{path}: expected an object for {model.__name__}"
-    hints = typing.get_type_hints(model)
-    for field in dataclasses.fields(model):
-        if field.name.startswith("_"):
-            continue
-        required = (
-            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        )
-        if field.name not in data:
-            assert not required, f"{path}.{field.name}: required by {model.__name__}, missing"
-            continue
-        _matches(data[field.name], hints[field.name], f"{path}.{field.name}")
 
 
 def check_loads_with_oonidata(measurement: dict) -> None:

@@ -102,20 +102,20 @@ def test_an_honest_line_passes_everywhere(tmp_path):
 
 
 # --------------------------------------------------------------------------- #
-# nothing after the end-of-run record                                          #
+# nothing after the sealed line                                               #
 # --------------------------------------------------------------------------- #
 
 
 def sealed_then_extended() -> bytes:
     """A sealed run to which its own key appends one more, correctly chained record."""
     signer = ReportSigner(PROBE_KEY)
-    lines = [signer.sign(probe_measurement(1)).line, signer.finish().line]
+    lines = [signer.sign(probe_measurement(0)).line, signer.sign_last(probe_measurement(1)).line]
     signer.finished = False  # what a key holder can do: keep signing after the seal
     lines.append(signer.sign(probe_measurement(2)).line)
     return b"".join(lines)
 
 
-def test_record_after_the_end_of_run_record_is_refused(tmp_path):
+def test_record_after_the_sealed_line_is_refused(tmp_path):
     data = sealed_then_extended()
     last = json.loads(data.splitlines()[-1])
     assert last["signature"]["prev"] == hashlib.sha256(data.splitlines()[1]).hexdigest()
@@ -124,42 +124,62 @@ def test_record_after_the_end_of_run_record_is_refused(tmp_path):
 
     ours = verify_bytes(data, "r.jsonl")
     assert [p.line for p in ours.problems] == [3]
-    assert "record after the end-of-run record: seq 2" in ours.problems[0].reason
+    assert "record after the end of the run: seq 2" in ours.problems[0].reason
     assert ours.runs[0].sealed
     theirs = independent_verifier.verify(data)
     assert [n for n, _ in theirs.problems] == [3]
 
     con, ingested = ingest_bytes(tmp_path, data)
-    assert (ingested.measurements, ingested.run_ends, ingested.rejected) == (1, 1, 1)
-    assert "record after the end-of-run record" in ingested.rejections[0][2]
-    uids = con.execute("SELECT measurement_uid FROM measurements").fetchall()
-    assert uids == [(json.loads(data.splitlines()[0])["measurement_uid"],)]
+    assert (ingested.measurements, ingested.run_ends, ingested.rejected) == (2, 1, 1)
+    assert "record after the end of the run" in ingested.rejections[0][2]
+    uids = con.execute("SELECT measurement_uid FROM measurements ORDER BY seq").fetchall()
+    assert uids == [(json.loads(line)["measurement_uid"],) for line in data.splitlines()[:2]]
     assert database.integrity(con) == []  # the sealed run itself is whole
     again = database.ingest(con, [tmp_path / "report.jsonl"])
     assert again.measurements == 0
     assert con.execute("SELECT count(*) FROM rejected").fetchall() == [(1,)]
 
 
-def test_a_second_end_of_run_record_is_refused(tmp_path):
+def test_a_second_sealed_line_is_refused(tmp_path):
     signer = ReportSigner(PROBE_KEY)
-    lines = [signer.sign(probe_measurement(1)).line, signer.finish().line]
+    lines = [signer.sign_last(probe_measurement(1)).line]
     signer.finished = False
-    lines.append(signer.finish().line)  # well formed: measurements == its seq, 2
+    lines.append(signer.sign_last(probe_measurement(2)).line)  # well formed: measurements 2
     data = b"".join(lines)
-    assert [p.line for p in verify_bytes(data).problems] == [3]
+    ours = verify_bytes(data)
+    assert [p.line for p in ours.problems] == [2]
+    assert "record after the end of the run: seq 1" in ours.problems[0].reason
     assert not independent_verifier.verify(data).ok
-    _, ingested = ingest_bytes(tmp_path, data)
-    assert (ingested.run_ends, ingested.rejected) == (1, 1)
+    con, ingested = ingest_bytes(tmp_path, data)
+    assert (ingested.measurements, ingested.run_ends, ingested.rejected) == (1, 1, 1)
+    assert con.execute("SELECT seq FROM run_ends").fetchall() == [(0,)]
 
 
-def test_another_keys_end_record_cannot_truncate_a_run(tmp_path):
-    # Run ids are public: a stranger's end-of-run record claiming seq 0 of the
+def test_another_keys_seal_cannot_truncate_a_run(tmp_path):
+    # Run ids are public: a stranger's sealed line claiming seq 0 of the
     # victim's run must not make the victim's measurements "after the end".
     victim = ReportSigner(PROBE_KEY)
-    lines = [victim.sign(probe_measurement(n)).line for n in range(2)] + [victim.finish().line]
+    lines = [signed.line for signed in victim.sign_run(probe_measurement(n) for n in range(2))]
     stranger = ReportSigner(generate_ephemeral(), run_id=victim.run_id)
-    _, ingested = ingest_bytes(tmp_path, stranger.finish().line + b"".join(lines))
-    assert (ingested.measurements, ingested.rejected) == (2, 0)
+    intruder = stranger.sign_last(probe_measurement(9)).line
+    con, ingested = ingest_bytes(tmp_path, intruder + b"".join(lines))
+    assert (ingested.measurements, ingested.rejected) == (3, 0)
+    kept = con.execute("SELECT count(*) FROM measurements WHERE key_id = ?",
+                       [PROBE_KEY.key_id]).fetchall()
+    assert kept == [(2,)]
+
+
+def test_a_malformed_seal_is_refused_everywhere(tmp_path):
+    from probe.report.keys import b64encode
+
+    record = json.loads(ReportSigner(PROBE_KEY).sign_last(probe_measurement(1)).line)
+    signature = {k: v for k, v in record["signature"].items() if k != "value"}
+    signature["seal"] = {"measurements": 1, "interrupted": "false"}
+    signature["value"] = b64encode(PROBE_KEY.sign(
+        REPORT_LINE_CONTEXT + canonical_bytes({**record, "signature": {
+            k: v for k, v in signature.items() if k != "value"}})))
+    line = canonical_bytes({**record, "signature": signature})
+    refused_everywhere(tmp_path, line, "malformed seal")
 
 
 # --------------------------------------------------------------------------- #
@@ -376,14 +396,12 @@ def test_two_measurements_with_one_uid_are_refused(tmp_path):
     first, second = ReportSigner(PROBE_KEY), ReportSigner(PROBE_KEY)
     twin = probe_measurement(7)
     other = dict(twin, probe_cc="DE")
-    data = b"".join([
-        first.sign(twin).line, first.finish().line, second.sign(other).line, second.finish().line,
-    ])
+    data = first.sign_last(twin).line + second.sign_last(other).line
     ours = verify_bytes(data)
-    assert [p.line for p in ours.problems] == [3]
+    assert [p.line for p in ours.problems] == [2]
     assert f"measurement_uid {twin['measurement_uid']} is also that of line 1" in (
         ours.problems[0].reason)
-    assert [n for n, _ in independent_verifier.verify(data).problems] == [3]
+    assert [n for n, _ in independent_verifier.verify(data).problems] == [2]
     _, ingested = ingest_bytes(tmp_path, data)
     assert (ingested.measurements, ingested.rejected) == (1, 1)
     assert "with different content" in ingested.rejections[0][2]

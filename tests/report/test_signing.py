@@ -270,8 +270,7 @@ def test_signature_object_shape_and_chain():
     signer = ReportSigner(key, run_id="000102030405060708090a0b0c0d0e0f")
     measurement = {"measurement_uid": "m1", "test_keys": {"t": 0.5}}
     first = signer.sign(measurement)
-    second = signer.sign({"measurement_uid": "m2"})
-    end = signer.finish()
+    second = signer.sign_last({"measurement_uid": "m2"})
     assert "signature" not in measurement  # the caller's dict is not changed
     signature = first.record["signature"]
     assert set(signature) == {"version", "alg", "key_id", "public_key", "run", "seq", "prev",
@@ -282,12 +281,11 @@ def test_signature_object_shape_and_chain():
     assert (signature["seq"], signature["prev"]) == (0, None)
     assert second.record["signature"]["prev"] == line_hash(first.line) == first.line_hash
     assert second.record["signature"]["seq"] == 1
-    assert end.record == {
-        "end_of_run": {"measurements": 2, "interrupted": False},
-        "signature": end.record["signature"],
-    }
-    assert end.record["signature"]["prev"] == second.line_hash
-    for signed in (first, second, end):
+    # The last measurement carries the seal, inside what is signed; it is a
+    # measurement like the others (no line of the report is anything else).
+    assert second.record["signature"]["seal"] == {"measurements": 2, "interrupted": False}
+    assert set(second.record) == {"measurement_uid", "signature"}
+    for signed in (first, second):
         assert signed.line.endswith(b"\n") and signed.line.count(b"\n") == 1
         assert signed.line[:-1] == canonical_bytes(signed.record)
         message = REPORT_LINE_CONTEXT + canonical_bytes(without_value(signed.record))
@@ -296,15 +294,18 @@ def test_signature_object_shape_and_chain():
                       message)
 
 
-def test_signer_refuses_reserved_fields_and_signing_after_finish():
+def test_signer_refuses_reserved_fields_and_signing_after_the_seal():
     signer = ReportSigner(generate_ephemeral())
     with pytest.raises(SigningError, match="signature"):
         signer.sign({"signature": "forged"})
     with pytest.raises(SigningError, match="end_of_run"):
-        signer.sign({"end_of_run": {}})
-    signer.finish(interrupted=True)
-    with pytest.raises(SigningError, match="finished"):
+        signer.sign_last({"end_of_run": {}})
+    last = signer.sign_last({"a": 0}, interrupted=True)
+    assert last.record["signature"]["seal"] == {"measurements": 1, "interrupted": True}
+    with pytest.raises(SigningError, match="sealed"):
         signer.sign({"a": 1})
+    with pytest.raises(SigningError, match="sealed"):
+        signer.sign_last({"a": 1})
     with pytest.raises(ValueError):
         ReportSigner(generate_ephemeral(), run_id="not hex")
 

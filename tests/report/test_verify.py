@@ -4,6 +4,7 @@ the independent one written from docs/signing.md; arbitrary bytes never crash.""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -86,12 +87,13 @@ def measurement(index: int, control_key: SigningKey = CONTROL_KEY) -> dict:
     }
 
 
-def make_report(count: int = 5, key: SigningKey = PROBE_KEY, *, end: bool = True) -> bytes:
+def make_report(count: int = 6, key: SigningKey = PROBE_KEY, *, end: bool = True) -> bytes:
+    """``count`` measurements, the last one sealed if ``end``."""
     signer = ReportSigner(key)
-    lines = [signer.sign(measurement(i)).line for i in range(count)]
     if end:
-        lines.append(signer.finish().line)
-    return b"".join(lines)
+        signed = signer.sign_run(measurement(i) for i in range(count))
+        return b"".join(line.line for line in signed)
+    return b"".join(signer.sign(measurement(i)).line for i in range(count))
 
 
 REPORT = make_report()
@@ -137,13 +139,15 @@ def test_worked_example_in_the_document_verifies_and_is_reproducible():
         "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")))
     control_key = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(
         "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")))
-    first = json.loads(block.splitlines()[0])
-    del first["signature"]
+    first, second = (json.loads(line) for line in block.splitlines())
+    assert "seal" not in first["signature"] and second["signature"]["seal"] == {
+        "measurements": 2, "interrupted": False}
+    del first["signature"], second["signature"]
     attestation = first["test_keys"]["control"]["attestation"]
     first["test_keys"]["control"]["attestation"] = attest_control_response(
         attestation["response"], control_key)
     signer = ReportSigner(probe_key, run_id="000102030405060708090a0b0c0d0e0f")
-    assert signer.sign(first).line + signer.finish().line == block
+    assert signer.sign(first).line + signer.sign_last(second).line == block
     assert control_key.key_id == "39f713d0a644253f"
     assert "6660adfcd82e10938aa9c61d2972fc10a4e4444ee3d0075513c20d2f854f32a1" in text
 
@@ -163,7 +167,7 @@ def test_several_runs_and_keys_in_one_file_interleaved():
     for i in range(3):
         lines.append(first.sign(measurement(i)).line)
         lines.append(second.sign(measurement(10 + i)).line)
-    lines += [second.finish().line, first.finish().line]
+    lines += [second.sign_last(measurement(13)).line, first.sign_last(measurement(3)).line]
     data = b"".join(lines)
     ours, theirs = both(data, {PROBE_KEY.key_id, other_key.public_key_b64})
     assert ours.ok and theirs.ok, (reasons(ours), theirs.problems)
@@ -180,7 +184,7 @@ def test_several_runs_and_keys_in_one_file_interleaved():
 # --------------------------------------------------------------------------- #
 
 
-SMALL_REPORT = make_report(2)  # two measurements and the end-of-run record
+SMALL_REPORT = make_report(2)  # two measurements, the second sealed
 
 
 def test_every_single_byte_change_fails_in_both_verifiers():
@@ -217,9 +221,9 @@ def test_removed_line_is_detected(index):
     data = b"".join(LINES[:index] + LINES[index + 1:])
     ours, theirs = both(data)
     if index == len(LINES) - 1:
-        # The end-of-run record itself: indistinguishable from a crash, so a
+        # The sealed last line itself: indistinguishable from a crash, so a
         # warning, and a failure for whoever requires complete runs.
-        assert ours.ok and "no end-of-run record" in ours.warnings[0].reason
+        assert ours.ok and "is not sealed" in ours.warnings[0].reason
         assert theirs.ok and theirs.warnings
         assert not verify_bytes(data, require_end=True).ok
         return
@@ -250,7 +254,7 @@ def test_truncated_head_is_detected():
     assert theirs.problems[0][0] == 1
 
 
-def test_truncated_tail_is_detected_through_the_end_record():
+def test_truncated_tail_is_detected_through_the_seal():
     ours, theirs = both(b"".join(LINES[:3] + LINES[-1:]))
     assert not ours.ok and not theirs.ok
     assert ours.problems[0].line == 4 and "2 line(s)" in ours.problems[0].reason
@@ -268,10 +272,98 @@ def test_duplicated_line_is_detected():
 
 def test_interrupted_run_is_a_warning():
     signer = ReportSigner(PROBE_KEY)
-    data = signer.sign(measurement(0)).line + signer.finish(interrupted=True).line
+    data = signer.sign_last(measurement(0), interrupted=True).line
     ours, theirs = both(data)
     assert ours.ok and theirs.ok
     assert "interrupted" in ours.warnings[0].reason and ours.runs[0].interrupted
+
+
+def _resigned(record: dict, key: SigningKey = PROBE_KEY) -> bytes:
+    """``record`` signed again by ``key`` with its signature object as it is: what a
+    key holder can make of any record, seal included."""
+    from probe.report.keys import b64encode
+    from probe.report.rules import REPORT_LINE_CONTEXT
+
+    signature = {k: v for k, v in record["signature"].items() if k != "value"}
+    unsigned = {**record, "signature": signature}
+    signature["value"] = b64encode(key.sign(REPORT_LINE_CONTEXT + canonical_bytes(unsigned)))
+    return canonical_bytes({**record, "signature": signature}) + b"\n"
+
+
+def test_only_the_last_line_is_sealed_and_its_seal_counts_the_run():
+    records = [json.loads(line) for line in LINES]
+    assert ["seal" in r["signature"] for r in records] == [False] * 5 + [True]
+    assert records[-1]["signature"]["seal"] == {"measurements": 6, "interrupted": False}
+    assert all("test_keys" in r and "measurement_uid" in r for r in records)
+
+
+def test_tampered_seal_is_detected():
+    record = json.loads(LINES[-1])
+    for seal, reason in (({"measurements": 7, "interrupted": False}, "malformed seal"),
+                         ({"measurements": 6, "interrupted": True}, "signature does not match")):
+        record["signature"]["seal"] = seal
+        data = b"".join([*LINES[:-1], canonical_bytes(record) + b"\n"])
+        ours, theirs = both(data)
+        assert [p.line for p in ours.problems] == [6]
+        assert reason in ours.problems[0].reason
+        assert [n for n, _ in theirs.problems] == [6]
+    # Removing the seal is a change of the signed bytes too, not a shorter run.
+    del record["signature"]["seal"]
+    ours, theirs = both(b"".join([*LINES[:-1], canonical_bytes(record) + b"\n"]))
+    assert [p.line for p in ours.problems] == [6] and not theirs.ok
+
+
+@pytest.mark.parametrize("seal", [
+    {"measurements": 5, "interrupted": False},  # not seq + 1
+    {"measurements": 6},
+    {"measurements": 6, "interrupted": "no"},
+    {"measurements": True, "interrupted": False},
+    {"measurements": 6, "interrupted": False, "extra": 1},
+    [6, False],
+])
+def test_malformed_seal_signed_by_the_key_is_refused(seal):
+    record = json.loads(LINES[-1])
+    record["signature"]["seal"] = seal
+    ours, theirs = both(b"".join([*LINES[:-1], _resigned(record)]))
+    assert [p.line for p in ours.problems] == [6]
+    assert "malformed seal" in ours.problems[0].reason
+    assert [n for n, _ in theirs.problems] == [6]
+
+
+def test_records_after_the_sealed_line_are_refused():
+    # The key holder extends a finished run with a correctly chained line.
+    extra = measurement(99)
+    extra["signature"] = {**json.loads(LINES[-1])["signature"], "seq": 6,
+                          "prev": hashlib.sha256(LINES[-1].rstrip(b"\n")).hexdigest()}
+    del extra["signature"]["seal"]
+    ours, theirs = both(REPORT + _resigned(extra))
+    assert [p.line for p in ours.problems] == [7]
+    assert "record after the end of the run" in ours.problems[0].reason
+    assert [n for n, _ in theirs.problems] == [7]
+    # A seal on a line that is not the run's last: the same.
+    early = json.loads(LINES[2])
+    early["signature"]["seal"] = {"measurements": 3, "interrupted": False}
+    ours, theirs = both(b"".join([*LINES[:2], _resigned(early)]) + b"".join(LINES[3:]))
+    assert 4 in {p.line for p in ours.problems}
+    assert any("record after the end of the run" in p.reason for p in ours.problems)
+    assert not theirs.ok
+
+
+def test_end_of_run_record_of_the_earlier_format_is_refused_with_a_clear_reason():
+    signer = ReportSigner(PROBE_KEY)
+    first = signer.sign(measurement(0)).line
+    old = {"end_of_run": {"measurements": 1, "interrupted": False},
+           "signature": {**json.loads(first)["signature"], "seq": 1,
+                         "prev": hashlib.sha256(first.rstrip(b"\n")).hexdigest()}}
+    ours, theirs = both(first + _resigned(old))
+    assert [p.line for p in ours.problems] == [2]
+    assert "report format before the seal" in ours.problems[0].reason
+    assert not ours.runs[0].sealed
+    assert [n for n, _ in theirs.problems] == [2]
+
+
+def test_signing_an_empty_run_gives_no_line():
+    assert list(ReportSigner(PROBE_KEY).sign_run([])) == []
 
 
 def _attestation_of(line: bytes) -> tuple[dict, dict]:
@@ -294,7 +386,7 @@ def test_control_data_forged_by_the_probe_itself_is_detected():
     signer = ReportSigner(PROBE_KEY)
     forged = measurement(0)
     forged["test_keys"]["control"]["attestation"]["response"]["endpoints"] = {}
-    data = signer.sign(forged).line + signer.finish().line
+    data = signer.sign_last(forged).line
     ours, theirs = both(data, control={CONTROL_KEY.public_key_b64})
     assert [str(p) for p in ours.problems] == [
         "report.jsonl:1: control attestation: signature does not match (control response "
@@ -307,7 +399,7 @@ def test_control_data_forged_by_the_probe_itself_is_detected():
 def test_control_response_signed_by_another_helper_is_not_trusted():
     impostor = generate_ephemeral()
     signer = ReportSigner(PROBE_KEY)
-    data = signer.sign(measurement(0, control_key=impostor)).line + signer.finish().line
+    data = signer.sign_last(measurement(0, control_key=impostor)).line
     ours, theirs = both(data, control={CONTROL_KEY.key_id})
     assert [p.reason for p in ours.problems] == [
         f"control attestation: key {impostor.key_id} is not in the trusted control keys"]
@@ -319,7 +411,7 @@ def test_unattested_control_data_fails_when_control_keys_are_trusted():
     signer = ReportSigner(PROBE_KEY)
     plain = measurement(0)
     plain["test_keys"]["control"] = {"endpoints": {}}
-    data = signer.sign(plain).line + signer.finish().line
+    data = signer.sign_last(plain).line
     ours, theirs = both(data, control={CONTROL_KEY.key_id})
     assert [p.line for p in ours.problems] == [1]
     assert "not attested" in ours.problems[0].reason
@@ -327,7 +419,7 @@ def test_unattested_control_data_fails_when_control_keys_are_trusted():
     assert both(data)[0].ok and both(data)[1].ok  # nobody said which helper to trust
     signer = ReportSigner(PROBE_KEY)
     plain["test_keys"]["control"] = None  # no control at all: nothing to attest
-    data = signer.sign(plain).line + signer.finish().line
+    data = signer.sign_last(plain).line
     assert verify_bytes(data, trusted_control_keys={CONTROL_KEY.key_id}).warnings == ()
 
 
@@ -426,10 +518,9 @@ json_values = st.recursive(
     min_size=1, max_size=3))
 def test_any_json_measurement_signs_and_verifies_in_both(measurements):
     signer = ReportSigner(PROBE_KEY)
-    lines = [
-        signer.sign({**m, "measurement_uid": f"uid-{n}"}).line for n, m in enumerate(measurements)
-    ]
-    data = b"".join(lines) + signer.finish().line
+    lines = [signed.line for signed in signer.sign_run(
+        {**m, "measurement_uid": f"uid-{n}"} for n, m in enumerate(measurements))]
+    data = b"".join(lines)
     ours, theirs = both(data)
     assert ours.ok, reasons(ours)
     assert theirs.ok, theirs.problems
