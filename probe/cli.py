@@ -332,12 +332,45 @@ def targets_check(file: str | None) -> None:
 
 @targets.command("list")
 @click.argument("file", required=False)
-def targets_list(file: str | None) -> None:
+@click.option("--sources", "show_sources", is_flag=True,
+              help="Show each endpoint's source and the day it was checked.")
+@click.option("--stale-days", type=click.IntRange(min=0), default=365, show_default=True,
+              help="With --sources: flag sources checked more than this many days ago.")
+def targets_list(file: str | None, show_sources: bool, stale_days: int) -> None:
     """Show the services of a targets file and their endpoint counts."""
     loaded = active_targets_or_exit(file)
+    if show_sources:
+        _echo_sources(loaded, stale_days)
+        return
     for service in loaded.services:
         flag = " (baseline)" if service.baseline else ""
         click.echo(f"{service.id:<22} {len(service.endpoints):>4} endpoints  {service.name}{flag}")
+
+
+def _echo_sources(loaded, stale_days: int) -> None:
+    """One line per endpoint and source: id, checked day, reference; old ones flagged."""
+    import datetime
+
+    today = datetime.date.today()
+    endpoints = loaded.endpoints()
+    width = max((len(e.id) for e in endpoints), default=0)
+    unsourced = stale = 0
+    for endpoint in endpoints:
+        if not endpoint.sources:
+            unsourced += 1
+            click.echo(f"{endpoint.id:<{width}}  {'-':<10}  NO SOURCE")
+        for index, source in enumerate(endpoint.sources):
+            name = endpoint.id if index == 0 else ""
+            age = source.age_days(today)
+            flag = ""
+            if age > stale_days:
+                stale += 1
+                flag = f"  STALE: checked {age} days ago"
+            click.echo(f"{name:<{width}}  {source.checked.isoformat()}  {source.ref}{flag}")
+    click.echo(
+        f"{len(endpoints)} endpoints, {unsourced} without a source, "
+        f"{stale} sources checked more than {stale_days} days ago"
+    )
 
 
 @targets.command("sign")

@@ -10,6 +10,7 @@ and every message lives here.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
@@ -32,6 +33,7 @@ __all__ = [
     "PAYLOADS",
     "Endpoint",
     "Service",
+    "Source",
     "Targets",
     "TargetsError",
     "default_targets_path",
@@ -60,16 +62,20 @@ _SERVICE_ID = re.compile(r"[a-z0-9_-]+\Z")
 _ENDPOINT_ID = re.compile(r"[a-z0-9_.-]+\Z")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 _PATH_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f#]")
+# A source: a file of a public repository at one commit, or a vendor's page.
+_REPOSITORY_REF = re.compile(r"github:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+ \S+@[0-9a-f]{40}\Z")
+_URL_REF = re.compile(r"https://[^\s/]+\.[^\s/]+(/\S*)?\Z")
 
 # A CA file larger than this is not a CA file (and reading /dev/zero must end).
 _MAX_CA_BYTES = 1024 * 1024
 
-_TOP_KEYS = ("version", "ca_bundle", "routable_networks", "services")
-_SERVICE_KEYS = ("id", "name", "test_name", "baseline", "ca", "notes", "endpoints")
+_TOP_KEYS = ("version", "require_sources", "ca_bundle", "routable_networks", "services")
+_SERVICE_KEYS = ("id", "name", "test_name", "baseline", "ca", "notes", "source", "endpoints")
 _ENDPOINT_KEYS = (
     "id", "host", "port", "ports", "checks", "sni", "ca", "path", "role", "expected_asns",
-    "notes", "function", "payload", "datagrams", "interval",
+    "notes", "source", "function", "payload", "datagrams", "interval",
 )
+_SOURCE_KEYS = ("ref", "checked")
 
 
 class TargetsError(Exception):
@@ -98,6 +104,22 @@ class TargetsError(Exception):
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where an endpoint's host, port and protocol come from, and when that was read.
+
+    ``ref`` is a repository, path and commit (``github:owner/repo path@<40 hex>``) or
+    a vendor's URL; ``checked`` is the day someone last read it and found the
+    endpoint there. A source ages: a client moves hosts, and the endpoint goes stale.
+    """
+
+    ref: str
+    checked: datetime.date
+
+    def age_days(self, today: datetime.date) -> int:
+        return (today - self.checked).days
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """One host of a service and what to measure on it."""
 
@@ -118,6 +140,8 @@ class Endpoint:
     payload: str = UdpPayload.STUN.value  # udp check: probe.vocabulary.UdpPayload
     datagrams: int = DEFAULT_DATAGRAMS  # udp check: datagrams in the flow
     interval: float = DEFAULT_INTERVAL  # udp check: seconds between two datagrams
+    sources: tuple[Source, ...] = ()
+    """Its own `source`, else its service's; empty when the file cites none."""
 
     @property
     def host_is_address(self) -> bool:
@@ -134,6 +158,7 @@ class Service:
     baseline: bool
     notes: str
     endpoints: tuple[Endpoint, ...]
+    sources: tuple[Source, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,8 @@ class Targets:
     """PEM bundle to use instead of the system trust store, if the file names one."""
     routable_networks: tuple[str, ...] = ()
     """Networks exempted from the bogon list (test labs use documentation ranges)."""
+    require_sources: bool = False
+    """The file declares `require_sources: true`: every endpoint has a `source`."""
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(endpoint for service in self.services for endpoint in service.endpoints)
@@ -350,6 +377,9 @@ class _Parser:
         self.ca_files = ca_files
         self.constructor = yaml.constructor.SafeConstructor()
         self.ca_cache: dict[Path, str] = {}
+        # endpoints citing no source, own or inherited: (line, field, id), for
+        # `require_sources`, which the file may declare after its services
+        self.unsourced: list[tuple[int, str, str]] = []
 
     # -- generic helpers -------------------------------------------------------------
 
@@ -468,6 +498,10 @@ class _Parser:
                 f"{SUPPORTED_VERSION} (upgrade probe, or write 'version: 1')",
             )
 
+        require_sources = False
+        if "require_sources" in entries:
+            require_sources = self.boolean(entries["require_sources"][1], "require_sources")
+
         ca_bundle_pem = None
         if "ca_bundle" in entries:
             ca_bundle_pem = self.ca(entries["ca_bundle"][1], "ca_bundle")
@@ -501,10 +535,66 @@ class _Parser:
                 services.append(
                     self.service(service_node, f"services[{index}]", service_ids, endpoint_ids)
                 )
+        if require_sources and self.unsourced:
+            line, field, endpoint_id = self.unsourced[0]
+            more = len(self.unsourced) - 1
+            others = f" ({more} more endpoints lack one too)" if more else ""
+            raise TargetsError(
+                self.source, line, field,
+                f"endpoint '{endpoint_id}' cites no source, and this file declares "
+                "'require_sources: true'; add 'source: {ref: ..., checked: YYYY-MM-DD}' "
+                f"to it or to its service{others}",
+            )
         return Targets(
             source=self.source, services=tuple(services), ca_bundle_pem=ca_bundle_pem,
-            routable_networks=tuple(routable),
+            routable_networks=tuple(routable), require_sources=require_sources,
         )
+
+    def sources(self, node: yaml.Node, field: str) -> tuple[Source, ...]:
+        """A `source` value: one {ref, checked} mapping, or a list of them when several
+        sources agree."""
+        if isinstance(node, yaml.SequenceNode):
+            items = [(n, f"{field}[{i}]") for i, n in enumerate(self.sequence(node, field))]
+            if not items:
+                raise self.error(node, field, "the list is empty; cite at least one source")
+        else:
+            items = [(node, field)]
+        found = []
+        for item, item_field in items:
+            if not isinstance(item, yaml.MappingNode):
+                raise self.error(
+                    item, item_field,
+                    f"expected a mapping {{ref: ..., checked: YYYY-MM-DD}}, "
+                    f"got {self.kind(item, item_field)}",
+                )
+            entries = self.mapping(item, item_field, _SOURCE_KEYS, _SOURCE_KEYS)
+            ref_node = entries["ref"][1]
+            ref = self.text(ref_node, f"{item_field}.ref").strip()
+            if not (_REPOSITORY_REF.match(ref) or _URL_REF.match(ref)):
+                raise self.error(
+                    ref_node, f"{item_field}.ref",
+                    f"'{ref}' is neither 'github:owner/repo path@<40-hex commit>' nor an "
+                    "https:// URL; cite the file at the commit you read, or the vendor's page",
+                )
+            found.append(Source(ref, self.day(entries["checked"][1], f"{item_field}.checked")))
+        return tuple(found)
+
+    def day(self, node: yaml.Node, field: str) -> datetime.date:
+        """A calendar day written YYYY-MM-DD (YAML reads it as a date), not in the future."""
+        value = self.scalar(node, field)
+        if isinstance(value, str):
+            try:
+                value = datetime.date.fromisoformat(value) if len(value) == 10 else value
+            except ValueError:
+                pass
+        if isinstance(value, datetime.datetime) or not isinstance(value, datetime.date):
+            raise self.error(
+                node, field, f"expected a day written YYYY-MM-DD, got {_describe(value)}"
+            )
+        # one day of slack: the person who checked may live east of this clock
+        if value > datetime.date.today() + datetime.timedelta(days=1):
+            raise self.error(node, field, f"{value.isoformat()} is in the future")
+        return value
 
     def service(
         self,
@@ -553,6 +643,9 @@ class _Parser:
         service_ca = None
         if "ca" in entries:
             service_ca = self.ca(entries["ca"][1], f"{field}.ca")
+        service_sources: tuple[Source, ...] = ()
+        if "source" in entries:
+            service_sources = self.sources(entries["source"][1], f"{field}.source")
 
         endpoints_node = entries["endpoints"][1]
         endpoint_nodes = self.sequence(endpoints_node, f"{field}.endpoints")
@@ -564,7 +657,8 @@ class _Parser:
         for index, endpoint_node in enumerate(endpoint_nodes):
             endpoint_field = f"{field}.endpoints[{index}]"
             endpoints.append(
-                self.endpoint(endpoint_node, endpoint_field, service_id, service_ca, endpoint_ids)
+                self.endpoint(endpoint_node, endpoint_field, service_id, service_ca, endpoint_ids,
+                              service_sources)
             )
         return Service(
             id=service_id,
@@ -573,6 +667,7 @@ class _Parser:
             baseline=baseline,
             notes=notes,
             endpoints=tuple(endpoints),
+            sources=service_sources,
         )
 
     def endpoint(
@@ -582,6 +677,7 @@ class _Parser:
         service_id: str,
         service_ca: str | None,
         endpoint_ids: dict[str, int],
+        service_sources: tuple[Source, ...] = (),
     ) -> Endpoint:
         entries = self.mapping(node, field, _ENDPOINT_KEYS, ("id", "host", "checks"))
 
@@ -699,6 +795,12 @@ class _Parser:
         if "notes" in entries:
             notes = self.text(entries["notes"][1], f"{field}.notes", allow_empty=True)
 
+        sources = service_sources
+        if "source" in entries:
+            sources = self.sources(entries["source"][1], f"{field}.source")
+        elif not sources:
+            self.unsourced.append((id_node.start_mark.line + 1, f"{field}.source", endpoint_id))
+
         function = None
         if "function" in entries:
             function = self.choice(entries["function"][1], f"{field}.function", FUNCTIONS,
@@ -722,6 +824,7 @@ class _Parser:
             payload=payload,
             datagrams=datagrams,
             interval=interval,
+            sources=sources,
         )
 
     def udp_flow(
