@@ -366,7 +366,7 @@ def _echo_sources(loaded, stale_days: int) -> None:
             if age > stale_days:
                 stale += 1
                 flag = f"  STALE: checked {age} days ago"
-            click.echo(f"{name:<{width}}  {source.checked.isoformat()}  {source.ref}{flag}")
+            click.echo(f"{name:<{width}}  {source.checked}  {source.ref}{flag}")
     click.echo(
         f"{len(endpoints)} endpoints, {unsourced} without a source, "
         f"{stale} sources checked more than {stale_days} days ago"

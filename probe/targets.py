@@ -113,10 +113,11 @@ class Source:
     """
 
     ref: str
-    checked: datetime.date
+    checked: str
+    """The day, as YYYY-MM-DD (text, so traces and feeds carry it as JSON)."""
 
     def age_days(self, today: datetime.date) -> int:
-        return (today - self.checked).days
+        return (today - datetime.date.fromisoformat(self.checked)).days
 
 
 @dataclass(frozen=True)
@@ -576,7 +577,8 @@ class _Parser:
                     f"'{ref}' is neither 'github:owner/repo path@<40-hex commit>' nor an "
                     "https:// URL; cite the file at the commit you read, or the vendor's page",
                 )
-            found.append(Source(ref, self.day(entries["checked"][1], f"{item_field}.checked")))
+            day = self.day(entries["checked"][1], f"{item_field}.checked")
+            found.append(Source(ref, day.isoformat()))
         return tuple(found)
 
     def day(self, node: yaml.Node, field: str) -> datetime.date:
