@@ -212,9 +212,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoints", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=scrub_workers(),
-                        help="processes scrubbing report lines (default: one per core; 0: "
-                             "none, the serial path)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes scrubbing report lines (default 0: the serial path; "
+                             f"this machine's cores: {scrub_workers()})")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile one report phase and print its N costliest functions")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")

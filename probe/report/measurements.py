@@ -113,9 +113,12 @@ def sign_lines(lines: Iterable[dict[str, Any]], key, complete: bool) -> Iterator
 
 
 # Scrubbing and its re-check are most of a report's CPU, and pure per line: with
-# this many lines or more they run in forked worker processes (one per core) while
-# this process builds, signs and writes, in the same order.
-PARALLEL_SCRUB_LINES = 4
+# workers, lines from this many on are scrubbed in forked processes while this
+# process builds, signs and writes, in the same order. Off by default: workers
+# lose the memos this process shares between lines and pickle every line twice,
+# and on the shared 2-core machine they cost 50% more CPU for no steady gain in
+# wall time (benchmarks/README.md); a machine with idle cores may pass workers.
+PARALLEL_SCRUB_LINES = 64
 # lines handed to the workers ahead of the one being signed (memory stays bounded)
 _SCRUB_AHEAD = 4
 
@@ -166,7 +169,7 @@ def write_run_report(
     key,
     context: RunContext | None = None,
     results: Iterable[ServiceResult] | None = None,
-    workers: int | None = None,
+    workers: int = 0,
 ) -> tuple[Path | None, list[tuple[str, str]]]:
     """Build, scrub, sign and write each line in turn. Returns the path and the
     measurements not written because the volunteer's address could not be removed
@@ -174,11 +177,10 @@ def write_run_report(
 
     A run with no measurement to write has no report: every line of a report is
     a measurement, the last one sealed. The path is then None and no file is made.
-    ``workers``: processes scrubbing lines (default :func:`scrub_workers`; 0: here).
+    ``workers``: processes scrubbing lines (0: here; see :func:`scrub_workers`).
     """
     context = context or RunContext()
     dropped: list[tuple[str, str]] = []
-    workers = scrub_workers() if workers is None else workers
 
     def scrubbed() -> Iterator[dict[str, Any]]:
         lines = iter_lines(outcome, targets, context, results)
