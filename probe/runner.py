@@ -199,7 +199,10 @@ class Measurer:
                 early[index] = view
                 waiting -= 1
                 if waiting == 0 and on_early is not None:
-                    on_early(self._split(early))
+                    try:
+                        on_early(self._split(early))
+                    except Exception:  # never let it become the DNS step's failure
+                        log.exception("starting connects on the first DNS answers failed")
 
         async def step(index: int, operation, *args):
             if operation == self.network.dns_exchange and args[2] and on_early is not None:
