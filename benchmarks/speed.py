@@ -99,11 +99,18 @@ def control_row(full: bool) -> Row:
 
 def report_row(full: bool) -> Row:
     endpoints = "2000" if full else "500"
-    run("report_cost.py", "--endpoints", endpoints, "--repeat", "3" if full else "1",
+    repeat = "3" if full else "1"
+    # the default (serial) path, and the same with one scrubbing worker per core
+    run("report_cost.py", "--endpoints", endpoints, "--repeat", repeat,
         "--json", str(RESULTS / "report_cost.json"))
-    result = load("report_cost")
-    return Row("report_cost", f"report phase, {result['endpoints']:,} endpoints (CPU)",
-               f"{result['report_cpu_ms_per_endpoint']:.2f} ms/endpoint", "",
+    run("report_cost.py", "--endpoints", endpoints, "--repeat", repeat, "--workers", "2",
+        "--json", str(RESULTS / "report_cost_workers.json"))
+    result, workers = load("report_cost"), load("report_cost_workers")
+    return Row("report_cost", f"report phase, {result['endpoints']:,} endpoints",
+               f"{result['report_wall_s']:.2f} s wall, "
+               f"{result['report_cpu_with_workers_ms_per_endpoint']:.2f} ms CPU/endpoint",
+               f"{workers['report_wall_s']:.2f} s, "
+               f"{workers['report_cpu_with_workers_ms_per_endpoint']:.2f} ms (2 workers)",
                "spread over the cores", None)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from probe.control.auth import ControlCredentials
 from probe.geo import GeoDatabase
-from probe.net.live import LiveNetwork
+from probe.net.live import LiveNetwork, preload_in_background
 from probe.net.network import Network
 from probe.observations import EndpointObservation
 from probe.report import scrub
@@ -259,6 +259,8 @@ class _Measured:
         staged: StagedResults,
         progress: Progress,
     ) -> None:
+        # HTTP and QUIC support load while the first DNS queries and connects wait
+        preload = preload_in_background()
         credentials = config.control_credentials()
         network: Network = recording if recording is not None else LiveNetwork(credentials)
         info = recording.run_info if recording is not None else None
@@ -270,6 +272,7 @@ class _Measured:
             )
         finally:
             await network.aclose()
+            preload.join()
 
 
 def upload(out_dir: str, url: str) -> UploadSummary:

@@ -53,6 +53,7 @@ from probe.net.network import (
     TlsResult,
     UdpRequest,
     UdpResult,
+    first_answer,
     to_json,
 )
 from probe.trace import Trace, TraceError, decode_result, load_trace
@@ -228,8 +229,26 @@ class ReplayNetwork:
             return GetaddrinfoResult(host, (), REPLAY_MISSING_OPERATION, self._timing())
         return result
 
-    async def dns_exchange(self, query: DnsQuery, timeout: float, linger: float) -> DnsExchange:
-        result = await self._take("dns_exchange", to_json(query))
+    async def dns_exchange(
+        self, query: DnsQuery, timeout: float, linger: float,
+        on_first: Callable[[DnsExchange], None] | None = None,
+    ) -> DnsExchange:
+        if on_first is None:
+            result = await self._take("dns_exchange", to_json(query))
+        else:
+            # The first answer is handed over when it arrived live (on the virtual
+            # clock), the rest of the window is taken after it, as live does.
+            result = self._lookup("dns_exchange", to_json(query))
+            first = first_answer(result) if result is not None else None
+            virtual = getattr(asyncio.get_running_loop(), "virtual_time", False)
+            if result is not None and first is not None:
+                if virtual:
+                    await asyncio.sleep(max(0.0, first.timing.t - first.timing.t0))
+                on_first(first)
+                if virtual:
+                    await asyncio.sleep(max(0.0, result.timing.t - first.timing.t))
+            elif result is not None and virtual:
+                await asyncio.sleep(max(0.0, result.timing.t - result.timing.t0))
         if result is None:
             return DnsExchange(query, (), REPLAY_MISSING_OPERATION, self._timing())
         return result

@@ -31,6 +31,7 @@ from probe.net import pacing
 from probe.net.network import (
     DnsExchange,
     DnsQuery,
+    GetaddrinfoResult,
     HttpRequest,
     MtprotoRequest,
     Network,
@@ -172,34 +173,75 @@ class Measurer:
             await self._rate.wait()
             return await operation(*args)
 
-    async def resolve(self, endpoint: Endpoint):
+    async def resolve(self, endpoint: Endpoint, on_early: Callable[[tuple[
+        tuple[DnsExchange, ...], GetaddrinfoResult | None]], None] | None = None):
+        """Every DNS exchange of ``endpoint`` and the system resolver's answer.
+
+        ``on_early``, when given, is called once every exchange has either ended
+        or had its first valid reply, with that early view: the UDP exchanges
+        still listen for injected second replies (``dns_linger``) meanwhile."""
         o = self.options
-        tasks = []
+        steps: list[tuple] = []
         if o.resolver is not None:
             for transport in ("udp", "tcp"):
                 for qtype in ("A", "AAAA"):
                     query = DnsQuery(o.resolver[0], o.resolver[1], endpoint.host, qtype, transport)
                     linger = o.dns_linger if transport == "udp" else 0.0
-                    tasks.append(self._step(self.network.dns_exchange, query, o.timeout, linger))
+                    steps.append((self.network.dns_exchange, query, o.timeout, linger))
         if o.use_system_resolver:
-            tasks.append(self._step(self.network.getaddrinfo, endpoint.host, o.timeout))
-        results = await asyncio.gather(*tasks)
-        if o.use_system_resolver:
+            steps.append((self.network.getaddrinfo, endpoint.host, o.timeout))
+        early: list = [None] * len(steps)
+        waiting = len(steps)
+
+        def arrived(index: int, view) -> None:
+            nonlocal waiting
+            if early[index] is None:
+                early[index] = view
+                waiting -= 1
+                if waiting == 0 and on_early is not None:
+                    try:
+                        on_early(self._split(early))
+                    except Exception:  # never let it become the DNS step's failure
+                        log.exception("starting connects on the first DNS answers failed")
+
+        async def step(index: int, operation, *args):
+            if operation == self.network.dns_exchange and args[2] and on_early is not None:
+                args = (*args, lambda view: arrived(index, view))
+            result = await self._step(operation, *args)
+            arrived(index, result)
+            return result
+
+        results = await asyncio.gather(*(step(i, *s) for i, s in enumerate(steps)))
+        return self._split(results)
+
+    def _split(self, results: list) -> tuple[tuple[DnsExchange, ...], GetaddrinfoResult | None]:
+        if self.options.use_system_resolver:
             return tuple(results[:-1]), results[-1]
         return tuple(results), None
 
     async def measure(
         self, endpoint: Endpoint, extra_addresses: Iterable[str] = ()
     ) -> EndpointObservation:
+        """Resolve, then measure every address x port.
+
+        Connects start on the addresses chosen from the first replies while the
+        UDP exchanges keep listening for injected second replies; the addresses
+        measured are still those chosen from every reply, as if the run had waited
+        (``candidate_addresses``). When a late reply changes that choice (more
+        addresses of a family than ``max_addresses_per_family``, the order they
+        arrived in deciding), the addresses it adds are measured then, and the
+        ones it pushes out are measured but left out of the observation."""
         if endpoint.host_is_address:
             dns: tuple[DnsExchange, ...] = ()
             system = None
             addresses: tuple[str, ...] = (endpoint.host,)
             bogons: tuple[str, ...] = ()
         else:
-            dns, system = await self.resolve(endpoint)
-            addresses, bogons = candidate_addresses(
-                endpoint, dns, system.addresses if system else (), extra_addresses, self.options
+            dns, system, addresses, bogons, started = await self._resolve_and_start(
+                endpoint, extra_addresses)
+            return EndpointObservation(
+                endpoint.id, endpoint.service, endpoint.host, system, dns, addresses, bogons,
+                await self._finish_ports(endpoint, addresses, started),
             )
         measured: tuple[PortObservation, ...] = ()
         if set(endpoint.checks) - {"dns"}:
@@ -215,6 +257,54 @@ class Measurer:
         return EndpointObservation(
             endpoint.id, endpoint.service, endpoint.host, system, dns, addresses, bogons, measured
         )
+
+    async def _resolve_and_start(self, endpoint: Endpoint, extra_addresses: Iterable[str]):
+        extra = tuple(extra_addresses)
+        started: dict[tuple[str, int], asyncio.Task] = {}
+        measures_ports = bool(set(endpoint.checks) - {"dns"})
+
+        def start(addresses: Iterable[str]) -> None:
+            if not measures_ports:
+                return
+            for address in addresses:
+                for port in endpoint.ports:
+                    if (address, port) not in started:
+                        started[(address, port)] = asyncio.ensure_future(
+                            self.measure_port(endpoint, address, port))
+
+        def on_early(view) -> None:
+            dns, system = view
+            start(candidate_addresses(
+                endpoint, (d for d in dns if d is not None),
+                system.addresses if system else (), extra, self.options)[0])
+
+        try:
+            dns, system = await self.resolve(endpoint, on_early)
+            addresses, bogons = candidate_addresses(
+                endpoint, dns, system.addresses if system else (), extra, self.options
+            )
+            start(addresses)
+        except BaseException:
+            for task in started.values():
+                task.cancel()
+            raise
+        return dns, system, addresses, bogons, started
+
+    async def _finish_ports(
+        self, endpoint: Endpoint, addresses: tuple[str, ...],
+        started: dict[tuple[str, int], asyncio.Task],
+    ) -> tuple[PortObservation, ...]:
+        try:
+            # measurements pushed out of the choice are awaited too (their operations
+            # are recorded, so a replay runs them alike), and then dropped
+            done = await asyncio.gather(*started.values())
+        except BaseException:
+            for task in started.values():
+                task.cancel()
+            raise
+        by_key = dict(zip(started, done, strict=True))
+        return tuple(by_key[(address, port)] for address in addresses
+                     for port in endpoint.ports if (address, port) in by_key)
 
     async def measure_port(self, endpoint: Endpoint, address: str, port: int) -> PortObservation:
         if set(endpoint.checks) & UDP_CHECKS:

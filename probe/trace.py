@@ -387,9 +387,13 @@ class RecordingNetwork:
         self._record("getaddrinfo", t0, {"timeout": timeout}, {"host": host}, result)
         return result
 
-    async def dns_exchange(self, query: DnsQuery, timeout: float, linger: float) -> DnsExchange:
+    async def dns_exchange(
+        self, query: DnsQuery, timeout: float, linger: float,
+        on_first: Callable[[DnsExchange], None] | None = None,
+    ) -> DnsExchange:
         t0 = self.inner.clock()
-        result = await self.inner.dns_exchange(query, timeout, linger)
+        # the first answer is not recorded apart: replay derives it from the replies
+        result = await self.inner.dns_exchange(query, timeout, linger, on_first)
         self._record("dns_exchange", t0, {"timeout": timeout, "linger": linger},
                      to_json(query), result)
         return result

@@ -219,12 +219,16 @@ def test_ctrl_c_writes_a_partial_report_marked_incomplete(world, tmp_path):
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env(tmp_path))
-    # Ctrl-C once the baseline's page was fetched (the trace is flushed line by line),
-    # while the silent datacenter keeps the run waiting for 30 s: never a fixed sleep,
-    # which a busy machine outruns
+    # Ctrl-C once the baseline's page was fetched and its four DNS exchanges ended
+    # (the page can come before the UDP queries stop listening for injected
+    # replies; the trace is flushed line by line), while the silent datacenter keeps
+    # the run waiting for 30 s: never a fixed sleep, which a busy machine outruns
     trace, deadline = tmp_path / "run.jsonl", time.monotonic() + 25
     while time.monotonic() < deadline and process.poll() is None:
-        if trace.exists() and '"op":"http_request"' in trace.read_text(errors="replace"):
+        recorded = trace.read_text(errors="replace").splitlines() if trace.exists() else []
+        exchanges = [x for x in recorded
+                     if '"op":"dns_exchange"' in x and '"qname":"example.org"' in x]
+        if any('"op":"http_request"' in x for x in recorded) and len(exchanges) >= 4:
             break
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import socket
 import struct
+from collections.abc import Callable
 
 import dns.exception
 import dns.flags
@@ -25,7 +26,15 @@ import dns.rdataclass
 import dns.rdatatype
 
 from probe.net import failures
-from probe.net.network import DnsAnswer, DnsExchange, DnsQuery, DnsReply, GetaddrinfoResult, Timing
+from probe.net.network import (
+    DnsAnswer,
+    DnsExchange,
+    DnsQuery,
+    DnsReply,
+    GetaddrinfoResult,
+    Timing,
+    first_answer,
+)
 
 MAX_REPLIES = 16  # a flood of valid replies to one query is recorded only this far
 # Replies that do not parse or answer another query are evidence too, but an
@@ -133,7 +142,10 @@ class _Collector(asyncio.DatagramProtocol):
             self.datagrams.put_nowait(exc)
 
 
-async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) -> DnsExchange:
+async def udp_exchange(
+    query: DnsQuery, timeout: float, linger: float, clock,
+    on_first: Callable[[DnsExchange], None] | None = None,
+) -> DnsExchange:
     loop = asyncio.get_running_loop()
     sent = build_query(query)
     t0 = clock()
@@ -180,6 +192,12 @@ async def udp_exchange(query: DnsQuery, timeout: float, linger: float, clock) ->
                     valid += 1
                     if deadline is None:
                         deadline = loop.time() + linger
+                        replies.append(reply)
+                        first = first_answer(DnsExchange(query, tuple(replies), None,
+                                                         Timing(t0, t0)))
+                        if on_first is not None and first is not None:
+                            on_first(first)  # keep listening: the runner may start
+                        continue
                 elif invalid < MAX_INVALID_REPLIES:
                     invalid += 1
                 else:

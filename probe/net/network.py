@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -177,6 +178,17 @@ class DnsExchange:
     replies: tuple[DnsReply, ...]
     failure: str | None
     timing: Timing
+
+
+def first_answer(exchange: DnsExchange) -> DnsExchange | None:
+    """The exchange as it stood when its first valid reply arrived (``failure``
+    None, ending at that reply), or None when no reply was valid. What
+    ``Network.dns_exchange`` hands ``on_first``, live and in replay alike."""
+    for index, reply in enumerate(exchange.replies):
+        if reply.failure is None:
+            return DnsExchange(exchange.query, exchange.replies[:index + 1], None,
+                               Timing(exchange.timing.t0, reply.t))
+    return None
 
 
 @dataclass(frozen=True)
@@ -449,10 +461,16 @@ class Network(Protocol):
     async def getaddrinfo(self, host: str, timeout: float) -> GetaddrinfoResult: ...
 
     async def dns_exchange(
-        self, query: DnsQuery, timeout: float, linger: float
+        self, query: DnsQuery, timeout: float, linger: float,
+        on_first: Callable[[DnsExchange], None] | None = None,
     ) -> DnsExchange:
         """Send ``query`` and collect replies until ``linger`` seconds after the
-        first one (UDP) or until the answer (TCP), all within ``timeout``."""
+        first one (UDP) or until the answer (TCP), all within ``timeout``.
+
+        ``on_first``, when given, is called once with :func:`first_answer` of the
+        exchange as soon as its first valid reply arrived, while the exchange keeps
+        listening: the runner starts measuring those addresses meanwhile. An
+        implementation may skip the call; the returned exchange is what counts."""
         ...
 
     async def tcp_connect(self, address: str, port: int, timeout: float) -> ConnectResult: ...

@@ -7,7 +7,12 @@ hands the lines to the atomic writer.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -107,6 +112,56 @@ def sign_lines(lines: Iterable[dict[str, Any]], key, complete: bool) -> Iterator
         yield signed.line
 
 
+# Scrubbing and its re-check are most of a report's CPU, and pure per line: with
+# workers, lines from this many on are scrubbed in forked processes while this
+# process builds, signs and writes, in the same order. Off by default: workers
+# lose the memos this process shares between lines and pickle every line twice,
+# and on the shared 2-core machine they cost 50% more CPU for no steady gain in
+# wall time (benchmarks/README.md); a machine with idle cores may pass workers.
+PARALLEL_SCRUB_LINES = 64
+# lines handed to the workers ahead of the one being signed (memory stays bounded)
+_SCRUB_AHEAD = 4
+
+
+def scrub_workers() -> int:
+    """Worker processes for scrubbing: one per core where processes fork cheaply
+    (Linux), none elsewhere (spawning would import the whole probe again)."""
+    if sys.platform != "linux":
+        return 0
+    cores = len(os.sched_getaffinity(0))
+    return cores if cores > 1 else 0
+
+
+def scrub_stream(
+    lines: Iterable[dict[str, Any]], addresses: tuple[str, ...], workers: int = 0
+) -> Iterator[tuple[list[dict[str, Any]], list[tuple[str, str]]]]:
+    """``scrub_lines([line], addresses)`` of each line, in order.
+
+    With ``workers`` > 1 the lines from the ``PARALLEL_SCRUB_LINES``-th on are
+    scrubbed in that many forked processes: a pure function of the line and the
+    addresses, so the results are the serial path's. The signing key never
+    reaches them beyond the copy fork makes of this process's memory."""
+    lines = iter(lines)
+    head = []
+    for line in lines:
+        head.append(line)
+        if len(head) >= PARALLEL_SCRUB_LINES:
+            break
+    if workers <= 1 or len(head) < PARALLEL_SCRUB_LINES or not addresses:
+        for line in chain(head, lines):
+            yield scrub_lines([line], addresses)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        window: deque[Future] = deque()
+        for line in chain(head, lines):
+            window.append(pool.submit(scrub_lines, [line], addresses))
+            if len(window) > workers * _SCRUB_AHEAD:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
 def write_run_report(
     outcome: RunOutcome,
     targets: Targets,
@@ -114,6 +169,7 @@ def write_run_report(
     key,
     context: RunContext | None = None,
     results: Iterable[ServiceResult] | None = None,
+    workers: int = 0,
 ) -> tuple[Path | None, list[tuple[str, str]]]:
     """Build, scrub, sign and write each line in turn. Returns the path and the
     measurements not written because the volunteer's address could not be removed
@@ -121,13 +177,14 @@ def write_run_report(
 
     A run with no measurement to write has no report: every line of a report is
     a measurement, the last one sealed. The path is then None and no file is made.
+    ``workers``: processes scrubbing lines (0: here; see :func:`scrub_workers`).
     """
     context = context or RunContext()
     dropped: list[tuple[str, str]] = []
 
     def scrubbed() -> Iterator[dict[str, Any]]:
-        for line in iter_lines(outcome, targets, context, results):
-            clean, lost = scrub_lines([line], context.addresses)
+        lines = iter_lines(outcome, targets, context, results)
+        for clean, lost in scrub_stream(lines, context.addresses, workers):
             dropped.extend(lost)
             yield from clean
 

@@ -268,7 +268,9 @@ class ScriptedNetwork:
             return GetaddrinfoResult(host, (), answer, self._span(duration))
         return GetaddrinfoResult(host, answer, None, self._span(0.03))
 
-    async def dns_exchange(self, query: DnsQuery, timeout: float, linger: float) -> DnsExchange:
+    async def dns_exchange(
+        self, query: DnsQuery, timeout: float, linger: float, on_first=None
+    ) -> DnsExchange:  # the whole exchange at once: on_first is never called
         planned = self.world.dns(query)
         if query.transport == "tcp":
             planned = planned[-1:]  # an injector races UDP; TCP gets the resolver's answer

@@ -39,6 +39,10 @@ class _Targets:
     # targets only. Two memos, so the re-check never trusts the scrubber's work.
     scrubbed: _Memo = field(default_factory=_Memo, compare=False, repr=False)
     checked_clean: _Memo = field(default_factory=_Memo, compare=False, repr=False)
+    # The spans _v6_in_run found in a run, relative to it: a pure function of the
+    # run's text, the same for the scrubber and the checker. Reports repeat their
+    # IPv6 addresses thousands of times, each a few dozen address parses.
+    v6_runs: _Memo = field(default_factory=_Memo, compare=False, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.v4 or self.v6)
@@ -285,6 +289,15 @@ def _find(text: str, targets: _Targets) -> list[tuple[int, int, str]]:
 
 def _v6_in_run(run: str, base: int, targets: _Targets) -> list[tuple[int, int, str]]:
     """Every window of a run of hex digits, colons and dots that is a target IPv6 text."""
+    key = (run, 0)
+    relative = targets.v6_runs.get(key)
+    if relative is None:
+        relative = _v6_windows(run, targets)
+        targets.v6_runs.put(key, relative)
+    return [(base + start, base + end, form) for start, end, form in relative]
+
+
+def _v6_windows(run: str, targets: _Targets) -> tuple[tuple[int, int, str], ...]:
     starts = {0} | {i for i in range(1, len(run)) if run[i - 1] in ":."}
     starts |= {i for i in range(len(run) - 1) if run[i:i + 2] == "::"}
     ends = {len(run)} | {i for i in range(len(run)) if run[i] in ":."}
@@ -306,8 +319,8 @@ def _v6_in_run(run: str, base: int, targets: _Targets) -> list[tuple[int, int, s
                 continue
             form = targets.v6_hit(value)
             if form:
-                spans.append((base + start, base + end, form))
-    return spans
+                spans.append((start, end, form))
+    return tuple(spans)
 
 
 def _b64_fragments(forms: Iterable[bytes]) -> tuple[str, ...]:
